@@ -1,0 +1,175 @@
+"""The fetch stage: bring the labelled patches into ``outputs/fetch`` with a manifest.
+
+Sources: ``synthetic`` (rendered here, offline, the embedded default), ``archive`` (a local
+.zip/.tar*/.rar or a folder in the public set's layout) and ``mendeley`` (the public archive,
+downloaded with resume). Whatever the source, every image is decoded once here, so a corrupt file
+is named now rather than failing half way through training, and the output folder is swapped in
+only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from crackdet.data import CLASSES, ManifestRow, decode_image, manifest_digest, write_manifest
+from crackdet.errors import CrackdetError
+from crackdet.io import atomic_dir, write_json
+from crackdet.params import FetchParams
+
+OUTPUT_DIR = Path("outputs/fetch")
+DOWNLOAD_DIR = Path(".cache/downloads")
+
+
+@dataclass(frozen=True)
+class FetchSummary:
+    source: str
+    count: int
+    per_class: dict[str, int]
+    skipped: list[str]
+    manifest_sha256: str
+    archive_sha256: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "count": self.count,
+            "per_class": self.per_class,
+            "skipped": self.skipped,
+            "manifest_sha256": self.manifest_sha256,
+            "archive_sha256": self.archive_sha256,
+        }
+
+
+def find_class_root(folder: Path, origin: str) -> Path:
+    """The folder holding ``Positive/`` and ``Negative/`` (at the top or up to 3 levels down)."""
+    candidates = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]
+    for candidate in candidates:
+        if len(candidate.relative_to(folder).parts) > 3:
+            continue
+        if all((candidate / name).is_dir() for name in CLASSES):
+            return candidate
+    found = sorted(p.name for p in folder.iterdir())[:6]
+    raise CrackdetError(
+        f"{origin}: expected folders Positive/ and Negative/ (the public set's layout); "
+        f"found {', '.join(found) or 'nothing'}"
+    )
+
+
+def _class_files(class_root: Path, label: str) -> list[Path]:
+    # Dotfiles (.DS_Store, AppleDouble "._x.jpg") are OS litter, not data.
+    files = sorted(
+        p
+        for p in (class_root / label).rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(class_root).parts)
+    )
+    return files
+
+
+def index_images(
+    images: Path, origin: str, on_bad_image: str, max_pixels: int
+) -> tuple[list[ManifestRow], list[str]]:
+    """Decode every image under ``images/{Positive,Negative}`` once; return rows and skipped."""
+    rows: list[ManifestRow] = []
+    skipped: list[str] = []
+    for label in CLASSES:
+        files = _class_files(images, label)
+        if not files:
+            raise CrackdetError(f"{origin}: class folder {label}/ holds no images")
+        for path in files:
+            rel = path.relative_to(images).as_posix()
+            data = path.read_bytes()
+            try:
+                image = decode_image(data, f"{origin}: {rel}", max_pixels)
+            except CrackdetError:
+                if on_bad_image == "error":
+                    raise
+                skipped.append(rel)
+                path.unlink()
+                continue
+            rows.append(
+                ManifestRow(rel, label, hashlib.sha256(data).hexdigest(), image.width, image.height)
+            )
+    for label in CLASSES:
+        if not any(r.label == label for r in rows):
+            raise CrackdetError(f"{origin}: no readable images left in {label}/")
+    return rows, skipped
+
+
+def _copy_classes(class_root: Path, images: Path) -> None:
+    for label in CLASSES:
+        shutil.copytree(class_root / label, images / label)
+
+
+def _from_archive_file(archive_path: Path, work: Path, images: Path, params: FetchParams) -> None:
+    from crackdet.archive import extract
+
+    extracted = work / "extracted"
+    extract(archive_path, extracted, max_files=params.max_files, max_bytes=params.max_bytes)
+    class_root = find_class_root(extracted, str(archive_path))
+    images.mkdir()
+    for label in CLASSES:
+        (class_root / label).rename(images / label)
+    shutil.rmtree(extracted)
+
+
+def resolve_archive(root: Path, archive: str) -> Path:
+    path = Path(archive).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not path.exists():
+        raise CrackdetError(f"fetch.archive: {archive} does not exist (path relative to {root})")
+    return path
+
+
+def fetch(params: FetchParams, seed: int, root: Path) -> FetchSummary:
+    """Run the fetch stage into ``root/outputs/fetch`` (images/, manifest.csv, summary.json)."""
+    archive_sha: str | None = None
+    with atomic_dir(root / OUTPUT_DIR) as out:
+        images = out / "images"
+        work = out / ".work"
+        work.mkdir()
+        if params.source == "synthetic":
+            from crackdet.synthetic import write_patch_set
+
+            write_patch_set(images, params.synthetic_per_class, seed)
+            origin = "synthetic"
+        elif params.source == "archive":
+            path = resolve_archive(root, params.archive)
+            origin = params.archive
+            if path.is_dir():
+                _copy_classes(find_class_root(path, origin), images)
+            else:
+                from crackdet.archive import sha256_file
+
+                archive_sha = sha256_file(path)
+                _from_archive_file(path, work, images, params)
+        else:  # mendeley
+            from crackdet.archive import download
+
+            target = root / DOWNLOAD_DIR / "concrete-crack-images-5y9wdsg2zt.rar"
+            if target.exists():
+                from crackdet.archive import sha256_file
+
+                # A finished earlier download is reused unless it contradicts the pin.
+                archive_sha = sha256_file(target)
+                if params.sha256 and archive_sha != params.sha256:
+                    target.unlink()
+            if not target.exists():
+                archive_sha = download(params.url, target, sha256=params.sha256 or None)
+            origin = params.url
+            _from_archive_file(target, work, images, params)
+        shutil.rmtree(work)
+        rows, skipped = index_images(images, origin, params.on_bad_image, params.max_pixels)
+        write_manifest(out / "manifest.csv", rows)
+        summary = FetchSummary(
+            source=params.source,
+            count=len(rows),
+            per_class={label: sum(r.label == label for r in rows) for label in CLASSES},
+            skipped=skipped,
+            manifest_sha256=manifest_digest(rows),
+            archive_sha256=archive_sha,
+        )
+        write_json(out / "summary.json", summary.as_dict())
+    return summary

@@ -1,0 +1,84 @@
+"""DVC stage ``evaluate``: ``python -m crackdet.stages.evaluate``.
+
+Scores the trained checkpoint on the test split (used here and nowhere else), writes DVC metrics
+and plots, logs them into the pipeline's MLflow run and registers the model version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from crackdet.data import read_manifest
+from crackdet.evaluate import evaluate_rows, write_curves, write_plot_images
+from crackdet.io import write_json
+from crackdet.models import load_checkpoint
+from crackdet.stages._common import run_stage, stage_params
+from crackdet.tracking import RUN_FILE, git_state, log_stage_params, resume_pipeline_run
+
+OUT = Path("outputs/evaluate")
+TRAIN = Path("outputs/train")
+
+
+def register(model_uri: str, name: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
+    """A new version of ``name`` in the MLflow model registry, tagged with its lineage."""
+    import mlflow
+
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    return {"name": name, "version": int(version.version), "run_id": run_id, "model_uri": model_uri}
+
+
+def run(root: Path) -> dict[str, Any]:
+    import mlflow
+
+    params = stage_params(root)
+    model = load_checkpoint(root / TRAIN / "model.pt", root / TRAIN / "model.json")
+    rows = read_manifest(root / "outputs/split/test.csv")
+    evaluation = evaluate_rows(
+        model, root / "outputs/fetch/images", rows, params.evaluate.batch_size
+    )
+    metrics = evaluation.metrics()
+    out = root / OUT
+    write_curves(evaluation, rows, out)
+    plots = write_plot_images(evaluation, out / "plots")
+    write_json(out / "metrics.json", metrics)
+    run_info = json.loads((root / RUN_FILE).read_text())
+    with resume_pipeline_run(root) as active:
+        log_stage_params("evaluate", dataclasses.asdict(params.evaluate))
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        mlflow.log_metrics({f"test_{k}": v for k, v in scalars.items()})
+        mlflow.log_artifact(str(out / "metrics.json"), artifact_path="evaluate")
+        for path in plots:
+            mlflow.log_artifact(str(path), artifact_path="evaluate")
+        registered: dict[str, Any] = {}
+        if params.evaluate.register:
+            run_tags = active.data.tags
+            tags = {
+                "run_id": active.info.run_id,
+                "git.commit": git_state(root)["git.commit"],
+                "data.manifest_sha256": run_tags.get("data.manifest_sha256", ""),
+                "data.split_fingerprint": run_tags.get("data.split_fingerprint", ""),
+                **{f"test_{k}": f"{scalars[k]:.6f}" for k in ("accuracy", "f1", "roc_auc")},
+            }
+            registered = register(
+                run_info["model_uri"], params.evaluate.model_name, active.info.run_id, tags
+            )
+    write_json(out / "registered.json", registered)
+    version = f"; registered {registered['name']} v{registered['version']}" if registered else ""
+    print(
+        f"evaluate: test accuracy {metrics['accuracy']:.4f} precision {metrics['precision']:.4f} "
+        f"recall {metrics['recall']:.4f} f1 {metrics['f1']:.4f} roc_auc {metrics['roc_auc']:.4f} "
+        f"on {metrics['n']} images{version}"
+    )
+    return metrics
+
+
+def main() -> int:
+    return run_stage("evaluate", run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""DVC stage ``train``: ``python -m crackdet.stages.train``.
+
+Creates the pipeline's MLflow run (params, lineage tags, data input, per-epoch metrics, model) and
+writes the DVC outputs: a plain state-dict checkpoint, its model description, the per-epoch
+history (DVC plots), metrics, and the run id that evaluate and predict_samples resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from crackdet.data import read_manifest
+from crackdet.errors import CrackdetError, first_line
+from crackdet.io import write_json, write_text, write_with
+from crackdet.stages._common import run_stage, stage_params
+from crackdet.tracking import RUN_FILE, lineage_tags, start_pipeline_run
+from crackdet.train import EpochRecord, TrainResult, load_images, train_model
+
+OUT = Path("outputs/train")
+IMAGES = Path("outputs/fetch/images")
+SPLIT = Path("outputs/split")
+LOCK_FILE = Path("requirements.lock")
+
+
+def history_csv(history: list[EpochRecord]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"])
+    for r in history:
+        writer.writerow(
+            [
+                r.epoch,
+                f"{r.train_loss:.6f}",
+                f"{r.train_acc:.6f}",
+                f"{r.val_loss:.6f}",
+                f"{r.val_acc:.6f}",
+                f"{r.lr:.8f}",
+            ]
+        )
+    return buf.getvalue()
+
+
+def data_lineage(root: Path) -> dict[str, str]:
+    """Tags naming the exact data: source, archive and manifest digests, split fingerprint."""
+    try:
+        fetched = json.loads((root / "outputs/fetch/summary.json").read_text())
+        split = json.loads((root / SPLIT / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CrackdetError(
+            f"outputs/fetch or outputs/split summary unreadable ({first_line(exc)})"
+        ) from None
+    tags = {
+        "data.source": fetched["source"],
+        "data.manifest_sha256": fetched["manifest_sha256"],
+        "data.count": str(fetched["count"]),
+        "data.split_fingerprint": split["fingerprint"],
+        "data.test_fingerprint": split["test_fingerprint"],
+    }
+    if fetched.get("archive_sha256"):
+        tags["data.archive_sha256"] = fetched["archive_sha256"]
+    return tags
+
+
+def log_data_input(lineage: dict[str, str]) -> None:
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():
+        # MLflow registers two equivalent local sources and warns that it picked one.
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source("outputs/fetch/manifest.csv")
+    # MLflow keeps at most 36 characters of a dataset digest; the full one is in the tags.
+    dataset = MetaDataset(
+        source,
+        name=f"crackdet-{lineage['data.source']}",
+        digest=lineage["data.manifest_sha256"][:32],
+    )
+    mlflow.log_input(dataset, context="training")
+
+
+def log_model(root: Path, result: TrainResult, example: torch.Tensor) -> str:
+    """Log the classifier in MLflow's pickle-free pt2 format; return its ``models:/`` URI."""
+    import mlflow.pytorch
+
+    lock = root / LOCK_FILE
+    info = mlflow.pytorch.log_model(
+        result.model,
+        name="model",
+        input_example=example.numpy(),  # a batch of 2+, else the export only accepts batch 1
+        pip_requirements=str(lock) if lock.exists() else None,
+        serialization_format="pt2",
+    )
+    return info.model_uri
+
+
+def run(root: Path) -> TrainResult:
+    import mlflow
+
+    params = stage_params(root)
+    train_rows = read_manifest(root / SPLIT / "train.csv")
+    val_rows = read_manifest(root / SPLIT / "val.csv")
+    lineage = data_lineage(root)
+    run = start_pipeline_run(root)
+    try:
+        mlflow.log_params(params.as_flat_dict())
+        mlflow.set_tags({**lineage_tags(root, ("fetch", "split")), **lineage})
+        log_data_input(lineage)
+
+        def log_epoch(record: EpochRecord) -> None:
+            mlflow.log_metrics(
+                {
+                    "train_loss": record.train_loss,
+                    "train_acc": record.train_acc,
+                    "val_loss": record.val_loss,
+                    "val_acc": record.val_acc,
+                    "lr": record.lr,
+                    "epoch_seconds": record.seconds,
+                },
+                step=record.epoch,
+            )
+            print(
+                f"train: epoch {record.epoch}/{params.train.epochs} "
+                f"train_loss {record.train_loss:.4f} train_acc {record.train_acc:.4f} "
+                f"val_loss {record.val_loss:.4f} val_acc {record.val_acc:.4f}",
+                flush=True,
+            )
+
+        result = train_model(params, root / IMAGES, train_rows, val_rows, on_epoch=log_epoch)
+        best = result.best
+        metrics = {
+            "best_epoch": result.best_epoch,
+            "val_acc": best.val_acc,
+            "val_loss": best.val_loss,
+            "train_images": len(train_rows),
+            "val_images": len(val_rows),
+            **{k: round(v, 3) for k, v in result.timings.items()},
+        }
+        mlflow.log_metrics(
+            {f"best_{k}" if k.startswith("val_") else k: float(v) for k, v in metrics.items()}
+        )
+        out = root / OUT
+        write_with(out / "model.pt", lambda p: torch.save(result.model.state_dict(), p))
+        write_json(out / "model.json", result.model.spec.to_dict())
+        write_text(out / "history.csv", history_csv(result.history))
+        write_json(out / "metrics.json", metrics)
+        for name in ("model.json", "history.csv"):
+            mlflow.log_artifact(str(out / name), artifact_path="train")
+        example = load_images(root / IMAGES, val_rows[:2]).float() / 255.0
+        model_uri = log_model(root, result, example)
+        write_json(root / RUN_FILE, {"run_id": run.info.run_id, "model_uri": model_uri})
+        print(
+            f"train: best epoch {result.best_epoch} val_acc {best.val_acc:.4f}; "
+            f"MLflow run {run.info.run_id}"
+        )
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+    return result
+
+
+def main() -> int:
+    return run_stage("train", run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""params.yaml schema: the shipped file is valid; every kind of mistake is named by its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crackdet.errors import CrackdetError
+from crackdet.params import load_params, parse_params
+from tests.conftest import PROJECT, default_params_tree
+
+
+def test_shipped_params_are_valid() -> None:
+    params = load_params(PROJECT / "params.yaml")
+    assert params.fetch.source == "synthetic"
+    assert params.train.backbone == "efficientnet_lite0"
+    flat = params.as_flat_dict()
+    assert flat["train.augment.rotation"] == params.train.augment.rotation
+    assert all("." in key for key in flat)
+
+
+def _error_for(mutate) -> str:
+    tree = default_params_tree()
+    mutate(tree)
+    with pytest.raises(CrackdetError) as info:
+        parse_params(tree)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda t: t["train"].pop("epochs"), "missing key train.epochs"),
+        (lambda t: t["train"]["augment"].pop("vflip"), "missing key train.augment.vflip"),
+        (lambda t: t.pop("split"), "missing key split"),
+        (lambda t: t["train"].update(epoch=3), "unknown key train.epoch"),
+        (lambda t: t.update(extra={}), "unknown key extra"),
+        (lambda t: t["train"].update(epochs="six"), "train.epochs must be an integer"),
+        (lambda t: t["train"].update(epochs=True), "train.epochs must be an integer"),
+        (lambda t: t["train"].update(epochs=2.5), "train.epochs must be an integer"),
+        (lambda t: t["train"].update(pretrained="yes"), "train.pretrained must be true or false"),
+        (lambda t: t["train"].update(lr="fast"), "train.lr must be a number"),
+        (lambda t: t["train"].update(epochs=0), "train.epochs must be >= 1"),
+        (lambda t: t["train"].update(dropout=1.5), "train.dropout must be <= 0.99"),
+        (lambda t: t["train"].update(lr=0), "train.lr must be > 0"),
+        (lambda t: t["predict"].update(overlap=-0.1), "predict.overlap must be >= 0"),
+        (lambda t: t["fetch"].update(source="s3"), "fetch.source must be one of"),
+        (lambda t: t["train"].update(backbone="vgg99"), "train.backbone must be one of"),
+        (lambda t: t["train"].update(augment=5), "train.augment must be a mapping"),
+        (lambda t: t["split"].update(train=0.8), "must sum to 1"),
+        (lambda t: t["fetch"].update(source="archive", archive=""), "fetch.archive must name"),
+        (lambda t: t["fetch"].update(sha256="abc"), "fetch.sha256 must be 64 hex digits"),
+    ],
+)
+def test_invalid_params_name_the_key(mutate, expected: str) -> None:
+    assert expected in _error_for(mutate)
+
+
+def test_load_params_names_the_file(tmp_path: Path) -> None:
+    tree = default_params_tree()
+    tree["base"]["seed"] = -1
+    path = tmp_path / "my-params.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    with pytest.raises(CrackdetError, match=r"my-params.yaml: base.seed must be >= 0"):
+        load_params(path)
+    path.write_text("base: [unclosed\n")
+    with pytest.raises(CrackdetError, match=r"my-params.yaml: not valid YAML at line"):
+        load_params(path)
+    with pytest.raises(CrackdetError, match=r"not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_stage_refuses_bad_params_before_any_work(tmp_path: Path) -> None:
+    tree = default_params_tree()
+    tree["train"]["epochs"] = "many"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "crackdet.stages.fetch"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "crackdet fetch: error: params.yaml: train.epochs must be an integer, got 'many' (str)"
+    ]
+    assert not (tmp_path / "outputs").exists()

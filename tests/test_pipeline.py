@@ -1,0 +1,142 @@
+"""The whole pipeline in a real git + DVC repository with a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import make_repo, run_cmd, tiny_params_tree
+
+pytestmark = pytest.mark.slow
+
+STAGES = ("fetch", "split", "train", "evaluate", "predict_samples")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny pipeline run, shared by the checks below (a run costs ~40 s on 2 cores)."""
+    path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", tiny_params_tree())
+    result = run_cmd(["dvc", "repro"], path)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in result.stdout
+    return path
+
+
+def _client(repo: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+def _runs(repo: Path):
+    client = _client(repo)
+    experiment = client.get_experiment_by_name("crackdet")
+    assert experiment is not None
+    return client, client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])
+
+
+def test_second_repro_is_up_to_date_and_status_clean(repo: Path) -> None:
+    again = run_cmd(["dvc", "repro"], repo)
+    assert "Running stage" not in again.stdout
+    assert "up to date" in again.stdout
+    status = run_cmd(["dvc", "status"], repo)
+    assert "Data and pipelines are up to date" in status.stdout
+
+
+def test_outputs_metrics_and_plots(repo: Path) -> None:
+    metrics = json.loads((repo / "outputs/evaluate/metrics.json").read_text())
+    assert set(metrics) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"}
+    assert metrics["n"] == metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] > 0
+    shown = json.loads(run_cmd(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert "outputs/evaluate/metrics.json" in json.dumps(shown)
+    history = (repo / "outputs/train/history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,train_loss") and len(history) == 3
+    for name in ("roc.png", "pr.png", "confusion.png"):
+        assert (repo / "outputs/evaluate/plots" / name).stat().st_size > 1000
+    predicted = json.loads((repo / "outputs/predict/photo_01.json").read_text())
+    assert predicted["tiles_total"] == len(predicted["tiles"]) > 0
+    assert (repo / "outputs/predict/photo_01_overlay.png").exists()
+
+
+def test_one_mlflow_run_carries_lineage_params_metrics_and_model(repo: Path) -> None:
+    client, runs = _runs(repo)
+    assert len(runs) == 1
+    run = runs[0]
+    run_id = json.loads((repo / "outputs/train/run.json").read_text())["run_id"]
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2"
+    assert run.data.params["train.augment.rotation"] == "10.0"
+    history = client.get_metric_history(run_id, "val_acc")
+    assert [m.step for m in history] == [1, 2]
+    assert "test_accuracy" in run.data.metrics and "predict_mean_crack_fraction" in run.data.metrics
+    head = run_cmd(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert run.data.tags["git.commit"] == head
+    assert run.data.tags["git.dirty"] in ("true", "false")
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    fetch_md5 = lock["stages"]["fetch"]["outs"][0]["md5"]
+    assert run.data.tags["dvc.fetch.outputs/fetch"] == fetch_md5
+    summary = json.loads((repo / "outputs/fetch/summary.json").read_text())
+    assert run.data.tags["data.manifest_sha256"] == summary["manifest_sha256"]
+    inputs = run.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.digest == summary["manifest_sha256"][:32]
+    artifacts = {a.path for a in client.list_artifacts(run_id, "predict_samples")}
+    assert "predict_samples/photo_01_overlay.png" in artifacts
+    version = client.get_model_version("crack-classifier", "1")
+    assert version.run_id == run_id
+    assert version.tags["data.split_fingerprint"] == run.data.tags["data.split_fingerprint"]
+    store = repo / "mlruns"
+    assert (store / "mlflow.db").exists() and (store / "artifacts").is_dir()
+
+
+def test_registered_model_loads_and_predicts(repo: Path) -> None:
+    import mlflow.pytorch
+    import torch
+
+    _client(repo)
+    model = mlflow.pytorch.load_model("models:/crack-classifier/1")
+    probs = torch.softmax(model(torch.rand(3, 3, 227, 227)), 1)
+    assert probs.shape == (3, 2)
+
+
+def test_predict_cli_maps_a_photo(repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "maps"
+    result = run_cmd(
+        ["crackdet", "predict", "data/photos", "--model", "outputs/train", "--out", str(out)], repo
+    )
+    assert "1 of 1 photos mapped" in result.stdout
+    assert (out / "photo_01_overlay.png").exists()
+
+
+def test_exp_run_creates_a_comparable_second_run(repo: Path) -> None:
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-q", "-m", "pipeline run"], repo)
+    run_cmd(["dvc", "exp", "run", "-S", "train.epochs=1"], repo)
+    client, runs = _runs(repo)
+    assert len(runs) == 2
+    first, second = runs
+    assert second.data.params["train.epochs"] == "1"
+    assert set(first.data.params) == set(second.data.params)
+    assert set(first.data.metrics) == set(second.data.metrics)
+    assert second.data.tags.get("dvc.dvc_exp_name")
+    assert second.info.run_name == second.data.tags["dvc.dvc_exp_name"]
+    assert [m.step for m in client.get_metric_history(second.info.run_id, "val_acc")] == [1]
+    versions = client.search_model_versions("name='crack-classifier'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+
+
+def test_changing_only_predict_params_reruns_only_predict_samples(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["predict"]["overlap"] = 0.25
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run_cmd(["dvc", "repro"], repo)
+    ran = [stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout]
+    assert ran == ["predict_samples"]
+    run_id = json.loads((repo / "outputs/train/run.json").read_text())["run_id"]
+    run = _client(repo).get_run(run_id)
+    # MLflow params are immutable: the new value is recorded next to the one train logged.
+    assert run.data.params["predict.overlap"] == "0.5"
+    assert run.data.tags["params.predict.overlap"] == "0.25"

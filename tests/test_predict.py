@@ -1,0 +1,102 @@
+"""Sliding-window crack maps: coverage, edge alignment, RGB order, padding, limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from crackdet.data import CLASSES
+from crackdet.errors import CrackdetError
+from crackdet.models import build_classifier
+from crackdet.predict import crack_map, overlay_image, read_photo, window_starts
+
+
+@pytest.mark.parametrize("length", [227, 228, 300, 454, 1000, 1601])
+@pytest.mark.parametrize("overlap", [0.0, 0.5, 0.75])
+def test_windows_cover_every_pixel_and_end_flush(length: int, overlap: float) -> None:
+    starts = window_starts(length, 227, overlap)
+    covered = np.zeros(length, dtype=bool)
+    for s in starts:
+        assert 0 <= s <= length - 227
+        covered[s : s + 227] = True
+    assert covered.all()
+    assert starts[0] == 0 and starts[-1] == length - 227
+    assert starts == sorted(set(starts))
+
+
+def test_window_stride_follows_overlap() -> None:
+    assert window_starts(1000, 200, 0.5)[:3] == [0, 100, 200]
+    assert window_starts(1000, 200, 0.0)[:3] == [0, 200, 400]
+    assert window_starts(100, 227, 0.5) == [0]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    # Random weights are enough to check plumbing; a random head still has colour preferences.
+    return build_classifier("efficientnet_lite0", True, 16, 0.0, 227, CLASSES).eval()
+
+
+def test_map_tile_equals_classifier_on_same_rgb_crop(model) -> None:
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, size=(300, 500, 3), dtype=np.uint8)
+    photo[:, :, 0] = 250  # strongly red: a BGR mix-up would change the prediction
+    result = crack_map(model, photo, overlap=0.0, batch_size=4)
+    with torch.inference_mode():
+        for tile in result.tiles[:3]:
+            y, x = tile["y"], tile["x"]
+            crop = torch.from_numpy(photo[y : y + 227, x : x + 227].copy()).permute(2, 0, 1)
+            p = torch.softmax(model(crop[None].float() / 255.0), 1)[0, 1].item()
+            assert tile["p"] == pytest.approx(p, abs=1e-5)
+            swapped = crop[[2, 1, 0]]
+            p_bgr = torch.softmax(model(swapped[None].float() / 255.0), 1)[0, 1].item()
+            assert abs(p_bgr - p) > 1e-4, "test photo cannot tell RGB from BGR"
+
+
+def test_heatmap_averages_overlapping_windows(model) -> None:
+    photo = np.random.default_rng(1).integers(0, 256, size=(240, 454, 3), dtype=np.uint8)
+    result = crack_map(model, photo, overlap=0.5, batch_size=16)
+    assert result.heatmap.shape == (240, 454)
+    xs = sorted({t["x"] for t in result.tiles})
+    assert xs == window_starts(454, 227, 0.5)
+    # A pixel covered by exactly the first window carries that window's probability.
+    first = next(t for t in result.tiles if t["x"] == 0 and t["y"] == 0)
+    assert result.heatmap[0, 0] == pytest.approx(first["p"], abs=1e-6)
+    # A pixel inside two windows carries their mean.
+    second = next(t for t in result.tiles if t["x"] == xs[1] and t["y"] == 0)
+    mid_x = xs[1] + 1
+    covering = [t["p"] for t in result.tiles if t["x"] <= mid_x < t["x"] + 227 and t["y"] == 0]
+    assert len(covering) == 2 and second["p"] in covering
+    assert result.heatmap[0, mid_x] == pytest.approx(np.mean(covering), abs=1e-5)
+
+
+def test_small_photo_is_padded_not_rejected(model) -> None:
+    photo = np.full((100, 150, 3), 128, dtype=np.uint8)
+    result = crack_map(model, photo, overlap=0.5, batch_size=4)
+    assert result.heatmap.shape == (100, 150)
+    assert len(result.tiles) == 1
+
+
+def test_overlay_is_green_when_clean_and_red_when_cracked() -> None:
+    photo = np.full((60, 200, 3), 128, dtype=np.uint8)
+    heat = np.zeros((60, 200), dtype=np.float32)
+    heat[:, 100:] = 1.0
+    image = np.asarray(overlay_image(photo, heat, alpha=0.5))
+    left, right = image[5, 20], image[5, 180]
+    assert left[1] > left[0] and right[0] > right[1]
+
+
+def test_read_photo_limits_and_errors(tmp_path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (400, 300)).save(path)
+    with pytest.raises(CrackdetError, match=r"big.png: 400x300 = 120000 pixels exceeds predict"):
+        read_photo(path, max_pixels=100_000)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(CrackdetError, match=r"bad.jpg: not a readable image"):
+        read_photo(bad, max_pixels=10**8)
+    grey = tmp_path / "grey.png"
+    Image.new("L", (30, 20), 77).save(grey)
+    assert read_photo(grey, 10**8).shape == (20, 30, 3)
