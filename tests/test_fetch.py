@@ -29,8 +29,14 @@ def _params(tiny_params, **changes) -> FetchParams:
 
 
 def _jpeg(colour: tuple[int, int, int], size: int = 227) -> bytes:
+    """A textured JPEG (noise around ``colour``), so distinct fixtures hash differently."""
+    rng = np.random.default_rng(list(colour))
+    texture = rng.normal(0, 40, size=(size // 8, size // 8, 1))
+    coarse = np.kron(texture, np.ones((8, 8, 1)))[:size, :size]
+    coarse = np.pad(coarse, ((0, size - coarse.shape[0]), (0, size - coarse.shape[1]), (0, 0)))
+    pixels = np.clip(np.array(colour)[None, None, :] + coarse, 0, 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(buf, format="JPEG", quality=90)
+    Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
@@ -146,10 +152,16 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_mendeley_source_downloads_pins_and_records(
-    chdir_tmp: Path, tiny_params, http_server
+    chdir_tmp: Path, tiny_params, http_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base, served = http_server
-    archive = _zip(served / "file_downloaded", _layout("Concrete Crack Images/"))
+    url = f"{base}/file_downloaded"
+    _zip(served / "file_downloaded", _layout("Concrete Crack Images/"))
+    # The real check: a 3+3 fixture is not the 20,000 + 20,000 public set.
+    with pytest.raises(CrackdetError, match=r"not the public set as published"):
+        fetch(_params(tiny_params, source="mendeley", url=url), 1, chdir_tmp)
+    monkeypatch.setattr("crackdet.fetch.PUBLIC_PER_CLASS", 3)  # the fixture stands in for it
+    archive = served / "file_downloaded"
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     params = _params(tiny_params, source="mendeley", url=f"{base}/file_downloaded", sha256=digest)
     summary = fetch(params, 1, chdir_tmp)
@@ -212,3 +224,19 @@ def test_real_sample_fetches_in_public_layout(chdir_tmp: Path, tiny_params) -> N
     )
     rows = read_manifest(chdir_tmp / "outputs/fetch/manifest.csv")
     assert {(r.width, r.height) for r in rows} == {(227, 227)}
+
+
+def test_duplicates_are_found_and_reported(chdir_tmp: Path, tiny_params) -> None:
+    files = _layout(n=4)
+    files["Positive/00009.jpg"] = files["Positive/00001.jpg"]  # byte-identical copy
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(files["Negative/00002.jpg"])).save(buf, format="JPEG", quality=70)
+    files["Negative/00008.jpg"] = buf.getvalue()  # re-encoded: same picture, other bytes
+    _zip(chdir_tmp / "dups.zip", files)
+    summary = fetch(_params(tiny_params, source="archive", archive="dups.zip"), 1, chdir_tmp)
+    assert summary.duplicates["groups_with_identical_bytes"] >= 1
+    report = (chdir_tmp / "outputs/fetch/duplicates.csv").read_text()
+    assert "Positive/00001.jpg" in report and "Positive/00009.jpg" in report
+    assert "Negative/00008.jpg" in report and "Negative/00002.jpg" in report
+    assert "Negative/00003.jpg" not in report  # distinct images are not flagged
+    assert summary.duplicates["groups"] == 2

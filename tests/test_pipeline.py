@@ -25,6 +25,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def predicted_threshold(repo: Path) -> float:
+    return json.loads((repo / "outputs/predict/photo_01.json").read_text())["threshold"]
+
+
 def _client(repo: Path):
     import mlflow
 
@@ -57,9 +61,20 @@ def test_outputs_metrics_and_plots(repo: Path) -> None:
     assert history[0].startswith("epoch,train_loss") and len(history) == 3
     for name in ("roc.png", "pr.png", "confusion.png"):
         assert (repo / "outputs/evaluate/plots" / name).stat().st_size > 1000
+    spec = json.loads((repo / "outputs/train/model.json").read_text())
+    assert metrics["threshold"] == spec["threshold"]  # chosen on val, reused by evaluate…
+    assert predicted_threshold(repo) == spec["threshold"]  # …and by predict
+    assert spec["temperature"] > 0 and 0.0 <= metrics["ece"] <= 1.0
+    report = (repo / "outputs/evaluate/report/data.md").read_text()
+    assert "## Duplicates" in report and "## Hardest" in report
+    assert (repo / "outputs/evaluate/report/hardest.png").stat().st_size > 1000
+    assert metrics["probe"]["accuracy"] >= 0.0  # the baseline is scored on the same test set
     predicted = json.loads((repo / "outputs/predict/photo_01.json").read_text())
     assert predicted["tiles_total"] == len(predicted["tiles"]) > 0
-    assert (repo / "outputs/predict/photo_01_overlay.png").exists()
+    for suffix in ("_overlay.png", "_heatmap.png", "_heatmap.npy", "_mask.png"):
+        assert (repo / f"outputs/predict/photo_01{suffix}").exists(), suffix
+    assert (repo / "outputs/predict/contact_sheet.png").exists()
+    assert 0.0 <= predicted["crack_area_fraction"] <= 1.0
 
 
 def test_one_mlflow_run_carries_lineage_params_metrics_and_model(repo: Path) -> None:
@@ -140,3 +155,27 @@ def test_changing_only_predict_params_reruns_only_predict_samples(repo: Path) ->
     # MLflow params are immutable: the new value is recorded next to the one train logged.
     assert run.data.params["predict.overlap"] == "0.5"
     assert run.data.tags["params.predict.overlap"] == "0.25"
+
+
+def test_eval_command_scores_a_model_on_another_data_set(repo: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from crackdet.synthetic import write_patch_set
+
+    write_patch_set(tmp_path / "other" / "set", 10, seed=99)
+    archive = shutil.make_archive(str(tmp_path / "other-set"), "zip", tmp_path / "other")
+    out = tmp_path / "eval.json"
+    result = run_cmd(
+        ["crackdet", "eval", archive, "--model", "outputs/train", "--out", str(out)], repo
+    )
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 20
+    assert f"accuracy {metrics['accuracy']:.4f}" in result.stdout
+    client, _ = _runs(repo)
+    experiment = client.get_experiment_by_name("crackdet")
+    evals = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`crackdet.stage` = 'eval'"
+    )
+    assert len(evals) == 1
+    assert evals[0].data.metrics["test_accuracy"] == metrics["accuracy"]
+    assert evals[0].data.tags["eval.model"] == "outputs/train"

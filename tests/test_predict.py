@@ -100,3 +100,53 @@ def test_read_photo_limits_and_errors(tmp_path) -> None:
     grey = tmp_path / "grey.png"
     Image.new("L", (30, 20), 77).save(grey)
     assert read_photo(grey, 10**8).shape == (20, 30, 3)
+
+
+def test_scale_maps_back_to_photo_pixels(model) -> None:
+    photo = np.random.default_rng(2).integers(0, 256, size=(600, 800, 3), dtype=np.uint8)
+    half = crack_map(model, photo, overlap=0.5, batch_size=16, scale=0.5)
+    assert half.heatmap.shape == (600, 800)
+    assert {t["size"] for t in half.tiles} == {454}
+    assert max(t["x"] + t["size"] for t in half.tiles) == 800
+    full = crack_map(model, photo, overlap=0.5, batch_size=16)
+    assert len(half.tiles) < len(full.tiles)
+
+
+def test_exif_orientation_is_honoured(tmp_path) -> None:
+    image = Image.new("RGB", (40, 20), (200, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif.tobytes())
+    assert read_photo(path, 10**8).shape == (40, 20, 3)
+
+
+def test_ood_signal_separates_concrete_from_something_else(model) -> None:
+    from crackdet.ood import fit_ood
+    from crackdet.synthetic import patch_rng, render_patch, render_photo
+
+    def features(images: list[np.ndarray]) -> np.ndarray:
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+        with torch.inference_mode():
+            return model.features(batch).numpy()
+
+    patches = [
+        render_patch(patch_rng(0, label, i), label == "Positive")
+        for label in ("Positive", "Negative")
+        for i in range(40)
+    ]
+    ood = fit_ood(features(patches[::2]), features(patches[1::2]))
+    concrete, _ = render_photo(np.random.default_rng(5), width=681, height=454)
+    # Something clearly not concrete: saturated colour blocks and stripes.
+    y, x = np.mgrid[0:454, 0:681]
+    other = np.stack([(x // 40 % 2) * 255, (y // 25 % 2) * 200, ((x + y) // 60 % 3) * 120], -1)
+    on_concrete = crack_map(model, concrete, 0.0, 8, ood=ood)
+    on_other = crack_map(model, other.astype(np.uint8), 0.0, 8, ood=ood)
+    assert on_concrete.ood_fraction is not None and on_other.ood_fraction is not None
+    assert on_concrete.ood_fraction <= 0.25
+    assert on_other.ood_fraction >= 0.9
+    assert on_other.ood_map is not None and on_other.ood_map.shape == (454, 681)
+    grey = np.asarray(
+        overlay_image(other.astype(np.uint8), on_other.heatmap, 1.0, on_other.ood_map)
+    )
+    assert tuple(grey[200, 300]) == (128, 128, 128)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from crackdet.data import ManifestRow
@@ -11,7 +12,7 @@ from crackdet.errors import CrackdetError
 from crackdet.params import SplitParams
 from crackdet.split import split_rows
 
-PARAMS = SplitParams(train=0.7, val=0.15, test=0.15)
+PARAMS = SplitParams(strategy="random", groups=458, train=0.7, val=0.15, test=0.15)
 
 
 def _rows(n_pos: int, n_neg: int) -> list[ManifestRow]:
@@ -45,5 +46,52 @@ def test_split_depends_on_seed_and_data_not_order() -> None:
 
 
 def test_split_refuses_too_few_images() -> None:
-    with pytest.raises(CrackdetError, match=r"class Negative has 3 images, too few"):
-        split_rows(_rows(50, 3), PARAMS, seed=1)
+    with pytest.raises(CrackdetError, match=r"split: (val|test) has no Negative images"):
+        split_rows(_rows(50, 2), PARAMS, seed=1)
+
+
+def test_duplicates_stay_on_one_side() -> None:
+    rows = _rows(100, 100)
+    twins = [[f"Positive/{i:05d}.jpg", f"Positive/{i + 50:05d}.jpg"] for i in range(50)]
+    result = split_rows(rows, PARAMS, seed=3, duplicates=twins)
+    side = {r.path: name for name, members in result.splits.items() for r in members}
+    assert all(side[a] == side[b] for a, b in twins)
+    assert result.counts()["test"]["Positive"] in (14, 16)  # pairs move together
+
+
+def test_grouped_split_keeps_groups_whole_and_balanced() -> None:
+    rng = np.random.default_rng(0)
+    rows = _rows(300, 300)
+    # 30 well separated "source photos", each contributing 10 positives and 10 negatives.
+    centres = rng.normal(size=(30, 22)) * 10
+    photo_of = [i % 30 for i in range(600)]
+    signatures = (centres[photo_of] + rng.normal(size=(600, 22)) * 0.1).astype(np.float32)
+    params = dataclasses.replace(PARAMS, strategy="grouped", groups=30)
+    result = split_rows(rows, params, seed=1, signatures=signatures)
+    side = {r.path: name for name, members in result.splits.items() for r in members}
+    photo_sides: dict[int, set[str]] = {}
+    for row, photo in zip(rows, photo_of, strict=True):
+        photo_sides.setdefault(photo, set()).add(side[row.path])
+    assert all(len(s) == 1 for s in photo_sides.values()), "a source photo spans two splits"
+    assert len(set(result.group_of.values())) == 30
+    counts = result.counts()
+    assert 380 <= sum(counts["train"].values()) <= 460
+    assert all(n > 0 for split in counts.values() for n in split.values())
+    random_result = split_rows(rows, PARAMS, seed=1, signatures=signatures)
+    random_side = {r.path: name for name, m in random_result.splits.items() for r in m}
+    spans = sum(
+        len({random_side[r.path] for r, p in zip(rows, photo_of, strict=True) if p == k}) > 1
+        for k in range(30)
+    )
+    assert spans > 20  # what grouping prevents
+
+
+def test_hardest_examples_are_the_highest_loss() -> None:
+    from crackdet.report import hardest
+
+    rows = _rows(2, 2)  # Positive 0, 1 then Negative 0, 1
+    targets = np.array([1, 1, 0, 0])
+    probabilities = np.array([0.9, 0.2, 0.95, 0.1])
+    worst = hardest(rows, targets, probabilities, 2)
+    assert [w[0].path for w in worst] == ["Negative/00000.jpg", "Positive/00001.jpg"]
+    assert worst[0][2] == pytest.approx(-np.log(0.05))

@@ -61,3 +61,67 @@ def test_backbone_stays_frozen(chdir_tmp: Path, tiny_params) -> None:
     trained = result.model.backbone.state_dict()
     for key, value in fresh.backbone.state_dict().items():
         assert torch.equal(value, trained[key]), f"backbone tensor {key} changed"
+
+
+def test_feature_cache_reuse_and_invalidation(chdir_tmp: Path, tiny_params) -> None:
+    params = tiny_params(**{"train.epochs": 2, "train.augment.views": 2})
+    images, train_rows, val_rows = _data(chdir_tmp, params)
+    cache = chdir_tmp / "cache"
+    n_train, n_val = len(train_rows), len(val_rows)
+    uncached = train_model(params, images, train_rows, val_rows)
+    cold = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    assert cold.timings["forward_passes"] == 2 * n_train + n_val
+    warm = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    assert warm.timings["forward_passes"] == 0
+    for result in (cold, warm):
+        assert [h.val_loss for h in result.history] == [h.val_loss for h in uncached.history]
+    # Head and optimiser params do not touch the features…
+    head_change = tiny_params(**{"train.epochs": 3, "train.hidden": 32, "train.lr": 0.01})
+    assert (
+        train_model(head_change, images, train_rows, val_rows, cache_dir=cache).timings[
+            "forward_passes"
+        ]
+        == 0
+    )
+    # …augmentation params invalidate the augmented view only, the seed too.
+    aug_change = tiny_params(**{"train.epochs": 2, "train.augment.rotation": 5.0})
+    assert (
+        train_model(aug_change, images, train_rows, val_rows, cache_dir=cache).timings[
+            "forward_passes"
+        ]
+        == n_train
+    )
+    one_view = tiny_params(**{"train.epochs": 2, "train.augment.views": 1})
+    assert (
+        train_model(one_view, images, train_rows, val_rows, cache_dir=cache).timings[
+            "forward_passes"
+        ]
+        == 0
+    )
+
+
+def test_torn_cache_file_is_recomputed(chdir_tmp: Path, tiny_params) -> None:
+    params = tiny_params(**{"train.epochs": 1, "train.augment.views": 1})
+    images, train_rows, val_rows = _data(chdir_tmp, params)
+    cache = chdir_tmp / "cache"
+    first = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    victim = next(cache.rglob(f"{train_rows[0].sha256}.npy"))
+    victim.write_bytes(victim.read_bytes()[:40])  # as a killed writer without atomic rename would
+    again = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    assert again.timings["forward_passes"] == 1
+    assert [h.val_loss for h in again.history] == [h.val_loss for h in first.history]
+
+
+def test_fine_tuning_last_block_changes_only_that_block(chdir_tmp: Path, tiny_params) -> None:
+    params = tiny_params(**{"train.epochs": 1, "train.unfreeze": 1, "train.batch_size": 16})
+    images, train_rows, val_rows = _data(chdir_tmp, params)
+    result = train_model(params, images, train_rows[:16], val_rows[:8])
+    from crackdet.data import CLASSES
+    from crackdet.models import build_classifier
+
+    fresh = build_classifier("efficientnet_lite0", True, 128, 0.4, 227, CLASSES).backbone
+    trained = result.model.backbone
+    assert not torch.equal(fresh.conv_head.weight, trained.conv_head.weight)
+    assert torch.equal(fresh.blocks[-1][0].conv_pw.weight, trained.blocks[-1][0].conv_pw.weight)
+    assert torch.equal(fresh.conv_stem.weight, trained.conv_stem.weight)
+    assert result.model.spec.unfrozen_blocks == 1

@@ -236,7 +236,8 @@ def _stream(
         unit_scale=True,
         unit_divisor=1024,
         desc=part.name.removesuffix(".part"),
-        disable=not progress,
+        # None: only on a terminal, so logs and captured stderr hold just the outcome.
+        disable=None if progress else True,
         leave=False,
     )
     try:
@@ -429,6 +430,14 @@ def _extract_into(archive: Path, root: Path, max_files: int, max_bytes: int) -> 
                     target.mkdir(parents=True, exist_ok=True)
                     continue
 
+                posix = PurePosixPath(*parts).as_posix()
+                if posix in files:
+                    # Two entries, one name: which one a tool keeps differs, so the data would
+                    # depend on the unpacker. Refuse rather than silently overwrite.
+                    raise CrackdetError(
+                        f"refusing to extract {archive}: entry {name!r} appears twice; repack "
+                        "the archive with unique file names"
+                    )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with open(target, "wb") as out:
                     # Count what is actually decompressed; header sizes can lie.
@@ -441,7 +450,7 @@ def _extract_into(archive: Path, root: Path, max_files: int, max_bytes: int) -> 
                                 "archive is trusted"
                             )
                         out.write(block)
-                files.add(PurePosixPath(*parts).as_posix())
+                files.add(posix)
     except libarchive.exception.ArchiveError as exc:
         reason = _one_line(getattr(exc, "msg", None) or exc)
         raise CrackdetError(

@@ -38,21 +38,64 @@ def _render_photos(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from crackdet.models import load_checkpoint
+    from crackdet.models import load_model
+    from crackdet.ood import OODModel
     from crackdet.params import load_params
     from crackdet.predict import list_photos
     from crackdet.stages.predict_samples import map_photos
 
     predict_params = load_params(args.params).predict
-    model_dir = Path(args.model)
-    model = load_checkpoint(model_dir / "model.pt", model_dir / "model.json")
+    model = load_model(args.model)
+    # The OOD model lives next to a checkpoint; registry models have none.
+    ood = (
+        None
+        if args.model.startswith(("models:/", "runs:/"))
+        else OODModel.load(Path(args.model) / "ood.npz")
+    )
     photos: list[Path] = []
     for item in map(Path, args.photos):
         photos.extend(list_photos(item) if item.is_dir() else [item])
     out = Path(args.out)
-    _, errors = map_photos(model, photos, out, predict_params)
+    _, errors = map_photos(model, photos, out, predict_params, args.model, ood)
     print(f"predict: {len(photos) - len(errors)} of {len(photos)} photos mapped into {out}")
     return 1 if errors else 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from crackdet.eval_data import evaluate_dataset
+    from crackdet.params import load_params
+    from crackdet.tracking import repo_root
+
+    params = load_params(args.params)
+    out = Path(args.out) if args.out else None
+    metrics = evaluate_dataset(Path(args.data), args.model, params, repo_root(), out)
+    print(
+        f"eval {args.data}: accuracy {metrics['accuracy']:.4f} precision "
+        f"{metrics['precision']:.4f} recall {metrics['recall']:.4f} f1 {metrics['f1']:.4f} "
+        f"roc_auc {metrics['roc_auc']:.4f} on {metrics['n']} images "
+        f"(tn {metrics['tn']} fp {metrics['fp']} fn {metrics['fn']} tp {metrics['tp']})"
+    )
+    return 0
+
+
+def _eval_maps(args: argparse.Namespace) -> int:
+    from crackdet.maps_eval import run_eval_maps, summary_line
+    from crackdet.params import load_params
+    from crackdet.tracking import repo_root
+
+    metrics = run_eval_maps(
+        Path(args.data),
+        args.model,
+        load_params(args.params),
+        repo_root(),
+        scale=args.scale,
+        overlap=args.overlap,
+        threshold=args.threshold,
+        out=Path(args.out) if args.out else None,
+        progress=args.verbose,
+    )
+    print(summary_line(metrics))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,13 +115,39 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="crack maps for photos or folders of photos")
     predict.add_argument("photos", nargs="+", metavar="PHOTO")
     predict.add_argument(
-        "--model", default="outputs/train", help="folder with model.pt and model.json"
+        "--model",
+        default="outputs/train",
+        help="folder with model.pt and model.json, or models:/crack-classifier@champion",
     )
     predict.add_argument("--out", default="predictions")
     predict.add_argument(
         "--params", default="params.yaml", help="predict.* settings come from here"
     )
     predict.set_defaults(handler=_predict)
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a model on any labelled folder/archive (Positive/, Negative/)"
+    )
+    evaluate.add_argument("data", metavar="DATA", help="folder or .zip/.tar*/.rar archive")
+    evaluate.add_argument(
+        "--model",
+        default="outputs/train",
+        help="checkpoint folder (model.pt + model.json) or models:/crack-classifier@champion",
+    )
+    evaluate.add_argument("--out", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--params", default="params.yaml", help="limits and batch size")
+    evaluate.set_defaults(handler=_eval)
+    maps = sub.add_parser(
+        "eval-maps", help="score crack maps against pixel masks (images/, masks/, masks_planking/)"
+    )
+    maps.add_argument("data", metavar="DIR_OR_ZIP", help="folder or .zip/.tar*/.rar archive")
+    maps.add_argument("--model", default="outputs/train", help="checkpoint folder or models:/…")
+    maps.add_argument("--scale", type=float, help="default: params.yaml predict.scale")
+    maps.add_argument("--overlap", type=float, help="default: params.yaml predict.overlap")
+    maps.add_argument("--threshold", type=float, help="default: the model's, else predict.*")
+    maps.add_argument("--out", help="also write the metrics to this JSON file")
+    maps.add_argument("--params", default="params.yaml", help="predict.* defaults and limits")
+    maps.add_argument("-v", "--verbose", action="store_true", help="one line per photo")
+    maps.set_defaults(handler=_eval_maps)
     render = sub.add_parser("render-photos", help="render synthetic full-size concrete photos")
     render.add_argument("--out", default="data/photos")
     render.add_argument("--count", type=int, default=3)
@@ -87,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--height", type=int, default=1200)
     render.add_argument("--quality", type=int, default=70, help="JPEG quality")
     render.set_defaults(handler=_render_photos)
+    from crackdet.cli_registry import add_subcommands
+
+    add_subcommands(sub)  # models, promote, promotion-log, trace, reproduce, ci-check
     return parser
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from crackdet.errors import CrackdetError, first_line
 from crackdet.io import write_text
@@ -119,6 +119,11 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise
     except Image.DecompressionBombError:
         raise CrackdetError(f"{name}: refused as a decompression bomb (too many pixels)") from None
+    except UnidentifiedImageError:
+        # Pillow's own text names the in-memory buffer and its address: useless to the user.
+        raise CrackdetError(
+            f"{name}: not a readable image (not in any image format Pillow knows)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise CrackdetError(f"{name}: not a readable image ({first_line(exc)})") from None
 

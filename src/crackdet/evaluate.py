@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
+from crackdet.calibrate import expected_calibration_error
 from crackdet.data import CLASSES, ManifestRow
 from crackdet.io import write_text, write_with
 from crackdet.models import CrackClassifier
@@ -42,15 +43,19 @@ class Evaluation:
             "fn": fn,
             "tp": tp,
             "n": len(y),
+            "threshold": float(self.threshold),
+            "ece": expected_calibration_error(self.probabilities, y),
             "confusion_matrix": [[tn, fp], [fn, tp]],
         }
 
 
 @torch.inference_mode()
 def predict_probabilities(
-    model: CrackClassifier, images_dir: Path, rows: list[ManifestRow], batch_size: int
+    model: torch.nn.Module, images_dir: Path, rows: list[ManifestRow], batch_size: int
 ) -> np.ndarray:
-    """Crack probability of each image, read and batched in chunks to bound memory."""
+    """Crack probability of each image from any model taking float RGB [0, 1] NCHW (a checkpoint
+    or a registry model), read and batched in chunks to bound memory."""
+
     model.eval()
     probs = []
     for start in range(0, len(rows), batch_size):
@@ -60,7 +65,7 @@ def predict_probabilities(
 
 
 def evaluate_rows(
-    model: CrackClassifier,
+    model: torch.nn.Module,
     images_dir: Path,
     rows: list[ManifestRow],
     batch_size: int,
@@ -70,6 +75,31 @@ def evaluate_rows(
     return Evaluation(
         targets, predict_probabilities(model, images_dir, rows, batch_size), threshold
     )
+
+
+@torch.inference_mode()
+def evaluate_classifier(
+    model: CrackClassifier,
+    images_dir: Path,
+    rows: list[ManifestRow],
+    cache_dir: Path | None,
+    threshold: float | None = None,
+) -> tuple[Evaluation, np.ndarray]:
+    """Evaluate a crackdet classifier as backbone then head (the same computation as
+    ``model(x)``), returning the backbone features too so the probe baseline and reports can use
+    them. With a frozen backbone the features come from the feature cache when present. The
+    threshold defaults to the model's operating threshold (chosen on val)."""
+    from crackdet.features import FeatureCache, cache_key, features_for
+
+    model.eval()
+    cache = None
+    if cache_dir is not None and model.spec.unfrozen_blocks == 0:
+        cache = FeatureCache(cache_dir, cache_key(model, None, 0))
+    features, _ = features_for(model, images_dir, rows, 0, None, 0, cache)
+    probabilities = torch.softmax(model.logits_from_features(features), dim=1)[:, 1].numpy()
+    targets = np.array([row.target for row in rows])
+    threshold = model.spec.threshold if threshold is None else threshold
+    return Evaluation(targets, probabilities, threshold), features.numpy()
 
 
 def _csv(header: list[str], rows: list[list[object]]) -> str:

@@ -14,13 +14,21 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from crackdet.data import CLASSES, ManifestRow, decode_image, manifest_digest, write_manifest
 from crackdet.errors import CrackdetError
-from crackdet.io import atomic_dir, write_json
+from crackdet.io import atomic_dir, write_json, write_text
 from crackdet.params import FetchParams
+from crackdet.signatures import dhash, duplicate_groups, save_signatures, signature
 
 OUTPUT_DIR = Path("outputs/fetch")
 DOWNLOAD_DIR = Path(".cache/downloads")
+
+
+# The public set as published (Özgenel 2019, V2): checked when it is downloaded.
+PUBLIC_PER_CLASS = 20_000
+PUBLIC_SIZE = (227, 227)
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class FetchSummary:
     skipped: list[str]
     manifest_sha256: str
     archive_sha256: str | None
+    duplicates: dict[str, int]
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -40,6 +49,7 @@ class FetchSummary:
             "skipped": self.skipped,
             "manifest_sha256": self.manifest_sha256,
             "archive_sha256": self.archive_sha256,
+            "duplicates": self.duplicates,
         }
 
 
@@ -68,34 +78,88 @@ def _class_files(class_root: Path, label: str) -> list[Path]:
     return files
 
 
-def index_images(
-    images: Path, origin: str, on_bad_image: str, max_pixels: int
-) -> tuple[list[ManifestRow], list[str]]:
-    """Decode every image under ``images/{Positive,Negative}`` once; return rows and skipped."""
+@dataclass
+class IndexedImages:
+    rows: list[ManifestRow]
+    skipped: list[str]
+    hashes: list[int]  # dHash per row
+    signatures: list[np.ndarray]  # colour/texture signature per row
+
+
+BAD_IMAGE_HINT = "; remove or replace it, or set fetch.on_bad_image: skip"
+
+
+def index_images(images: Path, origin: str, on_bad_image: str, max_pixels: int) -> IndexedImages:
+    """Decode every image under ``images/{Positive,Negative}`` once: manifest rows, skipped files,
+    and the signatures split and the duplicate report need (so nothing is decoded twice)."""
     rows: list[ManifestRow] = []
     skipped: list[str] = []
+    hashes: list[int] = []
+    sigs: list[np.ndarray] = []
     for label in CLASSES:
         files = _class_files(images, label)
         if not files:
-            raise CrackdetError(f"{origin}: class folder {label}/ holds no images")
+            raise CrackdetError(
+                f"{origin}: class folder {label}/ holds no images; put the class's images in "
+                f"{label}/"
+            )
         for path in files:
             rel = path.relative_to(images).as_posix()
             data = path.read_bytes()
             try:
                 image = decode_image(data, f"{origin}: {rel}", max_pixels)
-            except CrackdetError:
+            except CrackdetError as exc:
                 if on_bad_image == "error":
-                    raise
+                    # Say what to do, unless the message already names the params key to change.
+                    hint = "" if "fetch." in str(exc) else BAD_IMAGE_HINT
+                    raise CrackdetError(f"{exc}{hint}") from None
                 skipped.append(rel)
                 path.unlink()
                 continue
             rows.append(
                 ManifestRow(rel, label, hashlib.sha256(data).hexdigest(), image.width, image.height)
             )
+            hashes.append(dhash(image))
+            sigs.append(signature(image))
     for label in CLASSES:
         if not any(r.label == label for r in rows):
-            raise CrackdetError(f"{origin}: no readable images left in {label}/")
-    return rows, skipped
+            raise CrackdetError(
+                f"{origin}: no readable images left in {label}/; add readable images or fix the "
+                "skipped files"
+            )
+    return IndexedImages(rows, skipped, hashes, sigs)
+
+
+def report_duplicates(indexed: IndexedImages, max_bits: int, out: Path) -> dict[str, int]:
+    """Write duplicates.csv (group, path, label, sha256) and return counts for the summary."""
+    rows = indexed.rows
+    groups = duplicate_groups([r.sha256 for r in rows], np.array(indexed.hashes), max_bits)
+    lines = ["group,path,label,sha256"]
+    exact = conflicts = 0
+    for number, members in enumerate(groups, start=1):
+        lines += [f"{number},{rows[i].path},{rows[i].label},{rows[i].sha256}" for i in members]
+        exact += len({rows[i].sha256 for i in members}) < len(members)
+        conflicts += len({rows[i].label for i in members}) > 1
+    write_text(out / "duplicates.csv", "\n".join(lines) + "\n")
+    return {
+        "groups": len(groups),
+        "groups_with_identical_bytes": exact,
+        "images_in_groups": sum(len(m) for m in groups),
+        "groups_with_both_labels": conflicts,
+    }
+
+
+def check_public_layout(rows: list[ManifestRow], origin: str) -> None:
+    """The downloaded archive must be the public set: 20,000 + 20,000 images of 227x227."""
+    counts = {label: sum(r.label == label for r in rows) for label in CLASSES}
+    sizes = {(r.width, r.height) for r in rows}
+    if any(n != PUBLIC_PER_CLASS for n in counts.values()) or sizes != {PUBLIC_SIZE}:
+        found = ", ".join(f"{k} {v}" for k, v in counts.items())
+        raise CrackdetError(
+            f"{origin}: not the public set as published (expected {PUBLIC_PER_CLASS} Positive + "
+            f"{PUBLIC_PER_CLASS} Negative 227x227 images; found {found}, sizes "
+            f"{sorted(sizes)[:3]}); pin fetch.sha256 to the archive you trust"
+        )
 
 
 def _copy_classes(class_root: Path, images: Path) -> None:
@@ -113,6 +177,19 @@ def _from_archive_file(archive_path: Path, work: Path, images: Path, params: Fet
     for label in CLASSES:
         (class_root / label).rename(images / label)
     shutil.rmtree(extracted)
+
+
+def import_labelled(path: Path, images: Path, work: Path, params: FetchParams) -> str | None:
+    """Copy or extract a folder/archive in the public layout into ``images/{Positive,Negative}``;
+    return the archive's sha256 (None for a folder)."""
+    if path.is_dir():
+        _copy_classes(find_class_root(path, str(path)), images)
+        return None
+    from crackdet.archive import sha256_file
+
+    digest = sha256_file(path)
+    _from_archive_file(path, work, images, params)
+    return digest
 
 
 def resolve_archive(root: Path, archive: str) -> Path:
@@ -136,15 +213,10 @@ def fetch(params: FetchParams, seed: int, root: Path) -> FetchSummary:
             write_patch_set(images, params.synthetic_per_class, seed)
             origin = "synthetic"
         elif params.source == "archive":
-            path = resolve_archive(root, params.archive)
             origin = params.archive
-            if path.is_dir():
-                _copy_classes(find_class_root(path, origin), images)
-            else:
-                from crackdet.archive import sha256_file
-
-                archive_sha = sha256_file(path)
-                _from_archive_file(path, work, images, params)
+            archive_sha = import_labelled(
+                resolve_archive(root, params.archive), images, work, params
+            )
         else:  # mendeley
             from crackdet.archive import download
 
@@ -161,15 +233,22 @@ def fetch(params: FetchParams, seed: int, root: Path) -> FetchSummary:
             origin = params.url
             _from_archive_file(target, work, images, params)
         shutil.rmtree(work)
-        rows, skipped = index_images(images, origin, params.on_bad_image, params.max_pixels)
+        indexed = index_images(images, origin, params.on_bad_image, params.max_pixels)
+        rows = indexed.rows
+        if params.source == "mendeley":
+            check_public_layout(rows, origin)
         write_manifest(out / "manifest.csv", rows)
+        save_signatures(
+            out / "signatures.npz", [r.path for r in rows], indexed.hashes, indexed.signatures
+        )
         summary = FetchSummary(
             source=params.source,
             count=len(rows),
             per_class={label: sum(r.label == label for r in rows) for label in CLASSES},
-            skipped=skipped,
+            skipped=indexed.skipped,
             manifest_sha256=manifest_digest(rows),
             archive_sha256=archive_sha,
+            duplicates=report_duplicates(indexed, params.near_duplicate_bits, out),
         )
         write_json(out / "summary.json", summary.as_dict())
     return summary

@@ -46,6 +46,9 @@ class ModelSpec:
     patch_size: int
     classes: tuple[str, ...]
     weights: str  # where the backbone's initial weights came from, with their sha256
+    unfrozen_blocks: int = 0  # 0: backbone weights are exactly ``weights`` (features cacheable)
+    threshold: float = 0.5  # operating threshold on P(crack), chosen on val (crackdet.calibrate)
+    temperature: float = 1.0  # logits are divided by it (temperature scaling fitted on val)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -73,12 +76,17 @@ class CrackClassifier(nn.Module):
         )
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
+        self.register_buffer("temperature", torch.tensor(float(spec.temperature)))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone((images - self.mean) / self.std)
 
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits (divided by the temperature fitted on val)."""
+        return self.head(features) / self.temperature
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+        return self.logits_from_features(self.features(images))
 
 
 def sha256_file(path: Path) -> str:
@@ -191,9 +199,21 @@ def build_classifier(
     dropout: float,
     patch_size: int,
     classes: tuple[str, ...],
+    unfrozen_blocks: int = 0,
 ) -> CrackClassifier:
     backbone, width, source, mean, std = build_backbone(backbone_name, pretrained)
-    spec = ModelSpec(backbone_name, width, hidden, dropout, mean, std, patch_size, classes, source)
+    spec = ModelSpec(
+        backbone_name,
+        width,
+        hidden,
+        dropout,
+        mean,
+        std,
+        patch_size,
+        classes,
+        source,
+        unfrozen_blocks,
+    )
     return CrackClassifier(backbone, spec)
 
 
@@ -226,3 +246,15 @@ def load_checkpoint(checkpoint: Path, spec_file: Path) -> CrackClassifier:
             f"{checkpoint}: not a valid crackdet checkpoint ({first_line(exc)})"
         ) from None
     return model.eval()
+
+
+def load_model(reference: str, root: Path | None = None) -> nn.Module:
+    """A checkpoint folder (``model.pt`` + ``model.json``) or a registry/run URI
+    (``models:/crack-classifier@champion``), as a module taking float RGB [0, 1] NCHW."""
+    if reference.startswith(("models:/", "runs:/")):
+        from crackdet.registry import client_for, load_registry_model
+
+        client_for(root)  # registry URIs resolve against the project's store
+        return load_registry_model(reference)
+    folder = Path(reference)
+    return load_checkpoint(folder / "model.pt", folder / "model.json")

@@ -63,10 +63,13 @@ class FetchParams:
     max_files: int = _rule(ge=1)
     max_bytes: int = _rule(ge=1)
     max_pixels: int = _rule(ge=1)
+    near_duplicate_bits: int = _rule(ge=-1, le=16)
 
 
 @dataclass(frozen=True)
 class SplitParams:
+    strategy: str = _rule(choices=("grouped", "random"))
+    groups: int = _rule(ge=2, le=1_000_000)
     train: float = _rule(gt=0.0, le=1.0)
     val: float = _rule(gt=0.0, le=1.0)
     test: float = _rule(gt=0.0, le=1.0)
@@ -74,6 +77,7 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class AugmentParams:
+    views: int = _rule(ge=1, le=32)
     rotation: float = _rule(ge=0.0, le=180.0)
     hflip: bool = _rule()
     vflip: bool = _rule()
@@ -92,6 +96,7 @@ class TrainParams:
     lr_gamma: float = _rule(gt=0.0, le=1.0)
     hidden: int = _rule(ge=1, le=65_536)
     dropout: float = _rule(ge=0.0, le=0.99)
+    unfreeze: int = _rule(ge=0, le=64)
     augment: AugmentParams
 
 
@@ -104,11 +109,27 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class PredictParams:
+    scale: float = _rule(gt=0.0, le=8.0)
     overlap: float = _rule(ge=0.0, le=0.9)
     batch_size: int = _rule(ge=1, le=4096)
+    use_model_threshold: bool = _rule()
     threshold: float = _rule(ge=0.0, le=1.0)
     alpha: float = _rule(ge=0.0, le=1.0)
     max_pixels: int = _rule(ge=1)
+
+
+@dataclass(frozen=True)
+class PromoteParams:
+    """Gates a new registry version must pass to take the ``champion`` alias (crackdet.registry)."""
+
+    min_accuracy: float = _rule(ge=0.0, le=1.0)
+    min_f1: float = _rule(ge=0.0, le=1.0)
+    max_regression: float = _rule(ge=0.0, le=1.0)  # largest allowed drop vs the champion
+
+
+@dataclass(frozen=True)
+class CiParams:
+    max_metric_regression: float = _rule(ge=0.0)  # `crackdet ci-check` tolerance per metric
 
 
 @dataclass(frozen=True)
@@ -119,6 +140,8 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     predict: PredictParams
+    promote: PromoteParams
+    ci: CiParams
 
     def as_flat_dict(self) -> dict[str, Any]:
         """``{"train.augment.rotation": 10.0, …}``: the form logged to MLflow."""

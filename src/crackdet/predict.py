@@ -19,10 +19,12 @@ from PIL import Image, ImageDraw
 from crackdet.data import to_rgb
 from crackdet.errors import CrackdetError, first_line
 from crackdet.models import CrackClassifier
+from crackdet.ood import OODModel
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 CRACK_RGB = np.array([230, 30, 30], dtype=np.float32)
 CLEAN_RGB = np.array([30, 200, 60], dtype=np.float32)
+UNKNOWN_RGB = np.array([128, 128, 128], dtype=np.float32)
 
 
 def window_starts(length: int, window: int, overlap: float) -> list[int]:
@@ -39,8 +41,15 @@ def window_starts(length: int, window: int, overlap: float) -> list[int]:
 @dataclass(frozen=True)
 class CrackMap:
     heatmap: np.ndarray  # float32 HxW, mean crack probability of the windows covering each pixel
-    tiles: list[dict[str, float | int]]  # x, y, size, p per window
+    tiles: list[dict[str, float | int | bool]]  # x, y, size, p (and ood, ood_score) per window
     seconds: float
+    ood_map: np.ndarray | None = None  # float32 HxW, share of covering windows that are OOD
+
+    @property
+    def ood_fraction(self) -> float | None:
+        if self.ood_map is None:
+            return None
+        return float(np.mean([bool(t["ood"]) for t in self.tiles]))
 
     def crack_fraction(self, threshold: float) -> float:
         return float((self.heatmap >= threshold).mean())
@@ -66,13 +75,30 @@ def read_photo(path: Path, max_pixels: int) -> np.ndarray:
         raise CrackdetError(f"{path}: not a readable image ({first_line(exc)})") from None
 
 
+def resize_photo(photo: np.ndarray, scale: float) -> np.ndarray:
+    """Rescale so one window covers what a training patch covered (``predict.scale``)."""
+    if scale == 1.0:
+        return photo
+    height, width = photo.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR))
+
+
 @torch.inference_mode()
 def crack_map(
-    model: CrackClassifier, photo: np.ndarray, overlap: float, batch_size: int
+    model: CrackClassifier,
+    photo: np.ndarray,
+    overlap: float,
+    batch_size: int,
+    scale: float = 1.0,
+    ood: OODModel | None = None,
 ) -> CrackMap:
-    """Slide patch-size windows over an RGB photo, batch them through the model, average."""
+    """Slide patch-size windows over an RGB photo (rescaled by ``scale`` first), batch them
+    through the model, average per pixel; the heatmap and tiles are in the photo's own pixels."""
     start_time = time.perf_counter()
     window = model.spec.patch_size
+    original_h, original_w = photo.shape[:2]
+    photo = resize_photo(photo, scale)
     height, width = photo.shape[:2]
     # Photos smaller than a window are padded (edge-replicated) rather than rejected.
     pad_h, pad_w = max(0, window - height), max(0, window - width)
@@ -85,30 +111,85 @@ def crack_map(
         for y in window_starts(padded.shape[0], window, overlap)
         for x in window_starts(padded.shape[1], window, overlap)
     ]
-    probabilities = []
+    probabilities, scores = [], []
     model.eval()
+    # With a crackdet classifier the features are computed once and feed both the head and the
+    # OOD score; a registry (pt2) model is a black box and gets no OOD signal.
+    with_ood = ood is not None and hasattr(model, "logits_from_features")
     for begin in range(0, len(positions), batch_size):
         chunk = positions[begin : begin + batch_size]
         batch = torch.stack([tensor[:, y : y + window, x : x + window] for y, x in chunk])
-        logits = model(batch.float().div_(255.0))
+        # Channels-last runs the CPU convolutions ~1.7-2x faster for these backbones.
+        batch = batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        if with_ood:
+            features = model.features(batch)
+            logits = model.logits_from_features(features)
+            scores.append(ood.score(features.numpy()))  # type: ignore[union-attr]
+        else:
+            logits = model(batch)
         probabilities.append(torch.softmax(logits, dim=1)[:, 1])
     probs = torch.cat(probabilities).numpy()
-    total = np.zeros(padded.shape[:2], dtype=np.float64)
-    count = np.zeros(padded.shape[:2], dtype=np.float64)
-    for (y, x), p in zip(positions, probs, strict=True):
-        total[y : y + window, x : x + window] += p
+    all_scores = np.concatenate(scores) if with_ood else None
+    flags = all_scores > ood.threshold if all_scores is not None else None  # type: ignore[union-attr]
+    heatmap = _to_size(
+        _average(positions, probs, window, padded.shape[:2], (height, width)),
+        (original_h, original_w),
+    )
+    ood_map = None
+    if flags is not None:
+        ood_map = _to_size(
+            _average(
+                positions, flags.astype(np.float64), window, padded.shape[:2], (height, width)
+            ),
+            (original_h, original_w),
+        )
+    tiles: list[dict[str, float | int | bool]] = []
+    for k, ((y, x), p) in enumerate(zip(positions, probs, strict=True)):
+        tile: dict[str, float | int | bool] = {
+            "x": round(x / scale),
+            "y": round(y / scale),
+            "size": round(window / scale),
+            "p": round(float(p), 6),
+        }
+        if flags is not None and all_scores is not None:
+            tile["ood"] = bool(flags[k])
+            tile["ood_score"] = round(float(all_scores[k]), 4)
+        tiles.append(tile)
+    return CrackMap(heatmap, tiles, time.perf_counter() - start_time, ood_map)
+
+
+def _average(
+    positions: list[tuple[int, int]],
+    values: np.ndarray,
+    window: int,
+    padded_shape: tuple[int, ...],
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Per-pixel mean of the values of the windows covering each pixel, cropped to ``shape``."""
+    total = np.zeros(padded_shape, dtype=np.float32)  # float32: a 12 MP photo stays ~100 MB
+    count = np.zeros(padded_shape, dtype=np.float32)
+    for (y, x), value in zip(positions, values, strict=True):
+        total[y : y + window, x : x + window] += value
         count[y : y + window, x : x + window] += 1
-    heatmap = (total / count)[:height, :width].astype(np.float32)
-    tiles = [
-        {"x": int(x), "y": int(y), "size": window, "p": round(float(p), 6)}
-        for (y, x), p in zip(positions, probs, strict=True)
-    ]
-    return CrackMap(heatmap, tiles, time.perf_counter() - start_time)
+    return (total / count)[: shape[0], : shape[1]].astype(np.float32)
 
 
-def overlay_image(photo: np.ndarray, heatmap: np.ndarray, alpha: float) -> Image.Image:
-    """Blend the photo with a green→red ramp by crack probability, and draw a small legend."""
+def _to_size(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if array.shape == shape:
+        return array
+    resized = Image.fromarray(array, "F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+
+
+def overlay_image(
+    photo: np.ndarray, heatmap: np.ndarray, alpha: float, ood_map: np.ndarray | None = None
+) -> Image.Image:
+    """Blend the photo with a green→red ramp by crack probability (grey where the tiles look like
+    nothing in the training data), and draw a small legend."""
     colour = heatmap[..., None] * CRACK_RGB + (1.0 - heatmap[..., None]) * CLEAN_RGB
+    if ood_map is not None:
+        unknown = (ood_map >= 0.5)[..., None]
+        colour = np.where(unknown, UNKNOWN_RGB, colour)
     blended = (1.0 - alpha) * photo.astype(np.float32) + alpha * colour
     image = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
@@ -119,6 +200,8 @@ def overlay_image(photo: np.ndarray, heatmap: np.ndarray, alpha: float) -> Image
         image.paste(Image.fromarray(np.repeat(strip[None], bar_h, axis=0), "RGB"), (x0, y0))
         draw.text((x0, y0 - 12), "p(crack) 0", fill=(255, 255, 255))
         draw.text((x0 + bar_w - 8, y0 - 12), "1", fill=(255, 255, 255))
+        if ood_map is not None:
+            draw.text((x0 + bar_w + 10, y0), "grey: unlike training data", fill=(255, 255, 255))
     return image
 
 

@@ -1,24 +1,42 @@
-"""The split stage: seeded, stratified train/val/test manifests.
+"""The split stage: seeded train/val/test manifests that do not leak.
 
-The test split is written here and read only by evaluate: no choice (epoch, threshold, promotion)
-is ever made on it. The split fingerprint (sha256 of the sorted test manifest, plus of all three)
-lets any metric be tied to the exact images it was measured on.
+Two strategies (``split.strategy``):
+
+- ``grouped`` (default): patches are clustered into ``split.groups`` groups of similar colour and
+  texture signature (likely the same source photo: the public set's 40,000 patches come from 458
+  photos, ~87 each, and a random patch split puts crops of one wall on both sides), and whole
+  groups are assigned to splits, balancing each class towards the fractions.
+- ``random``: stratified per image, as the blog did (but seeded).
+
+Under both, duplicate groups found by fetch (identical bytes or near-identical dHash) are kept on
+one side. The test split is read only by evaluate: no choice is ever made on it. The fingerprint
+(sha256 over the three sorted manifests) ties every metric to the exact images it was measured on.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from crackdet.data import CLASSES, ManifestRow, manifest_digest, read_manifest, write_manifest
+from crackdet.data import (
+    CLASSES,
+    LABEL_INDEX,
+    ManifestRow,
+    manifest_digest,
+    read_manifest,
+    write_manifest,
+)
 from crackdet.errors import CrackdetError
-from crackdet.io import atomic_dir, write_json
+from crackdet.io import atomic_dir, write_json, write_text
 from crackdet.params import SplitParams
+from crackdet.signatures import UnionFind, load_signatures
 
-INPUT_MANIFEST = Path("outputs/fetch/manifest.csv")
+FETCH_DIR = Path("outputs/fetch")
+INPUT_MANIFEST = FETCH_DIR / "manifest.csv"
 OUTPUT_DIR = Path("outputs/split")
 SPLITS = ("train", "val", "test")
 
@@ -27,6 +45,7 @@ SPLITS = ("train", "val", "test")
 class SplitResult:
     splits: dict[str, list[ManifestRow]]
     fingerprint: str
+    group_of: dict[str, int]  # path -> group id (singletons when nothing groups an image)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -35,45 +54,149 @@ class SplitResult:
         }
 
 
-def split_rows(rows: list[ManifestRow], params: SplitParams, seed: int) -> SplitResult:
-    """Stratified split: each class is shuffled with the seed and cut by the fractions."""
-    # Sort first so the result depends on the data and the seed only, not on listing order.
-    ordered = sorted(rows, key=lambda r: r.path)
-    splits: dict[str, list[ManifestRow]] = {name: [] for name in SPLITS}
-    for class_index, label in enumerate(CLASSES):
-        members = [r for r in ordered if r.label == label]
-        rng = np.random.default_rng([seed, class_index])
-        members = [members[i] for i in rng.permutation(len(members))]
-        n_val = round(len(members) * params.val)
-        n_test = round(len(members) * params.test)
-        n_train = len(members) - n_val - n_test
-        if min(n_train, n_val, n_test) < 1:
-            raise CrackdetError(
-                f"split: class {label} has {len(members)} images, too few for "
-                f"split.train/val/test = {params.train}/{params.val}/{params.test}"
-            )
-        splits["train"] += members[:n_train]
-        splits["val"] += members[n_train : n_train + n_val]
-        splits["test"] += members[n_train + n_val :]
+def read_duplicate_groups(path: Path) -> list[list[str]]:
+    """Path lists from fetch's duplicates.csv (absent: no duplicates known)."""
+    if not path.exists():
+        return []
+    groups: dict[str, list[str]] = {}
+    with open(path, newline="") as handle:
+        for record in csv.DictReader(handle):
+            groups.setdefault(record["group"], []).append(record["path"])
+    return list(groups.values())
+
+
+def cluster_signatures(signatures: np.ndarray, n_groups: int, seed: int) -> np.ndarray:
+    """Cluster label per image: k-means on standardised signatures (k capped at n/2)."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    k = max(2, min(n_groups, len(signatures) // 2))
+    scaled = (signatures - signatures.mean(0)) / (signatures.std(0) + 1e-6)
+    if len(signatures) > 20_000:  # full public set: the minibatch variant keeps this to seconds
+        model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=4096)
+    else:
+        model = KMeans(n_clusters=k, random_state=seed, n_init=1)
+    return model.fit_predict(scaled)
+
+
+def _groups(
+    rows: list[ManifestRow],
+    strategy: str,
+    n_groups: int,
+    seed: int,
+    duplicates: list[list[str]],
+    signatures: np.ndarray | None,
+) -> list[int]:
+    index = {row.path: i for i, row in enumerate(rows)}
+    union = UnionFind(len(rows))
+    for members in duplicates:
+        present = [index[p] for p in members if p in index]
+        for other in present[1:]:
+            union.union(present[0], other)
+    if strategy == "grouped":
+        assert signatures is not None
+        labels = cluster_signatures(signatures, n_groups, seed)
+        first: dict[int, int] = {}
+        for i, label in enumerate(labels.tolist()):
+            union.union(first.setdefault(label, i), i)
+    return union.labels()
+
+
+def _assign(
+    rows: list[ManifestRow], group_ids: list[int], params: SplitParams, seed: int
+) -> dict[str, list[ManifestRow]]:
+    """Assign whole groups: biggest first (ties in seeded random order), each to the split whose
+    per-class shortfall against its target fraction the group reduces most."""
+    members: dict[int, list[int]] = {}
+    for i, group in enumerate(group_ids):
+        members.setdefault(group, []).append(i)
+    rng = np.random.default_rng([seed, 7])
+    order = list(members)
+    tiebreak = rng.permutation(len(order))
+    order = [
+        g
+        for _, _, g in sorted(zip([-len(members[g]) for g in order], tiebreak, order, strict=True))
+    ]
+    fractions = np.array([params.train, params.val, params.test])
+    class_totals = np.bincount([LABEL_INDEX[r.label] for r in rows], minlength=len(CLASSES))
+    targets = fractions[:, None] * class_totals[None, :]
+    filled = np.zeros_like(targets)
+    assignment: dict[str, list[ManifestRow]] = {name: [] for name in SPLITS}
+    for group in order:
+        composition = np.bincount(
+            [LABEL_INDEX[rows[i].label] for i in members[group]], minlength=len(CLASSES)
+        )
+        shortfall = (targets - filled) / np.maximum(targets, 1.0)
+        gain = (np.clip(shortfall, 0, None) * composition[None, :]).sum(1)
+        choice = (
+            int(np.argmax(gain))
+            if gain.max() > 0
+            else int(np.argmin(filled.sum(1) / targets.sum(1)))
+        )
+        filled[choice] += composition
+        assignment[SPLITS[choice]] += [rows[i] for i in members[group]]
+    return assignment
+
+
+def split_rows(
+    rows: list[ManifestRow],
+    params: SplitParams,
+    seed: int,
+    duplicates: list[list[str]] | None = None,
+    signatures: np.ndarray | None = None,
+) -> SplitResult:
+    """Split ``rows`` (signatures: one per row, same order; needed for ``grouped``)."""
+    ordered = sorted(range(len(rows)), key=lambda i: rows[i].path)
+    rows = [rows[i] for i in ordered]  # the result depends on the data and seed, not listing order
+    if signatures is not None:
+        signatures = signatures[ordered]
+    if params.strategy == "grouped" and signatures is None:
+        raise CrackdetError(
+            "split: grouped strategy needs outputs/fetch/signatures.npz; rerun fetch"
+        )
+    group_ids = _groups(rows, params.strategy, params.groups, seed, duplicates or [], signatures)
+    splits = _assign(rows, group_ids, params, seed)
     for name in SPLITS:
+        for label in CLASSES:
+            if not any(r.label == label for r in splits[name]):
+                raise CrackdetError(
+                    f"split: {name} has no {label} images (too few images or groups for "
+                    f"split.train/val/test = {params.train}/{params.val}/{params.test})"
+                )
         splits[name].sort(key=lambda r: r.path)
     fingerprint = hashlib.sha256(
         "".join(f"{name}:{manifest_digest(splits[name])}\n" for name in SPLITS).encode()
     ).hexdigest()
-    return SplitResult(splits, fingerprint)
+    return SplitResult(
+        splits, fingerprint, {r.path: g for r, g in zip(rows, group_ids, strict=True)}
+    )
 
 
 def run_split(params: SplitParams, seed: int, root: Path) -> SplitResult:
     rows = read_manifest(root / INPUT_MANIFEST)
-    result = split_rows(rows, params, seed)
+    signatures = None
+    sig_file = root / FETCH_DIR / "signatures.npz"
+    if sig_file.exists():
+        paths, _, sigs = load_signatures(sig_file)
+        by_path = dict(zip(paths, sigs, strict=True))
+        signatures = np.stack([by_path[r.path] for r in rows])
+    duplicates = read_duplicate_groups(root / FETCH_DIR / "duplicates.csv")
+    result = split_rows(rows, params, seed, duplicates, signatures)
+    split_of = {r.path: name for name, members in result.splits.items() for r in members}
     with atomic_dir(root / OUTPUT_DIR) as out:
         for name, members in result.splits.items():
             write_manifest(out / f"{name}.csv", members)
+        write_text(
+            out / "groups.csv",
+            "path,group,split\n"
+            + "".join(f"{p},{g},{split_of[p]}\n" for p, g in sorted(result.group_of.items())),
+        )
         write_json(
             out / "summary.json",
             {
+                "strategy": params.strategy,
                 "fingerprint": result.fingerprint,
                 "test_fingerprint": manifest_digest(result.splits["test"]),
+                "groups": len(set(result.group_of.values())),
                 "counts": result.counts(),
                 "seed": seed,
             },

@@ -1,11 +1,17 @@
 """Training: the blog's recipe (frozen ImageNet backbone + small head, Adam, StepLR, augmentation),
-made deterministic and honest.
+made deterministic, honest and cheap.
 
-With the backbone frozen, an epoch is two separable steps: run the backbone over this epoch's
-augmented view of every training image, then train the head on those features. Each image's
-augmentation is drawn from its own generator seeded by (seed, epoch, index), so a rerun with the
-same params and data gives identical numbers regardless of batch order. Validation features carry
-no augmentation, so they are computed once. The best epoch is chosen on val, never on test.
+With the backbone frozen (``train.unfreeze: 0``, the default) an epoch is two separable steps: take
+the backbone features of this epoch's view of every training image, then train the head on them.
+Features come from :mod:`crackdet.features`: ``train.augment.views`` views per image (view 0 plain,
+the others augmented from (seed, view, image sha256)), computed once and cached, and epochs cycle
+through the views. The blog instead ran the backbone over freshly augmented images every epoch:
+the same kind of augmentation at several times the cost.
+
+With ``train.unfreeze: N > 0`` the last N backbone blocks are fine-tuned (for users with a GPU;
+the device is picked automatically): images are augmented on the fly every epoch and nothing is
+cached. In both modes the best epoch is chosen on val, never on test, and the same params and data
+give identical numbers on a rerun.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from crackdet.data import CLASSES, PATCH_SIZE, ManifestRow, load_rgb
+from crackdet.errors import CrackdetError
 from crackdet.models import FORWARD_CHUNK, CrackClassifier, build_classifier
 from crackdet.params import AugmentParams, Params
 
@@ -45,20 +52,29 @@ class TrainResult:
     history: list[EpochRecord]
     best_epoch: int
     timings: dict[str, float] = field(default_factory=dict)
+    # Frozen mode only: val features of the plain images (for the probe baseline and reports).
+    val_features: torch.Tensor | None = None
+    train_features: torch.Tensor | None = None
 
     @property
     def best(self) -> EpochRecord:
         return self.history[self.best_epoch - 1]
 
 
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def set_determinism(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
 
 
 def load_images(images_dir: Path, rows: list[ManifestRow], size: int = PATCH_SIZE) -> torch.Tensor:
-    """All images of a split as one uint8 NCHW tensor (decoded once, reused every epoch)."""
+    """Images as one uint8 NCHW tensor (decoded once, reused every epoch)."""
+    if not rows:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
     batch = np.stack([load_rgb(images_dir / row.path, size) for row in rows])
     return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
@@ -86,42 +102,38 @@ def augment_image(
     return image.clamp(0.0, 1.0)
 
 
-def view_of(
-    images: torch.Tensor,
-    indices: range,
-    augment: AugmentParams | None,
-    seed: int,
-    epoch: int,
-) -> torch.Tensor:
-    """Float batch for ``indices``; augmented per image from (seed, epoch, index) when asked."""
-    batch = images[indices.start : indices.stop].float().div_(255.0)
-    if augment is None:
-        return batch
-    return torch.stack(
-        [
-            augment_image(batch[k], augment, np.random.default_rng([seed, epoch, index]))
-            for k, index in enumerate(indices)
-        ]
-    )
+def backbone_units(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks in order, so that ``train.unfreeze: N`` can free the last N."""
+    if hasattr(backbone, "blocks"):  # timm EfficientNet family: stages, then the 1x1 head conv
+        return [*backbone.blocks, nn.ModuleList([backbone.conv_head, backbone.bn2])]
+    if hasattr(backbone, "layer4"):  # torchvision ResNets
+        return [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+    if hasattr(backbone, "features"):  # torchvision MobileNet / EfficientNet / ConvNeXt
+        return list(backbone.features)
+    raise CrackdetError(f"train.unfreeze: no block structure known for {type(backbone).__name__}")
 
 
-@torch.inference_mode()
-def backbone_features(
-    model: CrackClassifier,
-    images: torch.Tensor,
-    batch_size: int = FORWARD_CHUNK,
-    augment: AugmentParams | None = None,
-    seed: int = 0,
-    epoch: int = 0,
-) -> torch.Tensor:
-    """Backbone features (N, F) of every image, in batches, backbone in eval mode."""
-    model.backbone.eval()
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        indices = range(start, min(start + batch_size, len(images)))
-        batch = view_of(images, indices, augment, seed, epoch)
-        chunks.append(model.features(batch.contiguous(memory_format=torch.channels_last)))
-    return torch.cat(chunks)
+def _head_epoch(
+    head: nn.Module,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    shuffle: torch.Generator,
+) -> tuple[float, float]:
+    head.train()
+    total_loss, correct = 0.0, 0
+    order = torch.randperm(len(features), generator=shuffle)
+    for begin in range(0, len(order), batch_size):
+        idx = order[begin : begin + batch_size]
+        logits = head(features[idx])
+        loss = nn.functional.cross_entropy(logits, targets[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == targets[idx]).sum())
+    return total_loss / len(features), correct / len(features)
 
 
 def _evaluate_head(
@@ -135,74 +147,171 @@ def _evaluate_head(
     return loss, acc
 
 
+def _finetune_epoch(
+    model: CrackClassifier,
+    trainable: list[nn.Module],
+    images: torch.Tensor,
+    rows: list[ManifestRow],
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: Params,
+    epoch: int,
+    shuffle: torch.Generator,
+) -> tuple[float, float]:
+    """One epoch of fine-tuning: fresh augmentation per image and epoch, backbone partly trained."""
+    from crackdet.features import image_seed
+
+    device = model.mean.device
+    model.eval()  # frozen blocks keep their BatchNorm statistics
+    for unit in trainable:
+        unit.train()
+    model.head.train()
+    total_loss, correct = 0.0, 0
+    order = torch.randperm(len(images), generator=shuffle)
+    for begin in range(0, len(order), params.train.batch_size):
+        idx = order[begin : begin + params.train.batch_size]
+        batch = torch.stack(
+            [
+                augment_image(
+                    images[i].float() / 255.0,
+                    params.train.augment,
+                    np.random.default_rng(image_seed(params.base.seed, epoch, rows[i].sha256)),
+                )
+                for i in idx.tolist()
+            ]
+        ).to(device)
+        logits = model(batch.contiguous(memory_format=torch.channels_last))
+        loss = nn.functional.cross_entropy(logits, targets[idx].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(idx)
+        correct += int((logits.argmax(1).cpu() == targets[idx]).sum())
+    return total_loss / len(images), correct / len(images)
+
+
 def train_model(
     params: Params,
     images_dir: Path,
     train_rows: list[ManifestRow],
     val_rows: list[ManifestRow],
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    cache_dir: Path | None = None,
 ) -> TrainResult:
-    """Train the classifier; the returned model holds the head of the best val epoch."""
+    """Train the classifier; the returned model holds the weights of the best val epoch.
+
+    ``cache_dir``: where frozen-backbone features are cached (None: compute, don't store).
+    """
+    from crackdet.features import FeatureCache, cache_key, features_for
+
     cfg = params.train
     seed = params.base.seed
     set_determinism(seed)
+    device = pick_device()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     model = build_classifier(
-        cfg.backbone, cfg.pretrained, cfg.hidden, cfg.dropout, PATCH_SIZE, CLASSES
+        cfg.backbone, cfg.pretrained, cfg.hidden, cfg.dropout, PATCH_SIZE, CLASSES, cfg.unfreeze
     )
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device=device, memory_format=torch.channels_last)
+    units = backbone_units(model.backbone)
+    if cfg.unfreeze > len(units):
+        raise CrackdetError(
+            f"params.yaml: train.unfreeze is {cfg.unfreeze} but {cfg.backbone} has "
+            f"{len(units)} blocks"
+        )
+    trainable = units[len(units) - cfg.unfreeze :] if cfg.unfreeze else []
     for parameter in model.backbone.parameters():
-        parameter.requires_grad_(False)  # the blog's recipe: only the head learns
+        parameter.requires_grad_(False)  # the blog's recipe: only the head learns…
+    for unit in trainable:  # …unless fine-tuning the last blocks was asked for
+        for parameter in unit.parameters():
+            parameter.requires_grad_(True)
     torch.manual_seed(seed)  # head init and dropout draw from here, independent of backbone build
     for layer in model.head:
         if isinstance(layer, nn.Linear):
             layer.reset_parameters()
     timings["build_s"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    train_images = load_images(images_dir, train_rows)
-    val_images = load_images(images_dir, val_rows)
     train_targets, val_targets = targets_of(train_rows), targets_of(val_rows)
-    timings["load_s"] = time.perf_counter() - clock
-
+    frozen = cfg.unfreeze == 0
     clock = time.perf_counter()
-    val_features = backbone_features(model, val_images)
-    timings["val_features_s"] = time.perf_counter() - clock
+    forwards = 0
+    train_views: list[torch.Tensor] = []
+    if frozen:
+        plain = FeatureCache(cache_dir, cache_key(model, None, seed)) if cache_dir else None
+        augmented = (
+            FeatureCache(cache_dir, cache_key(model, cfg.augment, seed))
+            if cache_dir and cfg.augment.views > 1
+            else None
+        )
+        val_features, n = features_for(model, images_dir, val_rows, 0, None, seed, plain)
+        forwards += n
+        for view in range(cfg.augment.views):
+            features, n = features_for(
+                model,
+                images_dir,
+                train_rows,
+                view,
+                cfg.augment if view else None,
+                seed,
+                augmented if view else plain,
+            )
+            train_views.append(features.to(device))
+            forwards += n
+        val_features = val_features.to(device)
+        train_images = val_images = None
+    else:
+        train_images = load_images(images_dir, train_rows)
+        val_images = load_images(images_dir, val_rows)
+    timings["features_s"] = time.perf_counter() - clock
+    timings["forward_passes"] = forwards
+    timings["images_per_s"] = forwards / timings["features_s"] if forwards else 0.0
 
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_epochs, cfg.lr_gamma)
     shuffle = torch.Generator().manual_seed(seed)
     history: list[EpochRecord] = []
     best_state, best_key, best_epoch = None, (-math.inf, -math.inf), 0
-    feature_seconds = 0.0
+    clock = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        features = backbone_features(model, train_images, FORWARD_CHUNK, cfg.augment, seed, epoch)
-        feature_seconds += time.perf_counter() - start
         lr = optimizer.param_groups[0]["lr"]
-        model.head.train()
-        total_loss, correct = 0.0, 0
-        order = torch.randperm(len(features), generator=shuffle)
-        for begin in range(0, len(order), cfg.batch_size):
-            idx = order[begin : begin + cfg.batch_size]
-            logits = model.head(features[idx])
-            loss = nn.functional.cross_entropy(logits, train_targets[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == train_targets[idx]).sum())
+        if frozen:
+            features = train_views[(epoch - 1) % len(train_views)]
+            train_loss, train_acc = _head_epoch(
+                model.head, features, train_targets.to(device), optimizer, cfg.batch_size, shuffle
+            )
+        else:
+            assert train_images is not None and val_images is not None
+            train_loss, train_acc = _finetune_epoch(
+                model,
+                trainable,
+                train_images,
+                train_rows,
+                train_targets,
+                optimizer,
+                params,
+                epoch,
+                shuffle,
+            )
+            with torch.inference_mode():
+                model.eval()
+                val_features = torch.cat(
+                    [
+                        model.features(
+                            (
+                                val_images[i : i + FORWARD_CHUNK].to(device).float() / 255.0
+                            ).contiguous(memory_format=torch.channels_last)
+                        )
+                        for i in range(0, len(val_images), FORWARD_CHUNK)
+                    ]
+                )
         scheduler.step()
-        val_loss, val_acc = _evaluate_head(model.head, val_features, val_targets)
+        val_loss, val_acc = _evaluate_head(model.head, val_features, val_targets.to(device))
         record = EpochRecord(
-            epoch,
-            total_loss / len(features),
-            correct / len(features),
-            val_loss,
-            val_acc,
-            lr,
-            time.perf_counter() - start,
+            epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start
         )
         history.append(record)
         if on_epoch:
@@ -210,12 +319,21 @@ def train_model(
         key = (val_acc, -val_loss)  # best val accuracy; ties go to the lower val loss
         if key > best_key:
             best_key, best_epoch = key, epoch
-            best_state = copy.deepcopy(model.head.state_dict())
+            best_state = copy.deepcopy(
+                model.state_dict() if not frozen else model.head.state_dict()
+            )
+    timings["epochs_s"] = time.perf_counter() - clock
     assert best_state is not None
-    model.head.load_state_dict(best_state)
-    model.eval()
-    n_views = len(train_images) * cfg.epochs + len(val_images)
-    timings["train_features_s"] = feature_seconds
-    timings["images_per_s"] = n_views / max(feature_seconds + timings["val_features_s"], 1e-9)
-    model = model.to(memory_format=torch.contiguous_format)
-    return TrainResult(model, history, best_epoch, timings)
+    if frozen:
+        model.head.load_state_dict(best_state)
+    else:
+        model.load_state_dict(best_state)
+    model = model.to(device="cpu", memory_format=torch.contiguous_format).eval()
+    return TrainResult(
+        model,
+        history,
+        best_epoch,
+        timings,
+        val_features=val_features.cpu() if frozen else None,
+        train_features=train_views[0].cpu() if frozen else None,
+    )

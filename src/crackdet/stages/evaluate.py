@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from crackdet.data import read_manifest
-from crackdet.evaluate import evaluate_rows, write_curves, write_plot_images
+from crackdet.evaluate import Evaluation, evaluate_classifier, write_curves, write_plot_images
+from crackdet.features import cache_root
 from crackdet.io import write_json
 from crackdet.models import load_checkpoint
+from crackdet.params import Params
+from crackdet.probe import Probe
+from crackdet.report import write_data_report
 from crackdet.stages._common import run_stage, stage_params
 from crackdet.tracking import RUN_FILE, git_state, log_stage_params, resume_pipeline_run
 
@@ -31,25 +35,55 @@ def register(model_uri: str, name: str, run_id: str, tags: dict[str, str]) -> di
     return {"name": name, "version": int(version.version), "run_id": run_id, "model_uri": model_uri}
 
 
+def promote(root: Path, registered: dict[str, Any], params: Params) -> dict[str, Any]:
+    """Judge the new version against the champion (crackdet.registry) and move an alias."""
+    from crackdet.registry import auto_promote, client_for, split_reevaluator
+
+    name = registered["name"]
+    # A champion scored on another split is re-scored on this one (the test split just used).
+    rescore = split_reevaluator(root, name, params.evaluate.batch_size)
+    decision, entry = auto_promote(
+        client_for(root), name, registered["version"], params.promote, rescore
+    )
+    print(f"evaluate: {name} v{registered['version']} -> {decision.alias}: {entry['why']}")
+    return {"alias": decision.alias, "validation_status": decision.status}
+
+
 def run(root: Path) -> dict[str, Any]:
     import mlflow
 
     params = stage_params(root)
     model = load_checkpoint(root / TRAIN / "model.pt", root / TRAIN / "model.json")
     rows = read_manifest(root / "outputs/split/test.csv")
-    evaluation = evaluate_rows(
-        model, root / "outputs/fetch/images", rows, params.evaluate.batch_size
+    evaluation, features = evaluate_classifier(
+        model, root / "outputs/fetch/images", rows, cache_root(root)
     )
     metrics = evaluation.metrics()
+    probe_file = json.loads((root / TRAIN / "probe.json").read_text())
+    if probe_file:  # the baseline on the same frozen features, scored on the same test images
+        probe = Probe.from_dict(probe_file)
+        probe_eval = Evaluation(evaluation.targets, probe.crack_probability(features), 0.5)
+        probe_metrics = probe_eval.metrics()
+        metrics["probe"] = {k: probe_metrics[k] for k in ("accuracy", "f1", "roc_auc")}
     out = root / OUT
     write_curves(evaluation, rows, out)
     plots = write_plot_images(evaluation, out / "plots")
+    plots += write_data_report(
+        root,
+        root / "outputs/fetch/images",
+        rows,
+        evaluation.targets,
+        evaluation.probabilities,
+        out / "report",
+    )
     write_json(out / "metrics.json", metrics)
     run_info = json.loads((root / RUN_FILE).read_text())
     with resume_pipeline_run(root) as active:
         log_stage_params("evaluate", dataclasses.asdict(params.evaluate))
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         mlflow.log_metrics({f"test_{k}": v for k, v in scalars.items()})
+        if "probe" in metrics:
+            mlflow.log_metrics({f"probe_test_{k}": v for k, v in metrics["probe"].items()})
         mlflow.log_artifact(str(out / "metrics.json"), artifact_path="evaluate")
         for path in plots:
             mlflow.log_artifact(str(path), artifact_path="evaluate")
@@ -58,7 +92,7 @@ def run(root: Path) -> dict[str, Any]:
             run_tags = active.data.tags
             tags = {
                 "run_id": active.info.run_id,
-                "git.commit": git_state(root)["git.commit"],
+                **git_state(root),
                 "data.manifest_sha256": run_tags.get("data.manifest_sha256", ""),
                 "data.split_fingerprint": run_tags.get("data.split_fingerprint", ""),
                 **{f"test_{k}": f"{scalars[k]:.6f}" for k in ("accuracy", "f1", "roc_auc")},
@@ -66,6 +100,7 @@ def run(root: Path) -> dict[str, Any]:
             registered = register(
                 run_info["model_uri"], params.evaluate.model_name, active.info.run_id, tags
             )
+            registered.update(promote(root, registered, params))
     write_json(out / "registered.json", registered)
     version = f"; registered {registered['name']} v{registered['version']}" if registered else ""
     print(

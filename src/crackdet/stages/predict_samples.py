@@ -9,18 +9,23 @@ fails so DVC does not record an incomplete result.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from crackdet.errors import CrackdetError
 from crackdet.io import atomic_dir, write_json, write_with
 from crackdet.models import CrackClassifier, load_checkpoint
+from crackdet.ood import OODModel
 from crackdet.params import PredictParams
 from crackdet.predict import crack_map, list_photos, overlay_image, read_photo
 from crackdet.stages._common import run_stage, stage_params
-from crackdet.tracking import log_stage_params, resume_pipeline_run
+from crackdet.tracking import RUN_FILE, log_stage_params, resume_pipeline_run
 
 PHOTOS = Path("data/photos")
 OUT = Path("outputs/predict")
@@ -28,10 +33,21 @@ TRAIN = Path("outputs/train")
 
 
 def map_photos(
-    model: CrackClassifier, photos: list[Path], out: Path, params: PredictParams
+    model: CrackClassifier,
+    photos: list[Path],
+    out: Path,
+    params: PredictParams,
+    model_ref: str = "",
+    ood: OODModel | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Write ``<stem>_overlay.png`` and ``<stem>.json`` per photo; return summaries and errors."""
-    summaries, errors = [], []
+    """Per photo: ``<stem>_overlay.png``, ``<stem>_heatmap.png`` / ``.npy`` (crack probability),
+    ``<stem>_mask.png`` (at the threshold) and ``<stem>.json``; plus ``contact_sheet.png``.
+    Returns per-photo summaries and the errors of photos that could not be read."""
+    summaries, errors, thumbnails = [], [], []
+    # The operating threshold chosen on val travels with the model; params can override it.
+    threshold = params.threshold
+    if params.use_model_threshold:
+        threshold = float(getattr(model.spec, "threshold", params.threshold))
     for photo_path in photos:
         try:
             photo = read_photo(photo_path, params.max_pixels)
@@ -39,27 +55,57 @@ def map_photos(
             print(f"predict_samples: error: {exc}", file=sys.stderr)
             errors.append(str(exc))
             continue
-        result = crack_map(model, photo, params.overlap, params.batch_size)
-        overlay = overlay_image(photo, result.heatmap, params.alpha)
-        write_with(out / f"{photo_path.stem}_overlay.png", partial(overlay.save, format="PNG"))
+        result = crack_map(model, photo, params.overlap, params.batch_size, params.scale, ood)
+        overlay = overlay_image(photo, result.heatmap, params.alpha, result.ood_map)
+        stem = photo_path.stem
+        write_with(out / f"{stem}_overlay.png", partial(overlay.save, format="PNG"))
+        heat8 = Image.fromarray(np.round(result.heatmap * 255).astype(np.uint8), "L")
+        write_with(out / f"{stem}_heatmap.png", partial(heat8.save, format="PNG"))
+        write_with(
+            out / f"{stem}_heatmap.npy", partial(_save_npy, result.heatmap.astype(np.float16))
+        )
+        mask = Image.fromarray(((result.heatmap >= threshold) * 255).astype(np.uint8), "L")
+        write_with(out / f"{stem}_mask.png", partial(mask.save, format="PNG"))
         summary = {
             "photo": photo_path.name,
             "width": int(photo.shape[1]),
             "height": int(photo.shape[0]),
-            "threshold": params.threshold,
+            "model": model_ref,
+            "threshold": threshold,
             "overlap": params.overlap,
-            "crack_fraction": round(result.crack_fraction(params.threshold), 6),
-            "tiles_flagged": sum(t["p"] >= params.threshold for t in result.tiles),
+            "scale": params.scale,
+            "crack_area_fraction": round(result.crack_fraction(threshold), 6),
+            "tiles_flagged": sum(t["p"] >= threshold for t in result.tiles),
             "tiles_total": len(result.tiles),
+            "ood_fraction": result.ood_fraction,
             "seconds": round(result.seconds, 3),
         }
-        write_json(out / f"{photo_path.stem}.json", {**summary, "tiles": result.tiles})
+        write_json(out / f"{stem}.json", {**summary, "tiles": result.tiles})
         summaries.append(summary)
+        thumbnails.append(overlay)
         print(
             f"predict_samples: {photo_path.name}: {summary['tiles_flagged']}/"
-            f"{summary['tiles_total']} tiles over {params.threshold} in {result.seconds:.1f} s"
+            f"{summary['tiles_total']} tiles over {threshold:.3f} in {result.seconds:.1f} s"
         )
+    if thumbnails:
+        sheet = contact_sheet(thumbnails)
+        write_with(out / "contact_sheet.png", partial(sheet.save, format="PNG"))
     return summaries, errors
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+
+
+def contact_sheet(overlays: list[Image.Image], width: int = 400, columns: int = 3) -> Image.Image:
+    thumbs = [o.resize((width, max(1, round(o.height * width / o.width)))) for o in overlays]
+    cell_h = max(t.height for t in thumbs)
+    rows = -(-len(thumbs) // columns)
+    sheet = Image.new("RGB", (width * min(columns, len(thumbs)), cell_h * rows), (255, 255, 255))
+    for k, thumb in enumerate(thumbs):
+        sheet.paste(thumb, ((k % columns) * width, (k // columns) * cell_h))
+    return sheet
 
 
 def run(root: Path) -> list[dict[str, Any]]:
@@ -71,7 +117,9 @@ def run(root: Path) -> list[dict[str, Any]]:
     if not photos:
         raise CrackdetError(f"{PHOTOS}: no photos to map (add some and `dvc add data`)")
     with atomic_dir(root / OUT) as out:
-        summaries, errors = map_photos(model, photos, out, params.predict)
+        run_id = json.loads((root / RUN_FILE).read_text()).get("run_id", "")
+        ood = OODModel.load(root / TRAIN / "ood.npz")
+        summaries, errors = map_photos(model, photos, out, params.predict, f"run {run_id}", ood)
         if errors:
             raise CrackdetError(
                 f"{len(errors)} of {len(photos)} photos could not be read (named above); "
@@ -83,7 +131,7 @@ def run(root: Path) -> list[dict[str, Any]]:
         mlflow.log_artifacts(str(root / OUT), artifact_path="predict_samples")
         mlflow.log_metric(
             "predict_mean_crack_fraction",
-            sum(s["crack_fraction"] for s in summaries) / len(summaries),
+            sum(s["crack_area_fraction"] for s in summaries) / len(summaries),
         )
     return summaries
 

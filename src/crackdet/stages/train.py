@@ -8,6 +8,7 @@ history (DVC plots), metrics, and the run id that evaluate and predict_samples r
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -18,10 +19,13 @@ import torch
 
 from crackdet.data import read_manifest
 from crackdet.errors import CrackdetError, first_line
+from crackdet.features import cache_root
 from crackdet.io import write_json, write_text, write_with
+from crackdet.ood import fit_ood, save_empty
+from crackdet.probe import fit_probe
 from crackdet.stages._common import run_stage, stage_params
-from crackdet.tracking import RUN_FILE, lineage_tags, start_pipeline_run
-from crackdet.train import EpochRecord, TrainResult, load_images, train_model
+from crackdet.tracking import RUN_FILE, lineage_tags, safe_params, start_pipeline_run
+from crackdet.train import EpochRecord, TrainResult, load_images, targets_of, train_model
 
 OUT = Path("outputs/train")
 IMAGES = Path("outputs/fetch/images")
@@ -62,6 +66,9 @@ def data_lineage(root: Path) -> dict[str, str]:
         "data.count": str(fetched["count"]),
         "data.split_fingerprint": split["fingerprint"],
         "data.test_fingerprint": split["test_fingerprint"],
+        "data.split_strategy": split["strategy"],
+        "data.split_groups": str(split["groups"]),
+        "data.duplicate_groups": str(fetched["duplicates"]["groups"]),
     }
     if fetched.get("archive_sha256"):
         tags["data.archive_sha256"] = fetched["archive_sha256"]
@@ -97,8 +104,40 @@ def log_model(root: Path, result: TrainResult, example: torch.Tensor) -> str:
         input_example=example.numpy(),  # a batch of 2+, else the export only accepts batch 1
         pip_requirements=str(lock) if lock.exists() else None,
         serialization_format="pt2",
+        # What a registry consumer needs to rebuild preprocessing and read the outputs.
+        metadata={"crackdet_spec": result.model.spec.to_dict()},
     )
     return info.model_uri
+
+
+def calibrate_on_val(result: TrainResult, images_dir: Path, val_rows: list) -> dict[str, float]:
+    """Fit the temperature and the F1-optimal threshold on val; store both in the model."""
+    from crackdet.calibrate import (
+        expected_calibration_error,
+        f1_optimal_threshold,
+        fit_temperature,
+    )
+    from crackdet.features import features_for
+
+    model = result.model
+    features = result.val_features
+    if features is None:  # fine-tuned backbone: its features are not the cached ones
+        features, _ = features_for(model, images_dir, val_rows, 0, None, 0, None)
+    targets = targets_of(val_rows)
+    with torch.no_grad():
+        raw = model.head(features)
+    temperature = fit_temperature(raw, targets)
+    raw_probs = torch.softmax(raw, 1)[:, 1].numpy()
+    probs = torch.softmax(raw / temperature, 1)[:, 1].numpy()
+    threshold = f1_optimal_threshold(probs, targets.numpy())
+    model.temperature.fill_(temperature)
+    model.spec = dataclasses.replace(model.spec, threshold=threshold, temperature=temperature)
+    return {
+        "temperature": temperature,
+        "threshold": threshold,
+        "val_ece_raw": expected_calibration_error(raw_probs, targets.numpy()),
+        "val_ece": expected_calibration_error(probs, targets.numpy()),
+    }
 
 
 def run(root: Path) -> TrainResult:
@@ -110,7 +149,7 @@ def run(root: Path) -> TrainResult:
     lineage = data_lineage(root)
     run = start_pipeline_run(root)
     try:
-        mlflow.log_params(params.as_flat_dict())
+        mlflow.log_params(safe_params(params.as_flat_dict(), root))  # no local paths
         mlflow.set_tags({**lineage_tags(root, ("fetch", "split")), **lineage})
         log_data_input(lineage)
 
@@ -133,18 +172,50 @@ def run(root: Path) -> TrainResult:
                 flush=True,
             )
 
-        result = train_model(params, root / IMAGES, train_rows, val_rows, on_epoch=log_epoch)
+        result = train_model(
+            params,
+            root / IMAGES,
+            train_rows,
+            val_rows,
+            on_epoch=log_epoch,
+            cache_dir=cache_root(root),
+        )
         best = result.best
+        calibration = calibrate_on_val(result, root / IMAGES, val_rows)
+        probe_val_acc, probe_json = None, {}
+        if result.train_features is not None and result.val_features is not None:
+            probe = fit_probe(
+                result.train_features.numpy(), targets_of(train_rows).numpy(), params.base.seed
+            )
+            probe_val = probe.crack_probability(result.val_features.numpy()) >= 0.5
+            probe_val_acc = float((probe_val == targets_of(val_rows).numpy()).mean())
+            probe_json = probe.to_dict()
+            ood = fit_ood(result.train_features.numpy(), result.val_features.numpy())
+            ood.save(root / OUT / "ood.npz")
+            mlflow.log_metric("ood_threshold", ood.threshold)
+        else:
+            save_empty(root / OUT / "ood.npz")
+        write_json(root / OUT / "probe.json", probe_json)  # {} when fine-tuning: no frozen features
+        # metrics.json is versioned in git (DVC metrics): only deterministic figures go there;
+        # timings go to MLflow only.
         metrics = {
             "best_epoch": result.best_epoch,
             "val_acc": best.val_acc,
             "val_loss": best.val_loss,
+            "probe_val_acc": probe_val_acc,
+            **calibration,
             "train_images": len(train_rows),
             "val_images": len(val_rows),
-            **{k: round(v, 3) for k, v in result.timings.items()},
         }
         mlflow.log_metrics(
-            {f"best_{k}" if k.startswith("val_") else k: float(v) for k, v in metrics.items()}
+            {
+                "best_epoch": result.best_epoch,
+                "best_val_acc": best.val_acc,
+                "best_val_loss": best.val_loss,
+                **calibration,
+                **({"probe_val_acc": probe_val_acc} if probe_val_acc is not None else {}),
+                **{k: round(v, 3) for k, v in result.timings.items()},
+            }
         )
         out = root / OUT
         write_with(out / "model.pt", lambda p: torch.save(result.model.state_dict(), p))
@@ -153,6 +224,9 @@ def run(root: Path) -> TrainResult:
         write_json(out / "metrics.json", metrics)
         for name in ("model.json", "history.csv"):
             mlflow.log_artifact(str(out / name), artifact_path="train")
+        mlflow.log_artifact(str(root / SPLIT / "groups.csv"), artifact_path="data")
+        mlflow.log_artifact(str(root / "outputs/fetch/duplicates.csv"), artifact_path="data")
+        mlflow.log_artifact(str(root / SPLIT / "summary.json"), artifact_path="data")
         example = load_images(root / IMAGES, val_rows[:2]).float() / 255.0
         model_uri = log_model(root, result, example)
         write_json(root / RUN_FILE, {"run_id": run.info.run_id, "model_uri": model_uri})

@@ -1,0 +1,119 @@
+"""Crack-map speed benchmark: crackdet's batched, overlapping sliding window against the blog's
+one-tile-at-a-time loop, on one 12-megapixel photo.
+
+Prints, on this machine and in one run:
+- end-to-end seconds of ``crackdet.predict.crack_map`` (scale 1, 50 % overlap, params.yaml
+  ``predict.batch_size``), tiles, tiles/s and megapixels/s;
+- peak memory: the process's maxrss (the photo is rendered in a child process so it does not set
+  the mark) and the tracemalloc peak of Python/numpy allocations during the mapping (torch's CPU
+  allocator is not traced; tracing costs nothing measurable here: the loop allocates little);
+- the blog's way: non-overlapping windows (remainder dropped), one tile per forward pass, timed
+  on the first ``--blog-tiles`` of them, its tiles/s, and the tiles/s ratio crackdet / blog.
+
+Usage (from the repo root, venv active):
+    python bench/predict_speed.py [--model outputs/train] [--blog-tiles 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crackdet.data import CLASSES, PATCH_SIZE
+from crackdet.models import CrackClassifier, build_classifier, load_checkpoint
+from crackdet.params import load_params
+from crackdet.predict import crack_map
+
+WIDTH, HEIGHT = 4032, 3024  # a 12 MP phone photo
+
+
+def render() -> np.ndarray:
+    from crackdet.synthetic import render_photo
+
+    image, _ = render_photo(np.random.default_rng(0), WIDTH, HEIGHT, 3)
+    return image
+
+
+def load_model(folder: Path) -> tuple[CrackClassifier, str]:
+    if (folder / "model.pt").is_file() and (folder / "model.json").is_file():
+        return load_checkpoint(folder / "model.pt", folder / "model.json"), f"checkpoint {folder}"
+    # Timing only needs the architecture: random weights, no weights file needed.
+    model = build_classifier("efficientnet_lite0", False, 128, 0.4, PATCH_SIZE, CLASSES)
+    return model.eval(), "fresh efficientnet_lite0 (random weights; no checkpoint found)"
+
+
+def maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@torch.inference_mode()
+def blog_tiles_per_second(model: CrackClassifier, photo: np.ndarray, n_tiles: int) -> tuple:
+    """The blog's loop: non-overlapping windows, remainder dropped, one tile per forward pass."""
+    window = model.spec.patch_size
+    positions = [
+        (y, x)
+        for y in range(0, photo.shape[0] - window + 1, window)
+        for x in range(0, photo.shape[1] - window + 1, window)
+    ]
+    subset = positions[:n_tiles]
+    start = time.perf_counter()
+    for y, x in subset:
+        crop = torch.from_numpy(photo[y : y + window, x : x + window].copy()).permute(2, 0, 1)
+        torch.softmax(model(crop[None].float() / 255.0), dim=1)[0, 1].item()
+    seconds = time.perf_counter() - start
+    return len(positions), len(subset), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="outputs/train", help="checkpoint folder, if any")
+    parser.add_argument("--blog-tiles", type=int, default=40, help="tiles timed the blog's way")
+    args = parser.parse_args()
+    batch_size = load_params("params.yaml").predict.batch_size
+
+    clock = time.perf_counter()
+    with ProcessPoolExecutor(1) as pool:
+        photo = pool.submit(render).result()
+    render_s = time.perf_counter() - clock
+    model, source = load_model(Path(args.model))
+    megapixels = WIDTH * HEIGHT / 1e6
+    print(f"machine: {torch.get_num_threads()} torch threads; model: {source}")
+    print(f"photo: {WIDTH}x{HEIGHT} ({megapixels:.1f} MP), rendered in {render_s:.1f} s")
+
+    # One batch first so one-off costs (allocator, kernel selection) stay out of the timing.
+    crack_map(model, photo[:PATCH_SIZE, : PATCH_SIZE * 4], 0.0, batch_size)
+    rss_before = maxrss_mib()
+    tracemalloc.start()
+    result = crack_map(model, photo, overlap=0.5, batch_size=batch_size, scale=1.0)
+    _, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_after = maxrss_mib()
+    tiles, seconds = len(result.tiles), result.seconds
+    crackdet_rate = tiles / seconds
+    print(
+        f"crackdet crack_map (scale 1, overlap 0.5, batch {batch_size}): {seconds:.1f} s "
+        f"end to end, {tiles} tiles, {crackdet_rate:.1f} tiles/s, {megapixels / seconds:.2f} MP/s"
+    )
+    print(
+        f"peak memory: maxrss {rss_after:.0f} MiB (before mapping: {rss_before:.0f} MiB); "
+        f"tracemalloc peak (numpy/Python) during mapping: {traced_peak / 2**20:.0f} MiB"
+    )
+
+    total, timed, blog_s = blog_tiles_per_second(model, photo, args.blog_tiles)
+    blog_rate = timed / blog_s
+    print(
+        f"blog way (no overlap, batch 1): {total} tiles on this photo; first {timed} in "
+        f"{blog_s:.1f} s = {blog_rate:.1f} tiles/s (whole photo ~{total / blog_rate:.1f} s)"
+    )
+    print(f"tiles/s ratio crackdet batched / blog unbatched: {crackdet_rate / blog_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Training-speed benchmark: crackdet's cached frozen-feature recipe against the blog's recipe.
+
+Prints, on this machine and in one run:
+- images/s of training with the feature cache cold and warm;
+- wall time of the blog's recipe (same backbone, no cache: every epoch runs the backbone over
+  freshly augmented train images and over val, batches of 64) against crackdet's default to the
+  same number of epochs, as a ratio;
+- the projected wall time of the train stage on the full 40,000-image set from the measured
+  per-image costs.
+
+Usage (from the repo root, venv active):
+    python bench/train_speed.py [--data ../shared/data/ozgenel-4k.zip] [--images 1200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from crackdet.data import CLASSES, PATCH_SIZE, read_manifest
+from crackdet.fetch import fetch
+from crackdet.params import load_params
+from crackdet.split import run_split
+from crackdet.train import augment_image, load_images, set_determinism, targets_of, train_model
+
+FULL_SET = 40_000
+
+
+def blog_recipe(params, images_dir: Path, train_rows, val_rows) -> float:
+    """The blog's loop: per epoch, augment every train image afresh, run the frozen backbone and
+    train the head batch by batch, then run the backbone over val. Returns seconds."""
+    from crackdet.models import build_classifier
+
+    cfg = params.train
+    set_determinism(params.base.seed)
+    model = build_classifier(cfg.backbone, True, cfg.hidden, cfg.dropout, PATCH_SIZE, CLASSES)
+    model.backbone.eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=cfg.lr)
+    train_images, val_images = (
+        load_images(images_dir, train_rows),
+        load_images(images_dir, val_rows),
+    )
+    targets = targets_of(train_rows)
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for _epoch in range(cfg.epochs):
+        order = torch.randperm(len(train_images))
+        model.head.train()
+        for begin in range(0, len(order), 64):
+            idx = order[begin : begin + 64]
+            batch = torch.stack(
+                [augment_image(train_images[i].float() / 255, cfg.augment, rng) for i in idx]
+            )
+            with torch.no_grad():
+                features = model.features(batch)
+            loss = nn.functional.cross_entropy(model.head(features), targets[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.head.eval()
+        with torch.no_grad():
+            for begin in range(0, len(val_images), 64):
+                model(val_images[begin : begin + 64].float() / 255)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/data/ozgenel-4k.zip")
+    parser.add_argument("--images", type=int, default=1200, help="subset size (stratified)")
+    args = parser.parse_args()
+    params = load_params("params.yaml")
+    torch.set_num_threads(torch.get_num_threads())
+    with tempfile.TemporaryDirectory(prefix="crackdet-bench-") as tmp:
+        root = Path(tmp)
+        (root / "dvc.yaml").write_text("stages: {}\n")
+        fetch_params = dataclasses.replace(
+            params.fetch, source="archive", archive=str(Path(args.data).resolve())
+        )
+        clock = time.perf_counter()
+        summary = fetch(fetch_params, params.base.seed, root)
+        fetch_s = time.perf_counter() - clock
+        run_split(params.split, params.base.seed, root)
+        images = root / "outputs/fetch/images"
+        rows = {
+            name: read_manifest(root / f"outputs/split/{name}.csv") for name in ("train", "val")
+        }
+        share = min(1.0, args.images / summary.count)
+        train_rows = rows["train"][:: max(1, round(1 / share))]
+        val_rows = rows["val"][:: max(1, round(1 / share))]
+        n = len(train_rows) + len(val_rows)
+        print(f"machine: {torch.get_num_threads()} torch threads; data {args.data}")
+        print(f"fetch (decode+hash {summary.count} images): {fetch_s:.1f} s")
+        print(
+            f"subset: {len(train_rows)} train + {len(val_rows)} val images, epochs "
+            f"{params.train.epochs}, views {params.train.augment.views}"
+        )
+
+        cache = root / "cache"
+        clock = time.perf_counter()
+        cold = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+        cold_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+        warm = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+        warm_s = time.perf_counter() - clock
+        assert warm.timings["forward_passes"] == 0
+        print(
+            f"crackdet cold cache: {cold_s:.1f} s, {cold.timings['forward_passes']:.0f} "
+            f"forward passes, {n / cold_s:.1f} images/s"
+        )
+        print(f"crackdet warm cache: {warm_s:.1f} s, {n / warm_s:.1f} images/s")
+        blog_s = blog_recipe(params, images, train_rows, val_rows)
+        print(
+            f"blog recipe (no cache, forward every epoch, batch 64): {blog_s:.1f} s, "
+            f"{n / blog_s:.1f} images/s"
+        )
+        print(
+            f"ratio blog / crackdet cold: {blog_s / cold_s:.1f}x; "
+            f"blog / crackdet warm: {blog_s / warm_s:.1f}x"
+        )
+
+        per_forward = cold.timings["features_s"] / max(cold.timings["forward_passes"], 1)
+        views = params.train.augment.views
+        forwards = FULL_SET * (params.split.train * views + params.split.val)
+        fixed = cold_s - cold.timings["features_s"]
+        projected = fetch_s / summary.count * FULL_SET + forwards * per_forward + fixed
+        print(
+            f"projected full {FULL_SET}-image set: fetch {fetch_s / summary.count * FULL_SET:.0f} s"
+            f" + train {forwards * per_forward + fixed:.0f} s = {projected / 60:.1f} min "
+            f"(from {1 / per_forward:.1f} forward passes/s)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""Lineage, replay, CI gate and the MLflow server view, on one real tiny pipeline repository.
+
+One ``mlflow server`` process on 127.0.0.1 (SQLite store and artifacts in tmp) serves the whole
+module; the repository logs to it through ``MLFLOW_TRACKING_URI``. Two pipeline executions with
+different params are made: the fixture's ``dvc repro`` and the regressing one that
+``crackdet ci-check`` reruns. Tests run in file order and share that state (a tiny pipeline costs
+~45-75 s on 2 cores); each test restores what it changed in the workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import BIN, default_params_tree, make_repo, run_cmd, tiny_params_tree, tool_env
+
+pytestmark = pytest.mark.slow
+
+NAME = "crack-classifier"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 against a temp store; always killed afterwards."""
+    store = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (store / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+            "--default-artifact-root",
+            str(store / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=tool_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mlflow server did not start:\n{_read(store)}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _read(store: Path) -> str:
+    return (store / "server.log").read_text()[-3000:]
+
+
+def env_for(url: str, repo: Path) -> dict[str, str]:
+    # The repo's own src/ (not this checkout's editable install): the code the commit records is
+    # the code that runs, as in a replay, even while this checkout is being edited.
+    return tool_env(MLFLOW_TRACKING_URI=url, PYTHONPATH=str(repo / "src"))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, server: str) -> Path:
+    """A tiny pipeline run logged to the server, committed (with dvc.lock and metrics)."""
+    # Minimum gates off: 8 test images say little; the gates themselves are tested elsewhere.
+    tree = tiny_params_tree(**{"promote.min_accuracy": 0.0, "promote.min_f1": 0.0})
+    path = make_repo(tmp_path_factory.mktemp("lineage") / "repo", tree)
+    run_cmd(["dvc", "repro"], path, env_for(server, path))
+    run_cmd(["git", "add", "-A"], path)
+    run_cmd(["git", "commit", "-q", "-m", "pipeline run"], path)
+    return path
+
+
+def client(url: str) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
+
+
+@pytest.fixture(scope="module")
+def run_id(repo: Path) -> str:
+    return json.loads((repo / "outputs/train/run.json").read_text())["run_id"]
+
+
+def crackdet(repo: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cmd(["crackdet", *args], repo, env_for(url, repo), check=False)
+
+
+def edit_params(repo: Path, **changes: Any) -> None:
+    tree = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+# --- trace -----------------------------------------------------------------------------------
+
+
+def test_first_version_is_champion_and_listed(repo: Path, server: str) -> None:
+    result = crackdet(repo, server, "models")
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.splitlines()[1].split()
+    assert row[:2] == ["1", "champion"] and row[5] == "passed"
+    registered = json.loads((repo / "outputs/evaluate/registered.json").read_text())
+    assert registered["alias"] == "champion" and registered["validation_status"] == "passed"
+
+
+def test_trace_run_and_alias(repo: Path, server: str, run_id: str) -> None:
+    head_before = run_cmd(["git", "rev-parse", "HEAD~1"], repo).stdout.strip()
+    edit_params(repo, **{"predict.threshold": 0.7})
+    try:
+        by_alias = crackdet(repo, server, "trace", f"models:/{NAME}@champion")
+        by_run = crackdet(repo, server, "trace", run_id, "--json")
+    finally:
+        run_cmd(["git", "checkout", "params.yaml"], repo)
+    assert by_alias.returncode == 0, by_alias.stderr
+    text = by_alias.stdout
+    assert f"run        {run_id}" in text
+    # The pipeline ran before the commit that recorded its outputs: its commit is the first one.
+    assert f"git        {head_before} dirty=false" in text
+    assert "predict.threshold  0.5 -> 0.7" in text
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert f"dvc.fetch.outputs/fetch: {lock['stages']['fetch']['outs'][0]['md5']}" in text
+    summary = json.loads((repo / "outputs/split/summary.json").read_text())
+    assert f"data.split_fingerprint: {summary['fingerprint']}" in text
+    assert "test_accuracy: " in text and f"models:/{NAME}/1 @champion: " in text
+    info = json.loads(by_run.stdout)
+    assert info["run_id"] == run_id and info["versions"] == [f"{NAME}/1"]
+    assert ["predict.threshold", "0.5", "0.7"] in info["params_diff"]
+    assert (
+        info["metrics"]["test_accuracy"]
+        == json.loads((repo / "outputs/evaluate/metrics.json").read_text())["accuracy"]
+    )
+    missing = crackdet(repo, server, "trace", f"models:/{NAME}/7")
+    assert missing.returncode == 2 and f"models:/{NAME}/7: not found" in missing.stderr
+
+
+def test_champion_rescored_on_the_split_and_predicts(
+    repo: Path, server: str, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from crackdet.registry import split_reevaluator
+
+    mlflow.set_tracking_uri(server)
+    version = client(server).get_model_version(NAME, "1")
+    scored = split_reevaluator(repo, NAME, 8)(version)
+    assert {k: f"{v:.6f}" for k, v in scored.items()} == {
+        k: version.tags[f"test_{k}"] for k in scored
+    }
+    out = tmp_path / "maps"
+    result = crackdet(
+        repo,
+        server,
+        "predict",
+        "data/photos",
+        "--model",
+        f"models:/{NAME}@champion",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 of 1 photos mapped" in result.stdout and (out / "photo_01_overlay.png").exists()
+
+
+# --- reproduce -------------------------------------------------------------------------------
+
+
+def test_reproduce_matches_exactly(repo: Path, server: str, run_id: str) -> None:
+    result = crackdet(repo, server, "reproduce", run_id)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "MATCH: " in result.stdout and f"identical to run {run_id}" in result.stdout
+    # The replay logged into its own throwaway store: the server still has one run, one version.
+    runs = client(server).search_runs(
+        [client(server).get_experiment_by_name("crackdet").experiment_id]
+    )
+    assert len(runs) == 1
+    assert "worktree" not in run_cmd(["git", "worktree", "list"], repo).stdout.split("\n", 1)[-1]
+
+
+def test_reproduce_reports_a_forced_mismatch(repo: Path, server: str, run_id: str) -> None:
+    c = client(server)
+    recorded = c.get_run(run_id).data.metrics["best_val_loss"]
+    c.log_metric(run_id, "best_val_loss", recorded + 0.125)  # as if the record were altered
+    try:
+        result = crackdet(repo, server, "reproduce", run_id)
+    finally:
+        c.log_metric(run_id, "best_val_loss", recorded)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr
+    assert "MISMATCH: 1 of" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("best_val_loss"))
+    assert row.split()[1:] == [f"{recorded + 0.125:.10g}", f"{recorded:.10g}"]
+
+
+# --- ci-check --------------------------------------------------------------------------------
+
+
+def test_ci_check_fails_on_invalid_params(repo: Path, server: str) -> None:
+    edit_params(repo, **{"train.epochs": 0})
+    try:
+        result = crackdet(repo, server, "ci-check", "--base", "HEAD", "--report", "ci.md")
+    finally:
+        run_cmd(["git", "checkout", "params.yaml"], repo)
+    assert result.returncode == 1, result.stderr
+    report = (repo / "ci.md").read_text()
+    assert report.startswith("## crackdet ci-check: FAIL")
+    assert "train.epochs must be >= 1" in report
+    assert "| params.yaml | `train.epochs` | 2 | 0 |" in report
+    assert "Pipeline rerun: no" in report
+
+
+def test_ci_check_passes_on_a_harmless_change(repo: Path, server: str) -> None:
+    edit_params(repo, **{"predict.overlap": 0.25})
+    try:
+        result = crackdet(repo, server, "ci-check", "--base", "HEAD", "--report", "ci.md")
+    finally:
+        run_cmd(["git", "checkout", "params.yaml"], repo)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "Running stage 'predict_samples'" in result.stdout
+    assert "Running stage 'train'" not in result.stdout
+    report = (repo / "ci.md").read_text()
+    assert report.startswith("## crackdet ci-check: PASS")
+    assert "| params.yaml | `predict.overlap` | 0.5 | 0.25 |" in report
+    assert "| outputs/evaluate/metrics.json | `accuracy` |" in report
+    assert "REGRESSED" not in report and "Pipeline rerun: yes" in report
+    bad = crackdet(repo, server, "ci-check", "--base", "no-such-rev")
+    assert bad.returncode == 2 and "--base no-such-rev: not a commit" in bad.stderr
+
+
+def test_ci_check_fails_on_a_regressed_metric(repo: Path, server: str) -> None:
+    """The second pipeline execution: a learning rate too small to learn anything in 1 epoch."""
+    edit_params(repo, **{"train.lr": 1e-6, "train.epochs": 1})
+    result = crackdet(repo, server, "ci-check", "--base", "HEAD", "--report", "ci.md")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr
+    assert "Running stage 'train'" in result.stdout
+    report = (repo / "ci.md").read_text()
+    assert report.startswith("## crackdet ci-check: FAIL")
+    assert "| outputs/train/metrics.json | `val_loss` |" in report
+    assert "REGRESSED" in report and "(> ci.max_metric_regression 0.01)" in report
+
+
+# --- what `mlflow ui` shows, through the server's REST API -----------------------------------
+
+
+def rest(url: str, path: str, body: dict[str, Any] | None = None, **query: str) -> Any:
+    target = f"{url}/api/2.0/mlflow/{path}"
+    if query:
+        target += "?" + urllib.parse.urlencode(query)
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        target, data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_server_shows_both_runs_params_history_versions_and_aliases(
+    repo: Path, server: str, run_id: str
+) -> None:
+    experiment = rest(server, "experiments/get-by-name", experiment_name="crackdet")["experiment"]
+    runs = rest(
+        server,
+        "runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "order_by": ["start_time ASC"]},
+    )["runs"]
+    assert len(runs) == 2 and runs[0]["info"]["run_id"] == run_id
+    params = [{p["key"]: p["value"] for p in r["data"]["params"]} for r in runs]
+    default_lr = str(float(default_params_tree()["train"]["lr"]))
+    assert (params[0]["train.lr"], params[1]["train.lr"]) == (default_lr, "1e-06")
+    assert (params[0]["train.epochs"], params[1]["train.epochs"]) == ("2", "1")
+    assert set(params[0]) == set(params[1])
+    for run, steps in zip(runs, ([1, 2], [1]), strict=True):
+        history = rest(
+            server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="val_loss"
+        )["metrics"]
+        assert sorted(m["step"] for m in history) == steps
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"test_accuracy", "test_f1", "best_val_acc", "train_loss"} <= metrics
+    model = rest(server, "registered-models/get", name=NAME)["registered_model"]
+    aliases = {a["alias"]: a["version"] for a in model["aliases"]}
+    assert aliases == {"champion": "1", "challenger": "2"}
+    versions = rest(server, "model-versions/search", filter=f"name='{NAME}'")["model_versions"]
+    by_number = {v["version"]: v for v in versions}
+    assert set(by_number) == {"1", "2"}
+    assert by_number["2"]["run_id"] == runs[1]["info"]["run_id"]
+    tags = {t["key"]: t["value"] for t in by_number["2"]["tags"]}
+    assert {"git.commit", "data.manifest_sha256", "data.split_fingerprint", "test_f1"} <= set(tags)
+    assert tags["validation_status"] in ("passed", "failed")
+    champion = rest(server, "registered-models/alias", name=NAME, alias="champion")
+    assert champion["model_version"]["version"] == "1"
