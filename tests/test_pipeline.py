@@ -179,3 +179,16 @@ def test_eval_command_scores_a_model_on_another_data_set(repo: Path, tmp_path: P
     assert len(evals) == 1
     assert evals[0].data.metrics["test_accuracy"] == metrics["accuracy"]
     assert evals[0].data.tags["eval.model"] == "outputs/train"
+
+
+def test_logged_model_holds_no_absolute_paths_of_this_machine(repo: Path) -> None:
+    import zipfile
+
+    archives = list((repo / "mlruns" / "artifacts").rglob("model.pt2"))
+    assert archives
+    machine_paths = [str(repo).encode(), str(Path(__file__).resolve().parents[1]).encode()]
+    for archive in archives:
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                data = zf.read(name)
+                assert not any(p in data for p in machine_paths), f"{archive}: {name}"

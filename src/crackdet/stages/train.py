@@ -13,7 +13,10 @@ import io
 import json
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,16 +101,41 @@ def log_model(root: Path, result: TrainResult, example: torch.Tensor) -> str:
     import mlflow.pytorch
 
     lock = root / LOCK_FILE
-    info = mlflow.pytorch.log_model(
-        result.model,
-        name="model",
-        input_example=example.numpy(),  # a batch of 2+, else the export only accepts batch 1
-        pip_requirements=str(lock) if lock.exists() else None,
-        serialization_format="pt2",
-        # What a registry consumer needs to rebuild preprocessing and read the outputs.
-        metadata={"crackdet_spec": result.model.spec.to_dict()},
-    )
+    with export_without_source_paths():
+        info = mlflow.pytorch.log_model(
+            result.model,
+            name="model",
+            input_example=example.numpy(),  # a batch of 2+, else the export only accepts batch 1
+            pip_requirements=str(lock) if lock.exists() else None,
+            serialization_format="pt2",
+            # What a registry consumer needs to rebuild preprocessing and read the outputs.
+            metadata={"crackdet_spec": result.model.spec.to_dict()},
+        )
     return info.model_uri
+
+
+@contextmanager
+def export_without_source_paths() -> Iterator[None]:
+    """Strip the Python stack traces torch.export records on every graph node before the
+    program is saved: they hold absolute paths of this machine (venv, checkout), which must not
+    travel with a logged model. MLflow saves through ``torch.export.save``; it is wrapped for
+    the duration of the call only."""
+    import torch.export
+
+    original = torch.export.save
+
+    def save(exported: Any, *args: Any, **kwargs: Any) -> Any:
+        for module in exported.graph_module.modules():
+            if isinstance(module, torch.fx.GraphModule):
+                for node in module.graph.nodes:
+                    node.meta.pop("stack_trace", None)
+        return original(exported, *args, **kwargs)
+
+    torch.export.save = save
+    try:
+        yield
+    finally:
+        torch.export.save = original
 
 
 def calibrate_on_val(result: TrainResult, images_dir: Path, val_rows: list) -> dict[str, float]:
