@@ -98,6 +98,14 @@ def _eval_maps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="outputs/train",
+        help="checkpoint folder (model.pt + model.json) or models:/crack-classifier@champion",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crackdet",
@@ -114,11 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check_params)
     predict = sub.add_parser("predict", help="crack maps for photos or folders of photos")
     predict.add_argument("photos", nargs="+", metavar="PHOTO")
-    predict.add_argument(
-        "--model",
-        default="outputs/train",
-        help="folder with model.pt and model.json, or models:/crack-classifier@champion",
-    )
+    _add_model_option(predict)
     predict.add_argument("--out", default="predictions")
     predict.add_argument(
         "--params", default="params.yaml", help="predict.* settings come from here"
@@ -128,11 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluate a model on any labelled folder/archive (Positive/, Negative/)"
     )
     evaluate.add_argument("data", metavar="DATA", help="folder or .zip/.tar*/.rar archive")
-    evaluate.add_argument(
-        "--model",
-        default="outputs/train",
-        help="checkpoint folder (model.pt + model.json) or models:/crack-classifier@champion",
-    )
+    _add_model_option(evaluate)
     evaluate.add_argument("--out", help="also write the metrics to this JSON file")
     evaluate.add_argument("--params", default="params.yaml", help="limits and batch size")
     evaluate.set_defaults(handler=_eval)
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval-maps", help="score crack maps against pixel masks (images/, masks/, masks_planking/)"
     )
     maps.add_argument("data", metavar="DIR_OR_ZIP", help="folder or .zip/.tar*/.rar archive")
-    maps.add_argument("--model", default="outputs/train", help="checkpoint folder or models:/…")
+    _add_model_option(maps)
     maps.add_argument("--scale", type=float, help="default: params.yaml predict.scale")
     maps.add_argument("--overlap", type=float, help="default: params.yaml predict.overlap")
     maps.add_argument("--threshold", type=float, help="default: the model's, else predict.*")

@@ -13,6 +13,7 @@ planking false-positive rate.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import tempfile
@@ -192,15 +193,14 @@ def evaluate_maps(
     """Map every photo of ``data`` (folder or archive) with ``model`` and score its windows."""
     if not data.exists():
         raise CrackdetError(f"{data}: no such folder or archive")
-    if data.is_dir():
-        return _evaluate_folder(
-            data, model, scale, overlap, batch_size, threshold, max_pixels, min_pixels, progress
-        )
-    from crackdet.archive import extract
+    with contextlib.ExitStack() as stack:
+        folder = data  # a folder is read in place; an archive is extracted to a temp folder
+        if not data.is_dir():
+            from crackdet.archive import extract
 
-    with tempfile.TemporaryDirectory(prefix="crackdet-maps-") as tmp:
-        folder = Path(tmp) / "data"
-        extract(data, folder, max_files=max_files, max_bytes=max_bytes)
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="crackdet-maps-"))
+            folder = Path(tmp) / "data"
+            extract(data, folder, max_files=max_files, max_bytes=max_bytes)
         return _evaluate_folder(
             folder, model, scale, overlap, batch_size, threshold, max_pixels, min_pixels, progress
         )
