@@ -2,13 +2,17 @@
 one-tile-at-a-time loop, on one 12-megapixel photo.
 
 Prints, on this machine and in one run:
-- end-to-end seconds of ``crackdet.predict.crack_map`` (scale 1, 50 % overlap, params.yaml
-  ``predict.batch_size``), tiles, tiles/s and megapixels/s;
+- seconds of ``crackdet.predict.crack_map`` (scale 1, 50 % overlap, params.yaml
+  ``predict.batch_size``) with the default engine (params.yaml ``predict.engine``) and with
+  PyTorch, tiles, tiles/s and megapixels/s;
+- end to end for one JPEG as ``crackdet predict`` runs it (read, map, write all outputs);
 - peak memory: the process's maxrss (the photo is rendered in a child process so it does not set
   the mark) and the tracemalloc peak of Python/numpy allocations during the mapping (torch's CPU
   allocator is not traced; tracing costs nothing measurable here: the loop allocates little);
 - the blog's way: non-overlapping windows (remainder dropped), one tile per forward pass, timed
-  on the first ``--blog-tiles`` of them, its tiles/s, and the tiles/s ratio crackdet / blog.
+  on the first ``--blog-tiles`` of them, its tiles/s, and the tiles/s ratio crackdet / blog; once
+  with crackdet's model and once with the blog's ResNet50 head-and-backbone (random weights: the
+  architecture sets the speed).
 
 Usage (from the repo root, venv active):
     python bench/predict_speed.py [--model outputs/train] [--blog-tiles 40]
@@ -18,15 +22,19 @@ from __future__ import annotations
 
 import argparse
 import resource
+import tempfile
 import time
 import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from crackdet.data import CLASSES, PATCH_SIZE
+from crackdet.engine import feature_fn
 from crackdet.models import CrackClassifier, build_classifier, load_checkpoint
 from crackdet.params import load_params
 from crackdet.predict import crack_map
@@ -71,12 +79,31 @@ def blog_tiles_per_second(model: CrackClassifier, photo: np.ndarray, n_tiles: in
     return len(positions), len(subset), seconds
 
 
+def end_to_end(model: CrackClassifier, photo: np.ndarray, predict: Any) -> None:
+    """What ``crackdet predict`` does for one JPEG: read, map, and write the overlay, heatmaps,
+    mask and JSON (params.yaml ``predict.*``, default engine)."""
+    from crackdet.stages.predict_samples import map_photos
+
+    with tempfile.TemporaryDirectory(prefix="crackdet-bench-") as tmp:
+        jpeg = Path(tmp) / "photo.jpg"
+        Image.fromarray(photo).save(jpeg, quality=92)
+        clock = time.perf_counter()
+        summaries, _ = map_photos(model, [jpeg], Path(tmp) / "out", predict)
+        seconds = time.perf_counter() - clock
+    print(
+        f"end to end (read JPEG, map, write overlay/heatmaps/mask/JSON; engine "
+        f"{predict.engine}, scale {predict.scale}, overlap {predict.overlap}): {seconds:.1f} s "
+        f"({summaries[0]['seconds']:.1f} s of it mapping)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="outputs/train", help="checkpoint folder, if any")
     parser.add_argument("--blog-tiles", type=int, default=40, help="tiles timed the blog's way")
     args = parser.parse_args()
-    batch_size = load_params("params.yaml").predict.batch_size
+    predict = load_params("params.yaml").predict
+    batch_size = predict.batch_size
 
     clock = time.perf_counter()
     with ProcessPoolExecutor(1) as pool:
@@ -87,32 +114,50 @@ def main() -> None:
     print(f"machine: {torch.get_num_threads()} torch threads; model: {source}")
     print(f"photo: {WIDTH}x{HEIGHT} ({megapixels:.1f} MP), rendered in {render_s:.1f} s")
 
-    # One batch first so one-off costs (allocator, kernel selection) stay out of the timing.
-    crack_map(model, photo[:PATCH_SIZE, : PATCH_SIZE * 4], 0.0, batch_size)
-    rss_before = maxrss_mib()
-    tracemalloc.start()
-    result = crack_map(model, photo, overlap=0.5, batch_size=batch_size, scale=1.0)
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    rss_after = maxrss_mib()
-    tiles, seconds = len(result.tiles), result.seconds
-    crackdet_rate = tiles / seconds
-    print(
-        f"crackdet crack_map (scale 1, overlap 0.5, batch {batch_size}): {seconds:.1f} s "
-        f"end to end, {tiles} tiles, {crackdet_rate:.1f} tiles/s, {megapixels / seconds:.2f} MP/s"
-    )
-    print(
-        f"peak memory: maxrss {rss_after:.0f} MiB (before mapping: {rss_before:.0f} MiB); "
-        f"tracemalloc peak (numpy/Python) during mapping: {traced_peak / 2**20:.0f} MiB"
-    )
+    rates = {}
+    for engine in dict.fromkeys([predict.engine, "torch"]):  # the default engine first
+        extract = feature_fn(model, engine)
+        # One batch first so one-off costs (export, allocator, kernel selection) stay out.
+        crack_map(model, photo[:PATCH_SIZE, : PATCH_SIZE * 4], 0.0, batch_size, extract=extract)
+        rss_before = maxrss_mib()
+        tracemalloc.start()
+        result = crack_map(model, photo, 0.5, batch_size, 1.0, extract=extract)
+        _, traced_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        rss_after = maxrss_mib()
+        tiles, seconds = len(result.tiles), result.seconds
+        rates[engine] = tiles / seconds
+        print(
+            f"crackdet crack_map, engine {engine} (scale 1, overlap 0.5, batch {batch_size}): "
+            f"{seconds:.1f} s, {tiles} tiles, {rates[engine]:.1f} tiles/s, "
+            f"{megapixels / seconds:.2f} MP/s"
+        )
+        print(
+            f"  peak memory: maxrss {rss_after:.0f} MiB (before mapping: {rss_before:.0f} MiB); "
+            f"tracemalloc peak (numpy/Python) during mapping: {traced_peak / 2**20:.0f} MiB"
+        )
+    end_to_end(model, photo, predict)
+    crackdet_rate = rates[predict.engine]
 
     total, timed, blog_s = blog_tiles_per_second(model, photo, args.blog_tiles)
     blog_rate = timed / blog_s
     print(
-        f"blog way (no overlap, batch 1): {total} tiles on this photo; first {timed} in "
-        f"{blog_s:.1f} s = {blog_rate:.1f} tiles/s (whole photo ~{total / blog_rate:.1f} s)"
+        f"blog way, same model (no overlap, batch 1, torch): {total} tiles on this photo; first "
+        f"{timed} in {blog_s:.1f} s = {blog_rate:.1f} tiles/s "
+        f"(whole photo ~{total / blog_rate:.1f} s)"
     )
-    print(f"tiles/s ratio crackdet batched / blog unbatched: {crackdet_rate / blog_rate:.2f}x")
+    print(
+        f"tiles/s ratio crackdet ({predict.engine}, batched) / blog way with the same model: "
+        f"{crackdet_rate / blog_rate:.2f}x"
+    )
+    # The blog's own backbone: timing needs only the architecture (random weights, offline).
+    resnet = build_classifier("resnet50", False, 128, 0.4, PATCH_SIZE, CLASSES).eval()
+    _, timed, resnet_s = blog_tiles_per_second(resnet, photo, max(5, args.blog_tiles // 4))
+    resnet_rate = timed / resnet_s
+    print(
+        f"blog way with the blog's ResNet50 (batch 1, torch): {resnet_rate:.1f} tiles/s; ratio "
+        f"crackdet ({predict.engine}, batched) / that: {crackdet_rate / resnet_rate:.2f}x"
+    )
 
 
 if __name__ == "__main__":

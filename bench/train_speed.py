@@ -5,8 +5,9 @@ Prints, on this machine and in one run:
 - wall time of the blog's recipe (same backbone, no cache: every epoch runs the backbone over
   freshly augmented train images and over val, batches of 64) against crackdet's default to the
   same number of epochs, as a ratio;
-- the projected wall time of the train stage on the full 40,000-image set from the measured
-  per-image costs.
+- the projected wall time of fetch + train + evaluate's forward passes on the full 40,000-image
+  set from the measured per-image costs;
+- for reference, the cold train time with the backbone run by PyTorch instead of ONNX Runtime.
 
 Usage (from the repo root, venv active):
     python bench/train_speed.py [--data ../shared/data/ozgenel-4k.zip] [--images 1200]
@@ -103,6 +104,15 @@ def main() -> None:
             f"{params.train.epochs}, views {params.train.augment.views}"
         )
 
+        engine = params.train.engine
+        if engine != "torch":  # the same recipe with PyTorch running the backbone, for reference
+            torch_params = dataclasses.replace(
+                params, train=dataclasses.replace(params.train, engine="torch")
+            )
+            clock = time.perf_counter()
+            train_model(torch_params, images, train_rows, val_rows, cache_dir=root / "cache-t")
+            torch_s = time.perf_counter() - clock
+            print(f"crackdet cold cache, engine torch: {torch_s:.1f} s, {n / torch_s:.1f} images/s")
         cache = root / "cache"
         clock = time.perf_counter()
         cold = train_model(params, images, train_rows, val_rows, cache_dir=cache)
@@ -112,7 +122,8 @@ def main() -> None:
         warm_s = time.perf_counter() - clock
         assert warm.timings["forward_passes"] == 0
         print(
-            f"crackdet cold cache: {cold_s:.1f} s, {cold.timings['forward_passes']:.0f} "
+            f"crackdet cold cache, engine {engine}: {cold_s:.1f} s, "
+            f"{cold.timings['forward_passes']:.0f} "
             f"forward passes, {n / cold_s:.1f} images/s"
         )
         print(f"crackdet warm cache: {warm_s:.1f} s, {n / warm_s:.1f} images/s")
@@ -129,12 +140,16 @@ def main() -> None:
         per_forward = cold.timings["features_s"] / max(cold.timings["forward_passes"], 1)
         views = params.train.augment.views
         forwards = FULL_SET * (params.split.train * views + params.split.val)
+        test_forwards = FULL_SET * params.split.test  # evaluate: one plain pass per test image
         fixed = cold_s - cold.timings["features_s"]
-        projected = fetch_s / summary.count * FULL_SET + forwards * per_forward + fixed
+        fetch_full = fetch_s / summary.count * FULL_SET
+        train_full = forwards * per_forward + fixed
+        evaluate_full = test_forwards * per_forward
+        projected = fetch_full + train_full + evaluate_full
         print(
-            f"projected full {FULL_SET}-image set: fetch {fetch_s / summary.count * FULL_SET:.0f} s"
-            f" + train {forwards * per_forward + fixed:.0f} s = {projected / 60:.1f} min "
-            f"(from {1 / per_forward:.1f} forward passes/s)"
+            f"projected full {FULL_SET}-image set: fetch {fetch_full:.0f} s + train "
+            f"{train_full:.0f} s + evaluate forwards {evaluate_full:.0f} s = "
+            f"{projected / 60:.1f} min ({1 / per_forward:.1f} forward passes/s, engine {engine})"
         )
 
 

@@ -301,3 +301,18 @@ def test_cli_logs_an_mlflow_run(
 
     assert main(["eval-maps", str(archive), "--model", str(ckpt), "--overlap", "0.95"]) == 2
     assert "--overlap 0.95" in capsys.readouterr().err
+
+
+def test_photos_pattern_scores_only_matching_photos(model, dataset: Path) -> None:
+    """A held-out part of a set is scored alone (``--photos 'val_*'``), window for window as in
+    the whole-set run, and a pattern matching nothing is a one-line error."""
+    kwargs = dict(scale=1.0, overlap=0.5, batch_size=8, threshold=0.5, max_pixels=10**7)
+    whole = evaluate_maps(dataset, model, **kwargs)
+    only_b = evaluate_maps(dataset, model, photos="b.*", **kwargs)
+    assert only_b.metrics["photos"] == 1 and only_b.metrics["photos_pattern"] == "b.*"
+    assert {w["photo"] for w in only_b.windows} == {"b.png"}
+    assert [w["p"] for w in only_b.windows] == pytest.approx(
+        [w["p"] for w in whole.windows if w["photo"] == "b.png"], abs=1e-6
+    )
+    with pytest.raises(CrackdetError, match=r"--photos 'val_\*': matches none of the photos"):
+        evaluate_maps(dataset, model, photos="val_*", **kwargs)

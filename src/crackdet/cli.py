@@ -93,6 +93,7 @@ def _eval_maps(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         out=Path(args.out) if args.out else None,
         progress=args.verbose,
+        photos=args.photos,
     )
     print(summary_line(metrics))
     return 0
@@ -144,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     maps.add_argument("--scale", type=float, help="default: params.yaml predict.scale")
     maps.add_argument("--overlap", type=float, help="default: params.yaml predict.overlap")
     maps.add_argument("--threshold", type=float, help="default: the model's, else predict.*")
+    maps.add_argument(
+        "--photos",
+        default="*",
+        help="score only photos whose file name matches this glob (e.g. 'val_*' for a held-out "
+        "part when scale/threshold were chosen on 'train_*')",
+    )
     maps.add_argument("--out", help="also write the metrics to this JSON file")
     maps.add_argument("--params", default="params.yaml", help="predict.* defaults and limits")
     maps.add_argument("-v", "--verbose", action="store_true", help="one line per photo")

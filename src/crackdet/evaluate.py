@@ -84,18 +84,22 @@ def evaluate_classifier(
     rows: list[ManifestRow],
     cache_dir: Path | None,
     threshold: float | None = None,
+    engine: str = "torch",
 ) -> tuple[Evaluation, np.ndarray]:
     """Evaluate a crackdet classifier as backbone then head (the same computation as
     ``model(x)``), returning the backbone features too so the probe baseline and reports can use
     them. With a frozen backbone the features come from the feature cache when present. The
     threshold defaults to the model's operating threshold (chosen on val)."""
+    from crackdet.engine import effective_engine, feature_fn
     from crackdet.features import FeatureCache, cache_key, features_for
 
     model.eval()
+    engine = effective_engine(model, engine)
     cache = None
     if cache_dir is not None and model.spec.unfrozen_blocks == 0:
-        cache = FeatureCache(cache_dir, cache_key(model, None, 0))
-    features, _ = features_for(model, images_dir, rows, 0, None, 0, cache)
+        cache = FeatureCache(cache_dir, cache_key(model, None, 0, engine))
+    extract = feature_fn(model, engine, cache_dir.parent / "onnx" if cache_dir else None)
+    features, _ = features_for(model, images_dir, rows, 0, None, 0, cache, extract)
     probabilities = torch.softmax(model.logits_from_features(features), dim=1)[:, 1].numpy()
     targets = np.array([row.target for row in rows])
     threshold = model.spec.threshold if threshold is None else threshold

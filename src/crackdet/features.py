@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from crackdet.data import ManifestRow
+from crackdet.engine import FeatureFn, engine_label
 from crackdet.io import write_json, write_with
 from crackdet.models import FORWARD_CHUNK, CrackClassifier
 from crackdet.params import AugmentParams
@@ -35,6 +36,11 @@ def cache_root(root: Path) -> Path:
     """``CRACKDET_CACHE`` when set (share one cache between clones), else ``<repo>/.cache``."""
     env = os.environ.get("CRACKDET_CACHE")
     return Path(env) / "features" if env else root / DEFAULT_CACHE
+
+
+def onnx_root(root: Path) -> Path:
+    """Exported ONNX graphs (crackdet.engine) live beside the feature cache."""
+    return cache_root(root).parent / "onnx"
 
 
 def image_seed(seed: int, view: int, sha256: str) -> list[int]:
@@ -70,7 +76,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def cache_key(
-    model: CrackClassifier, augment: AugmentParams | None, seed: int
+    model: CrackClassifier, augment: AugmentParams | None, seed: int, engine: str = "torch"
 ) -> dict[str, object]:
     import timm
     import torchvision
@@ -84,6 +90,8 @@ def cache_key(
         "std": spec.std,
         "resize": "bilinear",
         "versions": [torch.__version__, torchvision.__version__, timm.__version__],
+        # Engines agree to ~1e-5, not bit for bit: a cache holds one engine's features only.
+        "engine": engine_label(engine),
     }
     if augment is not None:
         key["augment"] = {k: v for k, v in asdict(augment).items() if k != "views"}
@@ -99,10 +107,13 @@ def compute_features(
     view: int,
     augment: AugmentParams | None,
     seed: int,
+    extract: FeatureFn | None = None,
 ) -> np.ndarray:
-    """Backbone features of uint8 NCHW images for one view, in small channels-last chunks."""
+    """Backbone features of uint8 NCHW images for one view, in small channels-last chunks,
+    computed by ``extract`` (an engine's feature function; default: ``model.features``)."""
     from crackdet.train import augment_image
 
+    extract = extract or model.features
     model.backbone.eval()
     device = model.mean.device
     chunks = []
@@ -116,7 +127,7 @@ def compute_features(
                 ]
             )
         batch = batch.contiguous(memory_format=torch.channels_last)
-        chunks.append(model.features(batch).cpu().numpy())
+        chunks.append(extract(batch).cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, model.spec.num_features), np.float32)
 
 
@@ -128,6 +139,7 @@ def features_for(
     augment: AugmentParams | None,
     seed: int,
     cache: FeatureCache | None,
+    extract: FeatureFn | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Features (N, F) of ``rows`` for ``view``; computes and stores only what the cache lacks.
 
@@ -142,7 +154,13 @@ def features_for(
         part = missing[start : start + STORE_EVERY]
         todo = [rows[i] for i in part]
         computed = compute_features(
-            model, load_images(images_dir, todo), [r.sha256 for r in todo], view, augment, seed
+            model,
+            load_images(images_dir, todo),
+            [r.sha256 for r in todo],
+            view,
+            augment,
+            seed,
+            extract,
         )
         for i, feature in zip(part, computed, strict=True):
             found[i] = feature

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fnmatch
 import io
 import tempfile
 import time
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from crackdet.engine import FeatureFn, feature_fn
 from crackdet.errors import CrackdetError, first_line
 from crackdet.predict import PHOTO_SUFFIXES, crack_map, read_photo
 
@@ -51,8 +53,9 @@ class MapsResult:
     windows: list[dict[str, Any]] = field(default_factory=list)  # one row per scored window
 
 
-def find_samples(root: Path) -> list[MapsSample]:
-    """Pair every ``images/<name>.<ext>`` with ``masks/<name>.png`` (and the planking mask)."""
+def find_samples(root: Path, photos: str = "*") -> list[MapsSample]:
+    """Pair every ``images/<name>.<ext>`` whose file name matches the glob ``photos`` with
+    ``masks/<name>.png`` (and the planking mask)."""
     base = _layout_root(root)
     images = sorted(
         p
@@ -61,6 +64,9 @@ def find_samples(root: Path) -> list[MapsSample]:
     )
     if not images:
         raise CrackdetError(f"{base / 'images'}: no photos ({', '.join(PHOTO_SUFFIXES)})")
+    images = [p for p in images if fnmatch.fnmatchcase(p.name, photos)]
+    if not images:
+        raise CrackdetError(f"--photos {photos!r}: matches none of the photos in {base / 'images'}")
     samples = []
     for image in images:
         mask = base / MASKS / f"{image.stem}.png"
@@ -189,6 +195,8 @@ def evaluate_maps(
     max_files: int = 100_000,
     max_bytes: int = 4 * 1024**3,
     progress: bool = False,
+    engine: str = "torch",
+    photos: str = "*",
 ) -> MapsResult:
     """Map every photo of ``data`` (folder or archive) with ``model`` and score its windows."""
     if not data.exists():
@@ -201,8 +209,21 @@ def evaluate_maps(
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="crackdet-maps-"))
             folder = Path(tmp) / "data"
             extract(data, folder, max_files=max_files, max_bytes=max_bytes)
+        extract = None
+        if hasattr(model, "features"):  # a crackdet classifier; registry models run whole
+            extract = feature_fn(model, engine)
         return _evaluate_folder(
-            folder, model, scale, overlap, batch_size, threshold, max_pixels, min_pixels, progress
+            folder,
+            model,
+            scale,
+            overlap,
+            batch_size,
+            threshold,
+            max_pixels,
+            min_pixels,
+            progress,
+            extract,
+            photos,
         )
 
 
@@ -216,9 +237,11 @@ def _evaluate_folder(
     max_pixels: int,
     min_pixels: int,
     progress: bool,
+    extract: FeatureFn | None,
+    photos: str,
 ) -> MapsResult:
     start = time.perf_counter()
-    samples = find_samples(folder)
+    samples = find_samples(folder, photos)
     all_labels, all_planking, all_scores, windows = [], [], [], []
     map_seconds = 0.0
     for sample in samples:
@@ -227,7 +250,7 @@ def _evaluate_folder(
         # Masks are read before mapping so a bad one stops the run before minutes of inference.
         mask = read_mask(sample.mask, shape)
         planking_mask = read_mask(sample.planking, shape) if sample.planking else None
-        result = crack_map(model, photo, overlap, batch_size, scale)
+        result = crack_map(model, photo, overlap, batch_size, scale, extract=extract)
         map_seconds += result.seconds
         labels = window_labels(mask, result.tiles, min_pixels)
         planking = planking_windows(labels, planking_mask, result.tiles, min_pixels)
@@ -259,6 +282,7 @@ def _evaluate_folder(
     metrics.update(
         {
             "photos": len(samples),
+            "photos_pattern": photos,
             "photos_with_planking_mask": sum(s.planking is not None for s in samples),
             "scale": scale,
             "overlap": overlap,
@@ -302,6 +326,7 @@ def run_eval_maps(
     threshold: float | None = None,
     out: Path | None = None,
     progress: bool = False,
+    photos: str = "*",
 ) -> dict[str, Any]:
     """Load ``model_ref``, score its maps on ``data``, log an MLflow run; return the metrics.
     ``scale``/``overlap``/``threshold`` default to params.yaml ``predict.*`` (threshold: the
@@ -336,6 +361,8 @@ def run_eval_maps(
         max_files=params.fetch.max_files,
         max_bytes=params.fetch.max_bytes,
         progress=progress,
+        engine=predict.engine,
+        photos=photos,
     )
     metrics = {"data": str(data), "model": model_ref, **result.metrics}
     tags = {"eval.data": data.name, "eval.model": model_ref, **git_state(root)}
@@ -354,6 +381,8 @@ def run_eval_maps(
                 "overlap": metrics["overlap"],
                 "threshold": metrics["threshold"],
                 "min_pixels": metrics["min_pixels"],
+                "photos": photos,
+                "engine": predict.engine,
             }
         )
         mlflow.log_metrics(

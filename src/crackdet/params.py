@@ -23,6 +23,8 @@ MENDELEY_URL = (
 )
 
 
+ENGINES = ("onnxruntime", "torch")  # crackdet.engine; kept here so params import no torch
+
 # Backbones crackdet knows how to build (see crackdet.models); torchvision ones need the
 # torchvision weights cache when pretrained.
 BACKBONES = (
@@ -97,12 +99,14 @@ class TrainParams:
     hidden: int = _rule(ge=1, le=65_536)
     dropout: float = _rule(ge=0.0, le=0.99)
     unfreeze: int = _rule(ge=0, le=64)
+    engine: str = _rule(choices=ENGINES)  # backbone forward passes on CPU (crackdet.engine)
     augment: AugmentParams
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = _rule(ge=1, le=4096)
+    engine: str = _rule(choices=ENGINES)
     model_name: str = _rule()
     register: bool = _rule()
 
@@ -112,6 +116,7 @@ class PredictParams:
     scale: float = _rule(gt=0.0, le=8.0)
     overlap: float = _rule(ge=0.0, le=0.9)
     batch_size: int = _rule(ge=1, le=4096)
+    engine: str = _rule(choices=ENGINES)
     use_model_threshold: bool = _rule()
     threshold: float = _rule(ge=0.0, le=1.0)
     alpha: float = _rule(ge=0.0, le=1.0)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from crackdet.data import to_rgb
+from crackdet.engine import FeatureFn
 from crackdet.errors import CrackdetError, first_line
 from crackdet.models import CrackClassifier
 from crackdet.ood import OODModel
@@ -92,9 +93,13 @@ def crack_map(
     batch_size: int,
     scale: float = 1.0,
     ood: OODModel | None = None,
+    extract: FeatureFn | None = None,
 ) -> CrackMap:
     """Slide patch-size windows over an RGB photo (rescaled by ``scale`` first), batch them
-    through the model, average per pixel; the heatmap and tiles are in the photo's own pixels."""
+    through the model, average per pixel; the heatmap and tiles are in the photo's own pixels.
+
+    ``extract``: the backbone-feature function of an engine (crackdet.engine.feature_fn); by
+    default the model's own PyTorch forward pass."""
     start_time = time.perf_counter()
     window = model.spec.patch_size
     original_h, original_w = photo.shape[:2]
@@ -115,16 +120,20 @@ def crack_map(
     model.eval()
     # With a crackdet classifier the features are computed once and feed both the head and the
     # OOD score; a registry (pt2) model is a black box and gets no OOD signal.
-    with_ood = ood is not None and hasattr(model, "logits_from_features")
+    crackdet_model = hasattr(model, "logits_from_features")
+    with_ood = ood is not None and crackdet_model
+    if extract is None and crackdet_model:
+        extract = model.features
     for begin in range(0, len(positions), batch_size):
         chunk = positions[begin : begin + batch_size]
         batch = torch.stack([tensor[:, y : y + window, x : x + window] for y, x in chunk])
         # Channels-last runs the CPU convolutions ~1.7-2x faster for these backbones.
         batch = batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
-        if with_ood:
-            features = model.features(batch)
+        if extract is not None:
+            features = extract(batch)
             logits = model.logits_from_features(features)
-            scores.append(ood.score(features.numpy()))  # type: ignore[union-attr]
+            if with_ood:
+                scores.append(ood.score(features.numpy()))  # type: ignore[union-attr]
         else:
             logits = model(batch)
         probabilities.append(torch.softmax(logits, dim=1)[:, 1])

@@ -202,6 +202,7 @@ def train_model(
 
     ``cache_dir``: where frozen-backbone features are cached (None: compute, don't store).
     """
+    from crackdet.engine import effective_engine, feature_fn
     from crackdet.features import FeatureCache, cache_key, features_for
 
     cfg = params.train
@@ -238,13 +239,15 @@ def train_model(
     forwards = 0
     train_views: list[torch.Tensor] = []
     if frozen:
-        plain = FeatureCache(cache_dir, cache_key(model, None, seed)) if cache_dir else None
+        engine = effective_engine(model, cfg.engine)
+        extract = feature_fn(model, engine, cache_dir.parent / "onnx" if cache_dir else None)
+        plain = FeatureCache(cache_dir, cache_key(model, None, seed, engine)) if cache_dir else None
         augmented = (
-            FeatureCache(cache_dir, cache_key(model, cfg.augment, seed))
+            FeatureCache(cache_dir, cache_key(model, cfg.augment, seed, engine))
             if cache_dir and cfg.augment.views > 1
             else None
         )
-        val_features, n = features_for(model, images_dir, val_rows, 0, None, seed, plain)
+        val_features, n = features_for(model, images_dir, val_rows, 0, None, seed, plain, extract)
         forwards += n
         for view in range(cfg.augment.views):
             features, n = features_for(
@@ -255,6 +258,7 @@ def train_model(
                 cfg.augment if view else None,
                 seed,
                 augmented if view else plain,
+                extract,
             )
             train_views.append(features.to(device))
             forwards += n

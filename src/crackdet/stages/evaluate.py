@@ -56,7 +56,7 @@ def run(root: Path) -> dict[str, Any]:
     model = load_checkpoint(root / TRAIN / "model.pt", root / TRAIN / "model.json")
     rows = read_manifest(root / "outputs/split/test.csv")
     evaluation, features = evaluate_classifier(
-        model, root / "outputs/fetch/images", rows, cache_root(root)
+        model, root / "outputs/fetch/images", rows, cache_root(root), engine=params.evaluate.engine
     )
     metrics = evaluation.metrics()
     probe_file = json.loads((root / TRAIN / "probe.json").read_text())

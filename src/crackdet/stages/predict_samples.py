@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from crackdet.engine import effective_engine, engine_label, feature_fn
 from crackdet.errors import CrackdetError
+from crackdet.features import onnx_root
 from crackdet.io import atomic_dir, write_json, write_with
 from crackdet.models import CrackClassifier, load_checkpoint
 from crackdet.ood import OODModel
@@ -39,11 +41,16 @@ def map_photos(
     params: PredictParams,
     model_ref: str = "",
     ood: OODModel | None = None,
+    onnx_cache: Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Per photo: ``<stem>_overlay.png``, ``<stem>_heatmap.png`` / ``.npy`` (crack probability),
     ``<stem>_mask.png`` (at the threshold) and ``<stem>.json``; plus ``contact_sheet.png``.
-    Returns per-photo summaries and the errors of photos that could not be read."""
+    Returns per-photo summaries and the errors of photos that could not be read.
+    ``onnx_cache``: folder of exported graphs for the onnxruntime engine (None: temp export)."""
     summaries, errors, thumbnails = [], [], []
+    crackdet_model = hasattr(model, "features")  # a registry (pt2) model runs as a whole in torch
+    engine = effective_engine(model, params.engine) if crackdet_model else "torch"
+    extract = feature_fn(model, engine, onnx_cache) if crackdet_model else None
     # The operating threshold chosen on val travels with the model; params can override it.
     threshold = params.threshold
     if params.use_model_threshold:
@@ -55,7 +62,9 @@ def map_photos(
             print(f"predict_samples: error: {exc}", file=sys.stderr)
             errors.append(str(exc))
             continue
-        result = crack_map(model, photo, params.overlap, params.batch_size, params.scale, ood)
+        result = crack_map(
+            model, photo, params.overlap, params.batch_size, params.scale, ood, extract
+        )
         overlay = overlay_image(photo, result.heatmap, params.alpha, result.ood_map)
         stem = photo_path.stem
         write_with(out / f"{stem}_overlay.png", partial(overlay.save, format="PNG"))
@@ -74,6 +83,7 @@ def map_photos(
             "threshold": threshold,
             "overlap": params.overlap,
             "scale": params.scale,
+            "engine": engine_label(engine),
             "crack_area_fraction": round(result.crack_fraction(threshold), 6),
             "tiles_flagged": sum(t["p"] >= threshold for t in result.tiles),
             "tiles_total": len(result.tiles),
@@ -119,7 +129,9 @@ def run(root: Path) -> list[dict[str, Any]]:
     with atomic_dir(root / OUT) as out:
         run_id = json.loads((root / RUN_FILE).read_text()).get("run_id", "")
         ood = OODModel.load(root / TRAIN / "ood.npz")
-        summaries, errors = map_photos(model, photos, out, params.predict, f"run {run_id}", ood)
+        summaries, errors = map_photos(
+            model, photos, out, params.predict, f"run {run_id}", ood, onnx_root(root)
+        )
         if errors:
             raise CrackdetError(
                 f"{len(errors)} of {len(photos)} photos could not be read (named above); "
