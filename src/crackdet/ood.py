@@ -35,7 +35,11 @@ class OODModel:
         (what the subspace cannot represent at all is the clearest sign of novelty)."""
         centred = np.asarray(features, np.float64) - self.mean
         projected = centred @ self.components.T
-        residual = np.linalg.norm(centred - projected @ self.components, axis=1)
+        # Orthonormal components: |residual|^2 = |centred|^2 - |projected|^2 (no reconstruction).
+        squared = np.einsum("ij,ij->i", centred, centred) - np.einsum(
+            "ij,ij->i", projected, projected
+        )
+        residual = np.sqrt(np.maximum(squared, 0.0))
         inside = np.mean((projected / self.scale) ** 2, axis=1)
         return np.sqrt((inside + (residual / self.residual_scale) ** 2) / 2)
 

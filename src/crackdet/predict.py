@@ -110,36 +110,33 @@ def crack_map(
     padded = (
         np.pad(photo, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else photo
     )
-    tensor = torch.from_numpy(np.array(padded, copy=True)).permute(2, 0, 1)
     positions = [
         (y, x)
         for y in window_starts(padded.shape[0], window, overlap)
         for x in window_starts(padded.shape[1], window, overlap)
     ]
-    probabilities, scores = [], []
     model.eval()
-    # With a crackdet classifier the features are computed once and feed both the head and the
-    # OOD score; a registry (pt2) model is a black box and gets no OOD signal.
+    # With a crackdet classifier the backbone features are computed batch by batch, then the head
+    # and the OOD score run once over all tiles (one call each instead of one per batch). A
+    # registry (pt2) model is a black box: it runs whole per batch and gets no OOD signal.
     crackdet_model = hasattr(model, "logits_from_features")
-    with_ood = ood is not None and crackdet_model
     if extract is None and crackdet_model:
         extract = model.features
+    outputs = []
     for begin in range(0, len(positions), batch_size):
         chunk = positions[begin : begin + batch_size]
-        batch = torch.stack([tensor[:, y : y + window, x : x + window] for y, x in chunk])
-        # Channels-last runs the CPU convolutions ~1.7-2x faster for these backbones.
-        batch = batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
-        if extract is not None:
-            features = extract(batch)
-            logits = model.logits_from_features(features)
-            if with_ood:
-                scores.append(ood.score(features.numpy()))  # type: ignore[union-attr]
-        else:
-            logits = model(batch)
-        probabilities.append(torch.softmax(logits, dim=1)[:, 1])
-    probs = torch.cat(probabilities).numpy()
-    all_scores = np.concatenate(scores) if with_ood else None
-    flags = all_scores > ood.threshold if all_scores is not None else None  # type: ignore[union-attr]
+        # Tiles are gathered from the HWC photo (contiguous rows, fast) and viewed as NCHW: that
+        # view is channels-last, which runs PyTorch's CPU convolutions ~1.7-2x faster.
+        tiles = np.stack([padded[y : y + window, x : x + window] for y, x in chunk])
+        batch = torch.from_numpy(tiles).permute(0, 3, 1, 2).float().div_(255.0)
+        outputs.append(extract(batch) if extract is not None else model(batch))
+    stacked = torch.cat(outputs)
+    logits = model.logits_from_features(stacked) if extract is not None else stacked
+    probs = torch.softmax(logits, dim=1)[:, 1].numpy()
+    all_scores = flags = None
+    if ood is not None and extract is not None:
+        all_scores = ood.score(stacked.numpy())
+        flags = all_scores > ood.threshold
     heatmap = _to_size(
         _average(positions, probs, window, padded.shape[:2], (height, width)),
         (original_h, original_w),
@@ -195,12 +192,16 @@ def overlay_image(
 ) -> Image.Image:
     """Blend the photo with a green→red ramp by crack probability (grey where the tiles look like
     nothing in the training data), and draw a small legend."""
-    colour = heatmap[..., None] * CRACK_RGB + (1.0 - heatmap[..., None]) * CLEAN_RGB
+    # A 256-entry colour ramp indexed by the quantised probability, then PIL's blend: a few
+    # uint8 passes over a 12 MP photo instead of float arithmetic on 36 M values (~1.4 s).
+    ramp = np.linspace(0.0, 1.0, 256)[:, None]
+    lut = np.round(ramp * CRACK_RGB + (1.0 - ramp) * CLEAN_RGB).astype(np.uint8)
+    levels = np.round(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
+    colour = Image.fromarray(lut[levels], "RGB")
     if ood_map is not None:
-        unknown = (ood_map >= 0.5)[..., None]
-        colour = np.where(unknown, UNKNOWN_RGB, colour)
-    blended = (1.0 - alpha) * photo.astype(np.float32) + alpha * colour
-    image = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
+        unknown = Image.fromarray(((ood_map >= 0.5) * 255).astype(np.uint8), "L")
+        colour.paste(tuple(int(v) for v in UNKNOWN_RGB), mask=unknown)
+    image = Image.blend(Image.fromarray(photo, "RGB"), colour, alpha)
     draw = ImageDraw.Draw(image)
     bar_w, bar_h, x0, y0 = 160, 12, 10, image.height - 30
     if image.width > bar_w + 20 and image.height > 50:

@@ -30,6 +30,8 @@ from crackdet.stages._common import run_stage, stage_params
 from crackdet.tracking import RUN_FILE, log_stage_params, resume_pipeline_run
 
 PHOTOS = Path("data/photos")
+# zlib level 1: a 12 MP overlay encodes in ~0.8 s instead of ~4.8 s at the default 6, ~9 % larger.
+PNG = {"format": "PNG", "compress_level": 1}
 OUT = Path("outputs/predict")
 TRAIN = Path("outputs/train")
 
@@ -67,14 +69,14 @@ def map_photos(
         )
         overlay = overlay_image(photo, result.heatmap, params.alpha, result.ood_map)
         stem = photo_path.stem
-        write_with(out / f"{stem}_overlay.png", partial(overlay.save, format="PNG"))
+        write_with(out / f"{stem}_overlay.png", partial(overlay.save, **PNG))
         heat8 = Image.fromarray(np.round(result.heatmap * 255).astype(np.uint8), "L")
-        write_with(out / f"{stem}_heatmap.png", partial(heat8.save, format="PNG"))
+        write_with(out / f"{stem}_heatmap.png", partial(heat8.save, **PNG))
         write_with(
             out / f"{stem}_heatmap.npy", partial(_save_npy, result.heatmap.astype(np.float16))
         )
         mask = Image.fromarray(((result.heatmap >= threshold) * 255).astype(np.uint8), "L")
-        write_with(out / f"{stem}_mask.png", partial(mask.save, format="PNG"))
+        write_with(out / f"{stem}_mask.png", partial(mask.save, **PNG))
         summary = {
             "photo": photo_path.name,
             "width": int(photo.shape[1]),
