@@ -69,7 +69,7 @@ def tool_env(**extra: str) -> dict[str, str]:
 def make_repo(path: Path, params_tree: dict[str, Any], n_photos: int = 1) -> Path:
     """A real git + DVC repository holding this project's pipeline, tiny params and photos."""
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "pyproject.toml"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "pyproject.toml", "requirements.lock"):
         shutil.copy2(PROJECT / name, path / name)
     shutil.copytree(PROJECT / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     (path / "params.yaml").write_text(yaml.safe_dump(params_tree, sort_keys=False))

@@ -111,10 +111,22 @@ def test_registered_model_loads_and_predicts(repo: Path) -> None:
     import mlflow.pytorch
     import torch
 
+    from crackdet.models import load_checkpoint
+
     _client(repo)
     model = mlflow.pytorch.load_model("models:/crack-classifier/1")
-    probs = torch.softmax(model(torch.rand(3, 3, 227, 227)), 1)
-    assert probs.shape == (3, 2)
+    images = torch.rand(3, 3, 227, 227)  # any batch size, not only the example's
+    checkpoint = load_checkpoint(repo / "outputs/train/model.pt", repo / "outputs/train/model.json")
+    with torch.inference_mode():
+        logits, expected = model(images), checkpoint(images)
+    assert logits.shape == (3, 2)
+    assert torch.allclose(logits, expected, atol=1e-4)  # the registry holds the trained weights
+    # Its environment: the direct pins, constrained by the project's whole lock file.
+    folder = Path(mlflow.artifacts.download_artifacts("models:/crack-classifier/1"))
+    requirements = (folder / "requirements.txt").read_text().splitlines()
+    assert "torch==2.14.1" in requirements and "-c constraints.txt" in requirements
+    constraints = (folder / "constraints.txt").read_text().splitlines()
+    assert constraints == (repo / "requirements.lock").read_text().splitlines()
 
 
 def test_predict_cli_maps_a_photo(repo: Path, tmp_path: Path) -> None:
