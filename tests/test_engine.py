@@ -89,3 +89,65 @@ def test_engine_choice_and_feature_cache_keys(model, tmp_path: Path) -> None:
     by_onnx = FeatureCache(tmp_path, cache_key(model, None, 0, "onnxruntime"))
     assert by_torch.folder != by_onnx.folder  # features of the two engines never mix
     assert by_onnx.key["engine"].startswith("onnxruntime-")
+
+
+def _save_checkpoint(model, folder: Path) -> tuple[Path, Path]:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "model.pt")
+    (folder / "model.json").write_text(json.dumps(model.spec.to_dict()))
+    return folder / "model.pt", folder / "model.json"
+
+
+def test_checkpoint_loads_around_its_exported_graph(model, tmp_path: Path) -> None:
+    from crackdet.engine import ensure_graph
+    from crackdet.models import OnnxClassifier, load_checkpoint
+
+    checkpoint, spec = _save_checkpoint(model, tmp_path / "train")
+    graphs = tmp_path / "onnx"
+    # No graph yet: the PyTorch backbone is built (and exports on demand).
+    assert not isinstance(load_checkpoint(checkpoint, spec, "onnxruntime", graphs), OnnxClassifier)
+    ensure_graph(model, graphs)
+    light = load_checkpoint(checkpoint, spec, "onnxruntime", graphs)
+    assert isinstance(light, OnnxClassifier)
+    assert effective_engine(light, "onnxruntime") == "onnxruntime"
+    assert feature_fn(light, "onnxruntime") == light.features
+    images = torch.rand(5, 3, 227, 227)
+    with torch.inference_mode():
+        assert torch.allclose(light(images), model(images), atol=1e-4)
+    # The torch engine never takes the graph.
+    assert not isinstance(load_checkpoint(checkpoint, spec, "torch", graphs), OnnxClassifier)
+    # A damaged graph is not fatal here: removed, and the PyTorch backbone is built instead.
+    (graph,) = graphs.glob("*.onnx")
+    graph.write_bytes(b"damaged")
+    fallback = load_checkpoint(checkpoint, spec, "onnxruntime", graphs)
+    assert not isinstance(fallback, OnnxClassifier) and not graph.exists()
+    with torch.inference_mode():
+        assert torch.allclose(fallback(images), model(images), atol=1e-5)
+
+
+def test_light_checkpoint_load_imports_neither_timm_nor_torchvision(model, tmp_path: Path) -> None:
+    """What keeps evaluate and predict_samples quick to start: with the graph exported, loading
+    a checkpoint and mapping features never imports timm or torchvision (~2 s per process)."""
+    import subprocess
+    import sys
+
+    from crackdet.engine import ensure_graph
+
+    checkpoint, spec = _save_checkpoint(model, tmp_path / "train")
+    ensure_graph(model, tmp_path / "onnx")
+    script = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from crackdet.models import load_checkpoint\n"
+        "import crackdet.stages.evaluate, crackdet.stages.predict_samples\n"
+        f"m = load_checkpoint(Path({str(checkpoint)!r}), Path({str(spec)!r}), 'onnxruntime',"
+        f" Path({str(tmp_path / 'onnx')!r}))\n"
+        "m(torch.rand(2, 3, 227, 227))\n"
+        "print(type(m).__name__, sorted(n for n in ('timm', 'torchvision') if n in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert result.stdout.strip() == "OnnxClassifier []"

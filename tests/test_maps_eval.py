@@ -207,6 +207,11 @@ def test_evaluate_maps_matches_independent_scoring(model, dataset: Path) -> None
         assert metrics["precision"] == pytest.approx(tp / int((flagged & (truth != IGNORED)).sum()))
     plank_flags = flagged[np.array(planking)]
     assert metrics["planking_fpr"] == pytest.approx(plank_flags.mean())
+    from crackdet.calibrate import f1_optimal_threshold
+
+    scored = truth != IGNORED
+    expected = f1_optimal_threshold(np.array(scores)[scored], (truth[scored] == CRACK).astype(int))
+    assert metrics["f1_threshold"] == pytest.approx(expected, abs=1e-5)
 
 
 def _zip(folder: Path, dest: Path, prefix: str = "") -> Path:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,22 +54,34 @@ def engine_label(name: str) -> str:
     return f"torch-{torch.__version__}"
 
 
-def _graph_digest(model: nn.Module) -> str:
+def graph_digest(state: Mapping[str, torch.Tensor], spec: Any) -> str:
     """Digest of everything the exported graph depends on: the backbone and normaliser tensors
-    (in state-dict order), the input size and the exporter's version."""
+    (in state-dict order), the input size and the exporter's version. ``state`` is a model's
+    state dict or a checkpoint's: both name and order their tensors alike."""
     digest = hashlib.sha256()
-    spec = model.spec  # type: ignore[attr-defined]
     digest.update(
         json.dumps(
             [spec.backbone, spec.patch_size, spec.mean, spec.std, torch.__version__]
         ).encode()
     )
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         if name.startswith("head.") or name == "temperature":
             continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def graph_path(cache: Path, model: nn.Module) -> Path:
+    return cache / f"{graph_digest(model.state_dict(), model.spec)}.onnx"  # type: ignore[attr-defined]
+
+
+def ensure_graph(model: nn.Module, cache: Path) -> Path:
+    """The model's exported graph in ``cache``, exported now if it is not there yet."""
+    path = graph_path(cache, model)
+    if not path.is_file():
+        export_onnx(model, path)
+    return path
 
 
 def export_onnx(model: nn.Module, path: Path) -> Path:
@@ -102,34 +114,19 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
     return path
 
 
-class OnnxFeatures:
-    """``model.features`` run by ONNX Runtime's CPU provider, with PyTorch's thread count.
+class OnnxSession:
+    """An exported features graph run by ONNX Runtime's CPU provider, with PyTorch's thread
+    count: float RGB [0, 1] NCHW in, (N, F) features out."""
 
-    The graph is exported (or found in ``cache``) and loaded on the first call, so a run whose
-    features all come from the feature cache never pays for it."""
-
-    def __init__(self, model: nn.Module, cache: Path | None) -> None:
-        self.model, self.cache = model, cache
-        self.session: Any = None
-
-    def _load(self) -> Any:
+    def __init__(self, path: Path) -> None:
         import onnxruntime
 
-        with tempfile.TemporaryDirectory(prefix="crackdet-onnx-") as scratch:
-            # No cache folder: export into a temp folder; the session keeps the graph in memory.
-            path = Path(self.cache or scratch) / f"{_graph_digest(self.model)}.onnx"
-            if not path.is_file():
-                export_onnx(self.model, path)
-            return self._session(onnxruntime, path)
-
-    @staticmethod
-    def _session(onnxruntime: Any, path: Path) -> Any:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
         try:
-            return onnxruntime.InferenceSession(
+            self.session = onnxruntime.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -140,11 +137,26 @@ class OnnxFeatures:
             ) from None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.session is None:
-            self.session = self._load()
         batch = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
         (features,) = self.session.run(None, {"images": batch})
         return torch.from_numpy(features)
+
+
+class OnnxFeatures:
+    """``model.features`` through ONNX Runtime. The graph is exported (or found in ``cache``)
+    and loaded on the first call, so a run whose features all come from the feature cache never
+    pays for it."""
+
+    def __init__(self, model: nn.Module, cache: Path | None) -> None:
+        self.model, self.cache = model, cache
+        self.session: OnnxSession | None = None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.session is None:
+            with tempfile.TemporaryDirectory(prefix="crackdet-onnx-") as scratch:
+                # No cache folder: a temp export; the session keeps the graph in memory.
+                self.session = OnnxSession(ensure_graph(self.model, Path(self.cache or scratch)))
+        return self.session(images)
 
 
 def feature_fn(model: nn.Module, engine: str, cache: Path | None = None) -> FeatureFn:
@@ -155,15 +167,22 @@ def feature_fn(model: nn.Module, engine: str, cache: Path | None = None) -> Feat
     backbone in eval mode, which is how crackdet always computes features. ``cache``: folder of
     exported graphs (None: export to a temp folder each time).
     """
-    if effective_engine(model, engine) == "onnxruntime":
+    if effective_engine(model, engine) == "onnxruntime" and not _runs_onnx(model):
         return OnnxFeatures(model, cache)
     return model.features  # type: ignore[return-value]
+
+
+def _runs_onnx(model: nn.Module) -> bool:
+    """An OnnxClassifier (crackdet.models): its ``features`` already are the graph."""
+    return bool(getattr(model, "onnx_backbone", False))
 
 
 def effective_engine(model: nn.Module, engine: str) -> str:
     """The engine :func:`feature_fn` will actually use for this model."""
     if engine not in ENGINES:
         raise CrackdetError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if _runs_onnx(model):
+        return "onnxruntime"
     on_cpu = all(t.device.type == "cpu" for t in model.parameters())
     usable = on_cpu and hasattr(model, "features")
     return "onnxruntime" if engine == "onnxruntime" and usable else "torch"

@@ -78,8 +78,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 def cache_key(
     model: CrackClassifier, augment: AugmentParams | None, seed: int, engine: str = "torch"
 ) -> dict[str, object]:
-    import timm
-    import torchvision
+    from importlib.metadata import version  # not the packages: importing them costs seconds
 
     spec = model.spec
     key: dict[str, object] = {
@@ -89,7 +88,7 @@ def cache_key(
         "mean": spec.mean,
         "std": spec.std,
         "resize": "bilinear",
-        "versions": [torch.__version__, torchvision.__version__, timm.__version__],
+        "versions": [torch.__version__, version("torchvision"), version("timm")],
         # Engines agree to ~1e-5, not bit for bit: a cache holds one engine's features only.
         "engine": engine_label(engine),
     }

@@ -153,6 +153,8 @@ def score_windows(
     Undefined figures (one class only, no flagged or planking windows) are None."""
     from sklearn.metrics import roc_auc_score
 
+    from crackdet.calibrate import f1_optimal_threshold
+
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     planking = np.asarray(planking, dtype=bool)
     scored = labels != IGNORED
@@ -166,6 +168,9 @@ def score_windows(
     n_planking = int(planking.sum())
     return {
         "auroc": float(roc_auc_score(truth, p)) if both else None,
+        # What these windows would choose as operating threshold (robust F1-optimal, as train
+        # chooses on val): pick it on one part of a set, then score another part with it.
+        "f1_threshold": f1_optimal_threshold(p, truth.astype(int)) if both else None,
         "precision": tp / (tp + fp) if tp + fp else None,
         "recall": tp / (tp + fn) if tp + fn else None,
         "planking_fpr": planking_flagged / n_planking if n_planking else None,
@@ -424,5 +429,6 @@ def summary_line(metrics: dict[str, Any]) -> str:
         f"({metrics['planking_flagged']}/{metrics['windows_planking']}); windows "
         f"{metrics['windows_crack']} crack / {metrics['windows_clean']} clean / "
         f"{metrics['windows_ignored']} ignored on {metrics['photos']} photos "
-        f"(scale {metrics['scale']}, overlap {metrics['overlap']}) in {metrics['seconds']:.1f} s"
+        f"(scale {metrics['scale']}, overlap {metrics['overlap']}) in {metrics['seconds']:.1f} s; "
+        f"F1-optimal threshold on these windows {fmt(metrics.get('f1_threshold'))}"
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -217,8 +218,28 @@ def build_classifier(
     return CrackClassifier(backbone, spec)
 
 
-def load_checkpoint(checkpoint: Path, spec_file: Path) -> CrackClassifier:
-    """Rebuild a trained classifier from its state dict, without unpickling any code."""
+class OnnxClassifier(CrackClassifier):
+    """A trained classifier whose frozen backbone runs as its exported ONNX graph
+    (crackdet.engine); head, temperature and spec are the checkpoint's. Building it needs
+    neither timm nor torchvision, which keeps evaluate and predict quick to start."""
+
+    onnx_backbone = True
+
+    def __init__(self, spec: ModelSpec, session: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__(nn.Identity(), spec)
+        self.session = session
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.session(images)  # the graph normalises inside, as ``features`` does
+
+
+def load_checkpoint(
+    checkpoint: Path, spec_file: Path, engine: str = "torch", onnx_cache: Path | None = None
+) -> CrackClassifier:
+    """Rebuild a trained classifier from its state dict, without unpickling any code.
+
+    With ``engine`` onnxruntime and the backbone's exported graph in ``onnx_cache`` (train
+    exports it), the backbone runs as that graph and is not built in PyTorch at all."""
     import json
 
     try:
@@ -227,12 +248,18 @@ def load_checkpoint(checkpoint: Path, spec_file: Path) -> CrackClassifier:
         raise CrackdetError(
             f"{spec_file}: unreadable model description ({first_line(exc)})"
         ) from None
-    backbone, width, _, _, _ = build_backbone(spec.backbone, pretrained=False)
-    if width != spec.num_features:
-        raise CrackdetError(f"{spec_file}: num_features {spec.num_features} != backbone {width}")
-    model = CrackClassifier(backbone, spec)
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if engine == "onnxruntime" and onnx_cache is not None:
+            model = _onnx_classifier(spec, state, onnx_cache)
+            if model is not None:
+                return model
+        backbone, width, _, _, _ = build_backbone(spec.backbone, pretrained=False)
+        if width != spec.num_features:
+            raise CrackdetError(
+                f"{spec_file}: num_features {spec.num_features} != backbone {width}"
+            )
+        model = CrackClassifier(backbone, spec)
         model.load_state_dict(state)
     except FileNotFoundError:
         raise CrackdetError(f"{checkpoint}: not found; run the train stage first") from None
@@ -245,6 +272,23 @@ def load_checkpoint(checkpoint: Path, spec_file: Path) -> CrackClassifier:
         raise CrackdetError(
             f"{checkpoint}: not a valid crackdet checkpoint ({first_line(exc)})"
         ) from None
+    return model.eval()
+
+
+def _onnx_classifier(spec: ModelSpec, state: dict, onnx_cache: Path) -> OnnxClassifier | None:
+    """The classifier around the cached graph of this checkpoint's backbone; None if the graph
+    is absent or unreadable (then the caller builds the PyTorch backbone, which re-exports)."""
+    from crackdet.engine import OnnxSession, graph_digest
+
+    path = onnx_cache / f"{graph_digest(state, spec)}.onnx"
+    if not path.is_file():
+        return None
+    try:
+        session = OnnxSession(path)
+    except CrackdetError:
+        return None
+    model = OnnxClassifier(spec, session)
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("backbone.")})
     return model.eval()
 
 

@@ -25,9 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import nn
-from torchvision.transforms import InterpolationMode
 
 from crackdet.data import CLASSES, PATCH_SIZE, ManifestRow, load_rgb
 from crackdet.errors import CrackdetError
@@ -87,6 +85,11 @@ def augment_image(
     image: torch.Tensor, params: AugmentParams, rng: np.random.Generator
 ) -> torch.Tensor:
     """One random view of a float CHW image in [0, 1]: rotation, flips, colour jitter."""
+    # Imported here: evaluate and predict import this module but never augment, and torchvision
+    # costs ~1.3 s of their start-up.
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
     if params.rotation > 0:
         angle = float(rng.uniform(-params.rotation, params.rotation))
         image = TF.rotate(image, angle, interpolation=InterpolationMode.BILINEAR)

@@ -14,7 +14,7 @@ from typing import Any
 
 from crackdet.data import read_manifest
 from crackdet.evaluate import Evaluation, evaluate_classifier, write_curves, write_plot_images
-from crackdet.features import cache_root
+from crackdet.features import cache_root, onnx_root
 from crackdet.io import write_json
 from crackdet.models import load_checkpoint
 from crackdet.params import Params
@@ -53,7 +53,12 @@ def run(root: Path) -> dict[str, Any]:
     import mlflow
 
     params = stage_params(root)
-    model = load_checkpoint(root / TRAIN / "model.pt", root / TRAIN / "model.json")
+    model = load_checkpoint(
+        root / TRAIN / "model.pt",
+        root / TRAIN / "model.json",
+        params.evaluate.engine,
+        onnx_root(root),
+    )
     rows = read_manifest(root / "outputs/split/test.csv")
     evaluation, features = evaluate_classifier(
         model, root / "outputs/fetch/images", rows, cache_root(root), engine=params.evaluate.engine

@@ -124,7 +124,12 @@ def run(root: Path) -> list[dict[str, Any]]:
     import mlflow
 
     params = stage_params(root)
-    model = load_checkpoint(root / TRAIN / "model.pt", root / TRAIN / "model.json")
+    model = load_checkpoint(
+        root / TRAIN / "model.pt",
+        root / TRAIN / "model.json",
+        params.predict.engine,
+        onnx_root(root),
+    )
     photos = list_photos(root / PHOTOS)
     if not photos:
         raise CrackdetError(f"{PHOTOS}: no photos to map (add some and `dvc add data`)")

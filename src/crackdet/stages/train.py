@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from crackdet.data import read_manifest
+from crackdet.engine import effective_engine, ensure_graph
 from crackdet.errors import CrackdetError, first_line
-from crackdet.features import cache_root
+from crackdet.features import cache_root, onnx_root
 from crackdet.io import write_json, write_text, write_with
 from crackdet.ood import fit_ood, save_empty
 from crackdet.probe import fit_probe
@@ -274,6 +275,10 @@ def run(root: Path) -> TrainResult:
         mlflow.log_artifact(str(root / SPLIT / "groups.csv"), artifact_path="data")
         mlflow.log_artifact(str(root / "outputs/fetch/duplicates.csv"), artifact_path="data")
         mlflow.log_artifact(str(root / SPLIT / "summary.json"), artifact_path="data")
+        if effective_engine(result.model, params.train.engine) == "onnxruntime":
+            # evaluate and predict_samples then run the backbone as this graph without building
+            # it in PyTorch; a frozen backbone's graph is exported once and found from then on.
+            ensure_graph(result.model, onnx_root(root))
         example = load_images(root / IMAGES, val_rows[:2]).float() / 255.0
         model_uri = log_model(root, result, example)
         write_json(root / RUN_FILE, {"run_id": run.info.run_id, "model_uri": model_uri})
