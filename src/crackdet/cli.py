@@ -38,11 +38,13 @@ def _render_photos(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from crackdet.features import onnx_root
     from crackdet.models import load_model
     from crackdet.ood import OODModel
     from crackdet.params import load_params
     from crackdet.predict import list_photos
     from crackdet.stages.predict_samples import map_photos
+    from crackdet.tracking import repo_root
 
     predict_params = load_params(args.params).predict
     model = load_model(args.model)
@@ -56,7 +58,10 @@ def _predict(args: argparse.Namespace) -> int:
     for item in map(Path, args.photos):
         photos.extend(list_photos(item) if item.is_dir() else [item])
     out = Path(args.out)
-    _, errors = map_photos(model, photos, out, predict_params, args.model, ood)
+    # Exported graphs are cached where the pipeline keeps them (run from the repo root).
+    _, errors = map_photos(
+        model, photos, out, predict_params, args.model, ood, onnx_root(repo_root())
+    )
     print(f"predict: {len(photos) - len(errors)} of {len(photos)} photos mapped into {out}")
     return 1 if errors else 0
 

@@ -33,6 +33,15 @@ from crackdet.params import ENGINES
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # float RGB [0, 1] NCHW → (N, F) features
 
+# How graphs are exported; part of the graph digest, so a change here never reuses old graphs.
+EXPORT_SETTINGS: dict[str, Any] = {
+    "dynamo": False,  # the TorchScript exporter: ~1 s here, no onnxscript round trip
+    "input_names": ["images"],
+    "output_names": ["features"],
+    "dynamic_axes": {"images": {0: "batch"}, "features": {0: "batch"}},
+    "opset_version": 17,
+}
+
 
 class _Features(nn.Module):
     """What gets exported: ``model.features`` (normalisation inside) as a standalone graph."""
@@ -59,11 +68,8 @@ def graph_digest(state: Mapping[str, torch.Tensor], spec: Any) -> str:
     (in state-dict order), the input size and the exporter's version. ``state`` is a model's
     state dict or a checkpoint's: both name and order their tensors alike."""
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            [spec.backbone, spec.patch_size, spec.mean, spec.std, torch.__version__]
-        ).encode()
-    )
+    settings = [spec.backbone, spec.patch_size, spec.mean, spec.std, torch.__version__]
+    digest.update(json.dumps([*settings, EXPORT_SETTINGS], sort_keys=True).encode())
     for name, tensor in state.items():
         if name.startswith("head.") or name == "temperature":
             continue
@@ -72,13 +78,14 @@ def graph_digest(state: Mapping[str, torch.Tensor], spec: Any) -> str:
     return digest.hexdigest()[:24]
 
 
-def graph_path(cache: Path, model: nn.Module) -> Path:
-    return cache / f"{graph_digest(model.state_dict(), model.spec)}.onnx"  # type: ignore[attr-defined]
+def graph_file(cache: Path, state: Mapping[str, torch.Tensor], spec: Any) -> Path:
+    """Where the graph of a backbone with these tensors lives in ``cache``."""
+    return cache / f"{graph_digest(state, spec)}.onnx"
 
 
 def ensure_graph(model: nn.Module, cache: Path) -> Path:
     """The model's exported graph in ``cache``, exported now if it is not there yet."""
-    path = graph_path(cache, model)
+    path = graph_file(cache, model.state_dict(), model.spec)  # type: ignore[attr-defined]
     if not path.is_file():
         export_onnx(model, path)
     return path
@@ -95,22 +102,22 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
     def write(tmp: Path) -> None:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(tmp),
-                dynamo=False,  # the TorchScript exporter: ~1 s here, no onnxscript round trip
-                input_names=["images"],
-                output_names=["features"],
-                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                opset_version=17,
-            )
+            torch.onnx.export(wrapper, (example,), str(tmp), **EXPORT_SETTINGS)
 
-    training = model.training
+    # The exporter flips train/eval on the whole module tree: put every module back as it was.
+    modes = {module: module.training for module in model.modules()}
     try:
         write_with(path, write)
+    except CrackdetError:
+        raise
+    except Exception as exc:  # the exporter's own errors (unsupported operator, …)
+        raise CrackdetError(
+            f"{model.spec.backbone}: ONNX export failed ({first_line(exc)}); "  # type: ignore[attr-defined]
+            "set train.engine, evaluate.engine and predict.engine to torch"
+        ) from None
     finally:
-        model.train(training)  # the exporter flips train/eval on the whole module tree
+        for module, training in modes.items():
+            module.train(training)
     return path
 
 
@@ -129,6 +136,8 @@ class OnnxSession:
             self.session = onnxruntime.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
             )
+        except MemoryError:
+            raise
         except Exception as exc:  # onnxruntime raises its own exception types
             path.unlink(missing_ok=True)  # a foreign or damaged file: the next run re-exports
             raise CrackdetError(

@@ -91,14 +91,14 @@ def evaluate_classifier(
     them. With a frozen backbone the features come from the feature cache when present. The
     threshold defaults to the model's operating threshold (chosen on val)."""
     from crackdet.engine import effective_engine, feature_fn
-    from crackdet.features import FeatureCache, cache_key, features_for
+    from crackdet.features import FeatureCache, cache_key, features_for, onnx_dir
 
     model.eval()
     engine = effective_engine(model, engine)
     cache = None
     if cache_dir is not None and model.spec.unfrozen_blocks == 0:
         cache = FeatureCache(cache_dir, cache_key(model, None, 0, engine))
-    extract = feature_fn(model, engine, cache_dir.parent / "onnx" if cache_dir else None)
+    extract = feature_fn(model, engine, onnx_dir(cache_dir))
     features, _ = features_for(model, images_dir, rows, 0, None, 0, cache, extract)
     probabilities = torch.softmax(model.logits_from_features(features), dim=1)[:, 1].numpy()
     targets = np.array([row.target for row in rows])

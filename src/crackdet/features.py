@@ -40,7 +40,12 @@ def cache_root(root: Path) -> Path:
 
 def onnx_root(root: Path) -> Path:
     """Exported ONNX graphs (crackdet.engine) live beside the feature cache."""
-    return cache_root(root).parent / "onnx"
+    return onnx_dir(cache_root(root))
+
+
+def onnx_dir(features_cache: Path | None) -> Path | None:
+    """The graph folder beside a feature cache folder (None: no cache, temp exports)."""
+    return features_cache.parent / "onnx" if features_cache is not None else None
 
 
 def image_seed(seed: int, view: int, sha256: str) -> list[int]:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from crackdet.engine import FeatureFn, feature_fn
+from crackdet.engine import FeatureFn, effective_engine, engine_label, feature_fn
 from crackdet.errors import CrackdetError, first_line
 from crackdet.predict import PHOTO_SUFFIXES, crack_map, read_photo
 
@@ -202,6 +202,7 @@ def evaluate_maps(
     progress: bool = False,
     engine: str = "torch",
     photos: str = "*",
+    onnx_cache: Path | None = None,
 ) -> MapsResult:
     """Map every photo of ``data`` (folder or archive) with ``model`` and score its windows."""
     if not data.exists():
@@ -214,9 +215,9 @@ def evaluate_maps(
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="crackdet-maps-"))
             folder = Path(tmp) / "data"
             extract(data, folder, max_files=max_files, max_bytes=max_bytes)
-        extract = None
+        features_fn = None
         if hasattr(model, "features"):  # a crackdet classifier; registry models run whole
-            extract = feature_fn(model, engine)
+            features_fn = feature_fn(model, engine, onnx_cache)
         return _evaluate_folder(
             folder,
             model,
@@ -227,7 +228,7 @@ def evaluate_maps(
             max_pixels,
             min_pixels,
             progress,
-            extract,
+            features_fn,
             photos,
         )
 
@@ -242,7 +243,7 @@ def _evaluate_folder(
     max_pixels: int,
     min_pixels: int,
     progress: bool,
-    extract: FeatureFn | None,
+    features_fn: FeatureFn | None,
     photos: str,
 ) -> MapsResult:
     start = time.perf_counter()
@@ -255,7 +256,7 @@ def _evaluate_folder(
         # Masks are read before mapping so a bad one stops the run before minutes of inference.
         mask = read_mask(sample.mask, shape)
         planking_mask = read_mask(sample.planking, shape) if sample.planking else None
-        result = crack_map(model, photo, overlap, batch_size, scale, extract=extract)
+        result = crack_map(model, photo, overlap, batch_size, scale, extract=features_fn)
         map_seconds += result.seconds
         labels = window_labels(mask, result.tiles, min_pixels)
         planking = planking_windows(labels, planking_mask, result.tiles, min_pixels)
@@ -338,6 +339,7 @@ def run_eval_maps(
     model's own when ``predict.use_model_threshold``)."""
     import mlflow
 
+    from crackdet.features import onnx_root
     from crackdet.io import write_json
     from crackdet.models import load_model
     from crackdet.tracking import git_state, init_store
@@ -368,6 +370,7 @@ def run_eval_maps(
         progress=progress,
         engine=predict.engine,
         photos=photos,
+        onnx_cache=onnx_root(root),
     )
     metrics = {"data": str(data), "model": model_ref, **result.metrics}
     tags = {"eval.data": data.name, "eval.model": model_ref, **git_state(root)}
@@ -387,13 +390,18 @@ def run_eval_maps(
                 "threshold": metrics["threshold"],
                 "min_pixels": metrics["min_pixels"],
                 "photos": photos,
-                "engine": predict.engine,
+                # What ran: registry (pt2) models always run in PyTorch.
+                "engine": engine_label(
+                    effective_engine(model, predict.engine)
+                    if hasattr(model, "features")
+                    else "torch"
+                ),
             }
         )
         mlflow.log_metrics(
             {
                 f"maps_{key}": float(metrics[key])
-                for key in ("auroc", "precision", "recall", "planking_fpr")
+                for key in ("auroc", "precision", "recall", "planking_fpr", "f1_threshold")
                 if metrics[key] is not None  # undefined figures are left out, not logged as 0
             }
             | {

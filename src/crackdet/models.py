@@ -278,9 +278,11 @@ def load_checkpoint(
 def _onnx_classifier(spec: ModelSpec, state: dict, onnx_cache: Path) -> OnnxClassifier | None:
     """The classifier around the cached graph of this checkpoint's backbone; None if the graph
     is absent or unreadable (then the caller builds the PyTorch backbone, which re-exports)."""
-    from crackdet.engine import OnnxSession, graph_digest
+    from crackdet.engine import OnnxSession, graph_file
 
-    path = onnx_cache / f"{graph_digest(state, spec)}.onnx"
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None  # not a state dict: the PyTorch path names the file and what is wrong
+    path = graph_file(onnx_cache, state, spec)
     if not path.is_file():
         return None
     try:

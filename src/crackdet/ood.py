@@ -35,11 +35,7 @@ class OODModel:
         (what the subspace cannot represent at all is the clearest sign of novelty)."""
         centred = np.asarray(features, np.float64) - self.mean
         projected = centred @ self.components.T
-        # Orthonormal components: |residual|^2 = |centred|^2 - |projected|^2 (no reconstruction).
-        squared = np.einsum("ij,ij->i", centred, centred) - np.einsum(
-            "ij,ij->i", projected, projected
-        )
-        residual = np.sqrt(np.maximum(squared, 0.0))
+        residual = _residual(centred, projected)
         inside = np.mean((projected / self.scale) ** 2, axis=1)
         return np.sqrt((inside + (residual / self.residual_scale) ** 2) / 2)
 
@@ -102,11 +98,18 @@ def fit_ood(train_features: np.ndarray, val_features: np.ndarray) -> OODModel:
     scale = singular[:k] / np.sqrt(max(len(features) - 1, 1))
     scale = np.maximum(scale, 1e-3 * scale[0] + 1e-12)
     centred = np.asarray(val_features, np.float64) - mean
-    residual = np.linalg.norm(centred - (centred @ components.T) @ components, axis=1)
+    residual = _residual(centred, centred @ components.T)
     residual_scale = max(float(np.median(residual)), 1e-6)
     model = OODModel(mean, components, scale, residual_scale, threshold=float("inf"))
     threshold = float(np.quantile(model.score(val_features), QUANTILE))
     return OODModel(mean, components, scale, residual_scale, threshold)
+
+
+def _residual(centred: np.ndarray, projected: np.ndarray) -> np.ndarray:
+    """Distance from the PCA subspace. The components are orthonormal, so
+    |residual|^2 = |centred|^2 - |projected|^2: no reconstruction in feature space needed."""
+    squared = np.einsum("ij,ij->i", centred, centred) - np.einsum("ij,ij->i", projected, projected)
+    return np.sqrt(np.maximum(squared, 0.0))
 
 
 def save_empty(path: Path) -> None:

@@ -205,8 +205,7 @@ def overlay_image(
     draw = ImageDraw.Draw(image)
     bar_w, bar_h, x0, y0 = 160, 12, 10, image.height - 30
     if image.width > bar_w + 20 and image.height > 50:
-        ramp = np.linspace(0.0, 1.0, bar_w)[:, None]
-        strip = (ramp * CRACK_RGB + (1 - ramp) * CLEAN_RGB).astype(np.uint8)
+        strip = lut[np.linspace(0, 255, bar_w).round().astype(int)]  # the map's own colours
         image.paste(Image.fromarray(np.repeat(strip[None], bar_h, axis=0), "RGB"), (x0, y0))
         draw.text((x0, y0 - 12), "p(crack) 0", fill=(255, 255, 255))
         draw.text((x0 + bar_w - 8, y0 - 12), "1", fill=(255, 255, 255))

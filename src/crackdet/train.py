@@ -206,7 +206,7 @@ def train_model(
     ``cache_dir``: where frozen-backbone features are cached (None: compute, don't store).
     """
     from crackdet.engine import effective_engine, feature_fn
-    from crackdet.features import FeatureCache, cache_key, features_for
+    from crackdet.features import FeatureCache, cache_key, features_for, onnx_dir
 
     cfg = params.train
     seed = params.base.seed
@@ -243,7 +243,7 @@ def train_model(
     train_views: list[torch.Tensor] = []
     if frozen:
         engine = effective_engine(model, cfg.engine)
-        extract = feature_fn(model, engine, cache_dir.parent / "onnx" if cache_dir else None)
+        extract = feature_fn(model, engine, onnx_dir(cache_dir))
         plain = FeatureCache(cache_dir, cache_key(model, None, seed, engine)) if cache_dir else None
         augmented = (
             FeatureCache(cache_dir, cache_key(model, cfg.augment, seed, engine))

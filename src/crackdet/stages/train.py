@@ -130,7 +130,10 @@ def model_requirements(root: Path) -> list[str] | None:
     lock, project = root / LOCK_FILE, root / "pyproject.toml"
     if not (lock.exists() and project.exists()):
         return None
-    dependencies = tomllib.loads(project.read_text())["project"]["dependencies"]
+    try:
+        dependencies = tomllib.loads(project.read_text())["project"]["dependencies"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return None  # an unusual pyproject: let MLflow infer the requirements
     return [*dependencies, f"-c {lock}"]
 
 
