@@ -151,3 +151,25 @@ def test_light_checkpoint_load_imports_neither_timm_nor_torchvision(model, tmp_p
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
     )
     assert result.stdout.strip() == "OnnxClassifier []"
+
+
+def test_a_backbone_onnx_cannot_express_fails_in_one_line_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    from torch import nn
+
+    from crackdet.models import CrackClassifier, ModelSpec
+
+    class SingularValues(nn.Module):  # aten::linalg_svdvals has no ONNX (opset 17) form
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.linalg.svdvals(images.mean(1))[:, :4]
+
+    spec = ModelSpec("efficientnet_lite0", 4, 8, 0.0, (0.5,) * 3, (0.5,) * 3, 227, CLASSES, "test")
+    model = CrackClassifier(SingularValues(), spec).eval()
+    with pytest.raises(CrackdetError) as info:
+        feature_fn(model, "onnxruntime", tmp_path)(torch.rand(2, 3, 227, 227))
+    message = str(info.value)
+    assert "\n" not in message and "ONNX export failed" in message and "engine" in message
+    assert "linalg_svdvals" in message
+    assert not list(tmp_path.iterdir())  # no graph, no temp file
+    assert feature_fn(model, "torch")(torch.rand(2, 3, 227, 227)).shape == (2, 4)  # the way out

@@ -30,6 +30,8 @@ def evaluate_dataset(
     """Import ``data``, evaluate ``model_ref`` on every image, log a run; return the metrics."""
     import mlflow
 
+    from crackdet.engine import feature_fn
+    from crackdet.features import onnx_root
     from crackdet.tracking import git_state, init_store
 
     if not data.exists():
@@ -41,7 +43,12 @@ def evaluate_dataset(
         work.mkdir()
         archive_sha = import_labelled(data, images, work, fetch_params)
         indexed = index_images(images, str(data), "error", fetch_params.max_pixels)
-        evaluation = evaluate_rows(model, images, indexed.rows, params.evaluate.batch_size)
+        features_fn = None
+        if hasattr(model, "features"):  # a checkpoint: backbone by evaluate.engine, then head
+            features_fn = feature_fn(model, params.evaluate.engine, onnx_root(root))
+        evaluation = evaluate_rows(
+            model, images, indexed.rows, params.evaluate.batch_size, features_fn=features_fn
+        )
         metrics = evaluation.metrics()
         init_store(root)
         with mlflow.start_run(run_name=f"eval {data.name}", tags={"crackdet.stage": "eval"}):

@@ -13,6 +13,7 @@ from sklearn import metrics as skm
 
 from crackdet.calibrate import expected_calibration_error
 from crackdet.data import CLASSES, ManifestRow
+from crackdet.engine import FeatureFn
 from crackdet.io import write_text, write_with
 from crackdet.models import CrackClassifier
 from crackdet.train import load_images
@@ -51,16 +52,25 @@ class Evaluation:
 
 @torch.inference_mode()
 def predict_probabilities(
-    model: torch.nn.Module, images_dir: Path, rows: list[ManifestRow], batch_size: int
+    model: torch.nn.Module,
+    images_dir: Path,
+    rows: list[ManifestRow],
+    batch_size: int,
+    features_fn: FeatureFn | None = None,
 ) -> np.ndarray:
     """Crack probability of each image from any model taking float RGB [0, 1] NCHW (a checkpoint
-    or a registry model), read and batched in chunks to bound memory."""
+    or a registry model), read and batched in chunks to bound memory. ``features_fn``: a crackdet
+    classifier's backbone features by an engine (crackdet.engine), then its head."""
 
     model.eval()
     probs = []
     for start in range(0, len(rows), batch_size):
         batch = load_images(images_dir, rows[start : start + batch_size]).float() / 255.0
-        probs.append(torch.softmax(model(batch), dim=1)[:, 1].numpy())
+        if features_fn is not None:
+            logits = model.logits_from_features(features_fn(batch))  # type: ignore[operator]
+        else:
+            logits = model(batch)
+        probs.append(torch.softmax(logits, dim=1)[:, 1].numpy())
     return np.concatenate(probs) if probs else np.zeros(0)
 
 
@@ -70,11 +80,11 @@ def evaluate_rows(
     rows: list[ManifestRow],
     batch_size: int,
     threshold: float = 0.5,
+    features_fn: FeatureFn | None = None,
 ) -> Evaluation:
     targets = np.array([row.target for row in rows])
-    return Evaluation(
-        targets, predict_probabilities(model, images_dir, rows, batch_size), threshold
-    )
+    probabilities = predict_probabilities(model, images_dir, rows, batch_size, features_fn)
+    return Evaluation(targets, probabilities, threshold)
 
 
 @torch.inference_mode()
