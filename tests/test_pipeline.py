@@ -182,6 +182,9 @@ def test_eval_command_scores_a_model_on_another_data_set(repo: Path, tmp_path: P
     )
     metrics = json.loads(out.read_text())
     assert metrics["n"] == 20
+    # Scored at the checkpoint's own operating threshold, as the evaluate stage does.
+    spec = json.loads((repo / "outputs/train/model.json").read_text())
+    assert metrics["threshold"] == spec["threshold"]
     assert f"accuracy {metrics['accuracy']:.4f}" in result.stdout
     client, _ = _runs(repo)
     experiment = client.get_experiment_by_name("crackdet")

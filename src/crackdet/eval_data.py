@@ -46,8 +46,10 @@ def evaluate_dataset(
         features_fn = None
         if hasattr(model, "features"):  # a checkpoint: backbone by evaluate.engine, then head
             features_fn = feature_fn(model, params.evaluate.engine, onnx_root(root))
+        # The operating threshold chosen on val travels with a checkpoint (as in evaluate).
+        threshold = float(getattr(getattr(model, "spec", None), "threshold", 0.5))
         evaluation = evaluate_rows(
-            model, images, indexed.rows, params.evaluate.batch_size, features_fn=features_fn
+            model, images, indexed.rows, params.evaluate.batch_size, threshold, features_fn
         )
         metrics = evaluation.metrics()
         init_store(root)
