@@ -156,7 +156,8 @@ def _pair_auroc(labels: list[int], scores: list[float]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def _run(model, data: Path, threshold: float = 0.5) -> dict:
+def _maps(model, data: Path, threshold: float = 0.5, photos: str = "*"):
+    """evaluate_maps at the settings every test here uses (scale 1, overlap 0.5)."""
     return evaluate_maps(
         data,
         model,
@@ -165,7 +166,12 @@ def _run(model, data: Path, threshold: float = 0.5) -> dict:
         batch_size=8,
         threshold=threshold,
         max_pixels=10**7,
-    ).metrics
+        photos=photos,
+    )
+
+
+def _run(model, data: Path, threshold: float = 0.5) -> dict:
+    return _maps(model, data, threshold).metrics
 
 
 def test_evaluate_maps_matches_independent_scoring(model, dataset: Path) -> None:
@@ -177,15 +183,7 @@ def test_evaluate_maps_matches_independent_scoring(model, dataset: Path) -> None
     ranked = sorted(scores)
     k = max(range(4, len(ranked) - 5), key=lambda i: ranked[i + 1] - ranked[i])
     threshold = (ranked[k] + ranked[k + 1]) / 2
-    result = evaluate_maps(
-        dataset,
-        model,
-        scale=1.0,
-        overlap=0.5,
-        batch_size=8,
-        threshold=threshold,
-        max_pixels=10**7,
-    )
+    result = _maps(model, dataset, threshold)
     metrics = result.metrics
     assert metrics["photos"] == 2 and metrics["photos_with_planking_mask"] == 1
     assert len(result.windows) == 18
@@ -311,13 +309,12 @@ def test_cli_logs_an_mlflow_run(
 def test_photos_pattern_scores_only_matching_photos(model, dataset: Path) -> None:
     """A held-out part of a set is scored alone (``--photos 'val_*'``), window for window as in
     the whole-set run, and a pattern matching nothing is a one-line error."""
-    kwargs = dict(scale=1.0, overlap=0.5, batch_size=8, threshold=0.5, max_pixels=10**7)
-    whole = evaluate_maps(dataset, model, **kwargs)
-    only_b = evaluate_maps(dataset, model, photos="b.*", **kwargs)
+    whole = _maps(model, dataset)
+    only_b = _maps(model, dataset, photos="b.*")
     assert only_b.metrics["photos"] == 1 and only_b.metrics["photos_pattern"] == "b.*"
     assert {w["photo"] for w in only_b.windows} == {"b.png"}
     assert [w["p"] for w in only_b.windows] == pytest.approx(
         [w["p"] for w in whole.windows if w["photo"] == "b.png"], abs=1e-6
     )
     with pytest.raises(CrackdetError, match=r"--photos 'val_\*': matches none of the photos"):
-        evaluate_maps(dataset, model, photos="val_*", **kwargs)
+        _maps(model, dataset, photos="val_*")

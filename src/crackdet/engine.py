@@ -2,7 +2,7 @@
 
 With a frozen backbone every image costs one backbone forward pass, in training (feature cache),
 evaluation and crack maps alike. On a 2-core CPU, ONNX Runtime runs EfficientNet-Lite0 about twice
-as fast as PyTorch eager (measured: 173 vs 85-101 patches/s at batch 16), so it is the default
+as fast as PyTorch eager (bench/predict_speed.py: 146 vs 65 tiles/s), so it is the default
 engine where the model runs on CPU. The ONNX graph holds only normalisation + backbone (what
 ``CrackClassifier.features`` computes); the head, temperature and OOD score stay in PyTorch, so
 both engines share every line after the features. Both engines agree to ~1e-5 on the features
@@ -179,6 +179,14 @@ def feature_fn(model: nn.Module, engine: str, cache: Path | None = None) -> Feat
     if effective_engine(model, engine) == "onnxruntime" and not _runs_onnx(model):
         return OnnxFeatures(model, cache)
     return model.features  # type: ignore[return-value]
+
+
+def classifier_features(
+    model: nn.Module, engine: str, cache: Path | None = None
+) -> FeatureFn | None:
+    """:func:`feature_fn` for a crackdet classifier; None for an opaque registry (pt2) model,
+    which has no separate backbone and runs whole in PyTorch."""
+    return feature_fn(model, engine, cache) if hasattr(model, "features") else None
 
 
 def _runs_onnx(model: nn.Module) -> bool:

@@ -30,7 +30,7 @@ def evaluate_dataset(
     """Import ``data``, evaluate ``model_ref`` on every image, log a run; return the metrics."""
     import mlflow
 
-    from crackdet.engine import feature_fn
+    from crackdet.engine import classifier_features
     from crackdet.features import onnx_root
     from crackdet.tracking import git_state, init_store
 
@@ -43,9 +43,7 @@ def evaluate_dataset(
         work.mkdir()
         archive_sha = import_labelled(data, images, work, fetch_params)
         indexed = index_images(images, str(data), "error", fetch_params.max_pixels)
-        features_fn = None
-        if hasattr(model, "features"):  # a checkpoint: backbone by evaluate.engine, then head
-            features_fn = feature_fn(model, params.evaluate.engine, onnx_root(root))
+        features_fn = classifier_features(model, params.evaluate.engine, onnx_root(root))
         # The operating threshold chosen on val travels with a checkpoint (as in evaluate).
         threshold = float(getattr(getattr(model, "spec", None), "threshold", 0.5))
         evaluation = evaluate_rows(

@@ -19,6 +19,7 @@ import fnmatch
 import io
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from crackdet.engine import FeatureFn, effective_engine, engine_label, feature_fn
+from crackdet.engine import classifier_features, effective_engine, engine_label
 from crackdet.errors import CrackdetError, first_line
 from crackdet.predict import PHOTO_SUFFIXES, crack_map, read_photo
 
@@ -51,6 +52,20 @@ class MapsResult:
 
     metrics: dict[str, Any]
     windows: list[dict[str, Any]] = field(default_factory=list)  # one row per scored window
+
+
+@contextlib.contextmanager
+def _readable_folder(data: Path, max_files: int, max_bytes: int) -> Iterator[Path]:
+    """A folder is read in place; an archive is extracted to a temporary folder."""
+    if data.is_dir():
+        yield data
+        return
+    from crackdet.archive import extract
+
+    with tempfile.TemporaryDirectory(prefix="crackdet-maps-") as tmp:
+        folder = Path(tmp) / "data"
+        extract(data, folder, max_files=max_files, max_bytes=max_bytes)
+        yield folder
 
 
 def find_samples(root: Path, photos: str = "*") -> list[MapsSample]:
@@ -207,78 +222,41 @@ def evaluate_maps(
     """Map every photo of ``data`` (folder or archive) with ``model`` and score its windows."""
     if not data.exists():
         raise CrackdetError(f"{data}: no such folder or archive")
-    with contextlib.ExitStack() as stack:
-        folder = data  # a folder is read in place; an archive is extracted to a temp folder
-        if not data.is_dir():
-            from crackdet.archive import extract
-
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="crackdet-maps-"))
-            folder = Path(tmp) / "data"
-            extract(data, folder, max_files=max_files, max_bytes=max_bytes)
-        features_fn = None
-        if hasattr(model, "features"):  # a crackdet classifier; registry models run whole
-            features_fn = feature_fn(model, engine, onnx_cache)
-        return _evaluate_folder(
-            folder,
-            model,
-            scale,
-            overlap,
-            batch_size,
-            threshold,
-            max_pixels,
-            min_pixels,
-            progress,
-            features_fn,
-            photos,
-        )
-
-
-def _evaluate_folder(
-    folder: Path,
-    model: Any,
-    scale: float,
-    overlap: float,
-    batch_size: int,
-    threshold: float,
-    max_pixels: int,
-    min_pixels: int,
-    progress: bool,
-    features_fn: FeatureFn | None,
-    photos: str,
-) -> MapsResult:
-    start = time.perf_counter()
-    samples = find_samples(folder, photos)
+    features_fn = classifier_features(model, engine, onnx_cache)
     all_labels, all_planking, all_scores, windows = [], [], [], []
     map_seconds = 0.0
-    for sample in samples:
-        photo = read_photo(sample.image, max_pixels)
-        shape = photo.shape[:2]
-        # Masks are read before mapping so a bad one stops the run before minutes of inference.
-        mask = read_mask(sample.mask, shape)
-        planking_mask = read_mask(sample.planking, shape) if sample.planking else None
-        result = crack_map(model, photo, overlap, batch_size, scale, extract=features_fn)
-        map_seconds += result.seconds
-        labels = window_labels(mask, result.tiles, min_pixels)
-        planking = planking_windows(labels, planking_mask, result.tiles, min_pixels)
-        scores = np.array([float(t["p"]) for t in result.tiles])
-        all_labels.append(labels)
-        all_planking.append(planking)
-        all_scores.append(scores)
-        names = {CRACK: "crack", CLEAN: "clean", IGNORED: "ignored"}
-        windows.extend(
-            {
-                "photo": sample.image.name,
-                **{key: tile[key] for key in ("x", "y", "size", "p")},
-                "label": names[int(label)],
-                "planking": bool(plank),
-            }
-            for tile, label, plank in zip(result.tiles, labels, planking, strict=True)
-        )
-        if progress:
-            print(
-                f"eval-maps: {sample.image.name}: {len(result.tiles)} windows "
-                f"({int((labels == CRACK).sum())} crack) in {result.seconds:.1f} s"
+    with _readable_folder(data, max_files, max_bytes) as folder:
+        start = time.perf_counter()  # extraction is not counted
+        samples = find_samples(folder, photos)
+        for sample in samples:
+            photo = read_photo(sample.image, max_pixels)
+            shape = photo.shape[:2]
+            # Masks are read before mapping so a bad one stops the run before minutes of inference.
+            mask = read_mask(sample.mask, shape)
+            planking_mask = read_mask(sample.planking, shape) if sample.planking else None
+            result = crack_map(model, photo, overlap, batch_size, scale, extract=features_fn)
+            map_seconds += result.seconds
+            labels = window_labels(mask, result.tiles, min_pixels)
+            planking = planking_windows(labels, planking_mask, result.tiles, min_pixels)
+            scores = np.array([float(t["p"]) for t in result.tiles])
+            all_labels.append(labels)
+            all_planking.append(planking)
+            all_scores.append(scores)
+            names = {CRACK: "crack", CLEAN: "clean", IGNORED: "ignored"}
+            windows.extend(
+                {
+                    "photo": sample.image.name,
+                    **{key: tile[key] for key in ("x", "y", "size", "p")},
+                    "label": names[int(label)],
+                    "planking": bool(plank),
+                }
+                for tile, label, plank in zip(result.tiles, labels, planking, strict=True)
             )
+            if progress:
+                print(
+                    f"eval-maps: {sample.image.name}: {len(result.tiles)} windows "
+                    f"({int((labels == CRACK).sum())} crack) in {result.seconds:.1f} s"
+                )
     metrics = score_windows(
         np.concatenate(all_labels),
         np.concatenate(all_planking),
@@ -390,12 +368,7 @@ def run_eval_maps(
                 "threshold": metrics["threshold"],
                 "min_pixels": metrics["min_pixels"],
                 "photos": photos,
-                # What ran: registry (pt2) models always run in PyTorch.
-                "engine": engine_label(
-                    effective_engine(model, predict.engine)
-                    if hasattr(model, "features")
-                    else "torch"
-                ),
+                "engine": engine_label(effective_engine(model, predict.engine)),
             }
         )
         mlflow.log_metrics(

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from crackdet.engine import effective_engine, engine_label, feature_fn
+from crackdet.engine import classifier_features, effective_engine, engine_label
 from crackdet.errors import CrackdetError
 from crackdet.features import onnx_root
 from crackdet.io import atomic_dir, write_json, write_with
@@ -50,9 +50,8 @@ def map_photos(
     Returns per-photo summaries and the errors of photos that could not be read.
     ``onnx_cache``: folder of exported graphs for the onnxruntime engine (None: temp export)."""
     summaries, errors, thumbnails = [], [], []
-    crackdet_model = hasattr(model, "features")  # a registry (pt2) model runs as a whole in torch
-    engine = effective_engine(model, params.engine) if crackdet_model else "torch"
-    extract = feature_fn(model, engine, onnx_cache) if crackdet_model else None
+    engine = effective_engine(model, params.engine)  # torch for a registry (pt2) model
+    extract = classifier_features(model, engine, onnx_cache)
     # The operating threshold chosen on val travels with the model; params can override it.
     threshold = params.threshold
     if params.use_model_threshold:
