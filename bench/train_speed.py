@@ -7,7 +7,7 @@ Prints, on this machine and in one run:
   same number of epochs, as a ratio;
 - the projected wall time of fetch + train + evaluate's forward passes on the full 40,000-image
   set from the measured per-image costs;
-- for reference, the cold train time with the backbone run by PyTorch instead of ONNX Runtime.
+- for reference, the cold train time with the backbone run by each other engine (crackdet.engine).
 
 Usage (from the repo root, venv active):
     python bench/train_speed.py [--data ../shared/data/ozgenel-4k.zip] [--images 1200]
@@ -27,7 +27,7 @@ from torch import nn
 
 from crackdet.data import CLASSES, PATCH_SIZE, read_manifest
 from crackdet.fetch import fetch
-from crackdet.params import load_params
+from crackdet.params import ENGINES, load_params
 from crackdet.split import run_split
 from crackdet.train import augment_image, load_images, set_determinism, targets_of, train_model
 
@@ -105,14 +105,16 @@ def main() -> None:
         )
 
         engine = params.train.engine
-        if engine != "torch":  # the same recipe with PyTorch running the backbone, for reference
-            torch_params = dataclasses.replace(
-                params, train=dataclasses.replace(params.train, engine="torch")
+        for other in ENGINES:  # the same recipe with the other engines, for reference
+            if other == engine:
+                continue
+            other_params = dataclasses.replace(
+                params, train=dataclasses.replace(params.train, engine=other)
             )
             clock = time.perf_counter()
-            train_model(torch_params, images, train_rows, val_rows, cache_dir=root / "cache-t")
-            torch_s = time.perf_counter() - clock
-            print(f"crackdet cold cache, engine torch: {torch_s:.1f} s, {n / torch_s:.1f} images/s")
+            train_model(other_params, images, train_rows, val_rows, cache_dir=root / f"c-{other}")
+            other_s = time.perf_counter() - clock
+            print(f"crackdet cold cache, engine {other}: {other_s:.1f} s, {n / other_s:.1f} img/s")
         cache = root / "cache"
         clock = time.perf_counter()
         cold = train_model(params, images, train_rows, val_rows, cache_dir=cache)

@@ -1,4 +1,5 @@
-"""Inference engines: ONNX Runtime and PyTorch agree on features, maps and cached features."""
+"""Inference engines: ONNX Runtime and OpenVINO agree with PyTorch on features and maps, and
+features of different engines never share a cache."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ import pytest
 import torch
 
 from crackdet.data import CLASSES
-from crackdet.engine import OnnxFeatures, effective_engine, feature_fn
+from crackdet.engine import (
+    GRAPH_ENGINES,
+    OnnxFeatures,
+    effective_engine,
+    engine_label,
+    feature_fn,
+    openvino_precision,
+)
 from crackdet.errors import CrackdetError
 from crackdet.features import FeatureCache, cache_key
 from crackdet.models import build_classifier
+from crackdet.params import ENGINES
 from crackdet.predict import crack_map
 
 
@@ -37,6 +46,30 @@ def test_engines_agree_on_features_for_any_batch_size(model, tmp_path: Path) -> 
         assert (expected[0] - model.features(torch.rand(1, 3, 227, 227))[0]).abs().max() > 1e-3
 
 
+def test_openvino_features_match_pytorch_and_do_not_depend_on_the_batch(
+    model, tmp_path: Path
+) -> None:
+    openvino = feature_fn(model, "openvino", tmp_path)
+    assert isinstance(openvino, OnnxFeatures) and openvino.engine == "openvino"
+    torch.manual_seed(2)
+    images = torch.rand(16, 3, 227, 227)
+    with torch.inference_mode():
+        expected = model.features(images)
+    got = openvino(images)
+    assert got.shape == expected.shape
+    if openvino_precision() == "f32":
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    else:  # bfloat16 arithmetic: a few per cent per image, same direction
+        relative = (got - expected).norm(dim=1) / expected.norm(dim=1)
+        assert relative.max() < 0.1, relative
+        assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.995
+    # Whatever the precision: the same image gives the same features alone, in any batch,
+    # and on every call, so maps and cached features do not depend on the batch size.
+    assert torch.equal(openvino(images[:1])[0], got[0])
+    assert torch.equal(openvino(images[5:8]), got[5:8])
+    assert torch.equal(openvino(images), got)
+
+
 def test_engines_agree_on_a_crack_map(model, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, size=(400, 600, 3), dtype=np.uint8)
@@ -51,6 +84,12 @@ def test_engines_agree_on_a_crack_map(model, tmp_path: Path) -> None:
     assert np.ptp(p_torch) > 1e-4  # the tiles differ, so agreement means something
     np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
     np.testing.assert_allclose(by_onnx.heatmap, by_torch.heatmap, atol=1e-4)
+    by_openvino = crack_map(
+        model, photo, overlap=0.5, batch_size=4, extract=feature_fn(model, "openvino", tmp_path)
+    )
+    p_openvino = np.array([t["p"] for t in by_openvino.tiles])
+    atol = 1e-4 if openvino_precision() == "f32" else 0.02  # bf16: see the test above
+    np.testing.assert_allclose(p_openvino, p_torch, atol=atol)
 
 
 def test_export_is_cached_and_keyed_by_weights(model, tmp_path: Path) -> None:
@@ -59,6 +98,7 @@ def test_export_is_cached_and_keyed_by_weights(model, tmp_path: Path) -> None:
     assert len(graphs) == 1
     stamp = graphs[0].stat().st_mtime_ns
     feature_fn(model, "onnxruntime", tmp_path)(torch.rand(2, 3, 227, 227))
+    feature_fn(model, "openvino", tmp_path)(torch.rand(2, 3, 227, 227))  # runs the same file
     assert graphs[0].stat().st_mtime_ns == stamp  # reused, not exported again
     other = build_classifier("efficientnet_lite0", False, 16, 0.0, 227, CLASSES).eval()
     feature_fn(other, "onnxruntime", tmp_path)(torch.rand(2, 3, 227, 227))
@@ -66,29 +106,33 @@ def test_export_is_cached_and_keyed_by_weights(model, tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave no temp files
 
 
-def test_damaged_graph_is_named_removed_and_re_exported(model, tmp_path: Path) -> None:
-    feature_fn(model, "onnxruntime", tmp_path)(torch.rand(2, 3, 227, 227))
+@pytest.mark.parametrize("engine", GRAPH_ENGINES)
+def test_damaged_graph_is_named_removed_and_re_exported(model, tmp_path: Path, engine) -> None:
+    feature_fn(model, engine, tmp_path)(torch.rand(2, 3, 227, 227))
     (graph,) = tmp_path.glob("*.onnx")
     graph.write_bytes(b"not an onnx graph")
     with pytest.raises(CrackdetError) as info:
-        feature_fn(model, "onnxruntime", tmp_path)(torch.rand(2, 3, 227, 227))
+        feature_fn(model, engine, tmp_path)(torch.rand(2, 3, 227, 227))
     message = str(info.value)
     assert "\n" not in message and str(graph) in message and "unreadable ONNX graph" in message
     assert not graph.exists()
-    features = feature_fn(model, "onnxruntime", tmp_path)(torch.rand(2, 3, 227, 227))
+    features = feature_fn(model, engine, tmp_path)(torch.rand(2, 3, 227, 227))
     assert features.shape == (2, model.spec.num_features) and graph.exists()
 
 
 def test_engine_choice_and_feature_cache_keys(model, tmp_path: Path) -> None:
     assert effective_engine(model, "onnxruntime") == "onnxruntime"
+    assert effective_engine(model, "openvino") == "openvino"
     assert effective_engine(model, "torch") == "torch"
     assert feature_fn(model, "torch") == model.features
     with pytest.raises(CrackdetError, match="engine 'tensorrt'"):
         effective_engine(model, "tensorrt")
-    by_torch = FeatureCache(tmp_path, cache_key(model, None, 0, "torch"))
-    by_onnx = FeatureCache(tmp_path, cache_key(model, None, 0, "onnxruntime"))
-    assert by_torch.folder != by_onnx.folder  # features of the two engines never mix
-    assert by_onnx.key["engine"].startswith("onnxruntime-")
+    caches = {e: FeatureCache(tmp_path, cache_key(model, None, 0, e)) for e in ENGINES}
+    assert len({cache.folder for cache in caches.values()}) == 3  # engines' features never mix
+    assert caches["onnxruntime"].key["engine"].startswith("onnxruntime-")
+    # OpenVINO's label names its arithmetic: bf16 and f32 features never mix either.
+    assert caches["openvino"].key["engine"] == engine_label("openvino")
+    assert engine_label("openvino").endswith(f"-{openvino_precision()}")
 
 
 def _save_checkpoint(model, folder: Path) -> tuple[Path, Path]:
@@ -100,28 +144,32 @@ def _save_checkpoint(model, folder: Path) -> tuple[Path, Path]:
     return folder / "model.pt", folder / "model.json"
 
 
-def test_checkpoint_loads_around_its_exported_graph(model, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", GRAPH_ENGINES)
+def test_checkpoint_loads_around_its_exported_graph(model, tmp_path: Path, engine) -> None:
     from crackdet.engine import ensure_graph
     from crackdet.models import OnnxClassifier, load_checkpoint
 
     checkpoint, spec = _save_checkpoint(model, tmp_path / "train")
     graphs = tmp_path / "onnx"
     # No graph yet: the PyTorch backbone is built (and exports on demand).
-    assert not isinstance(load_checkpoint(checkpoint, spec, "onnxruntime", graphs), OnnxClassifier)
+    assert not isinstance(load_checkpoint(checkpoint, spec, engine, graphs), OnnxClassifier)
     ensure_graph(model, graphs)
-    light = load_checkpoint(checkpoint, spec, "onnxruntime", graphs)
-    assert isinstance(light, OnnxClassifier)
-    assert effective_engine(light, "onnxruntime") == "onnxruntime"
+    light = load_checkpoint(checkpoint, spec, engine, graphs)
+    assert isinstance(light, OnnxClassifier) and light.graph_engine == engine
+    # The model runs its graph with the engine it was loaded for, whatever is asked later.
+    assert effective_engine(light, "torch") == engine
     assert feature_fn(light, "onnxruntime") == light.features
     images = torch.rand(5, 3, 227, 227)
+    atol = 1e-4 if engine == "onnxruntime" or openvino_precision() == "f32" else 0.02
     with torch.inference_mode():
-        assert torch.allclose(light(images), model(images), atol=1e-4)
+        assert torch.allclose(light.features(images), feature_fn(model, engine, graphs)(images))
+        assert torch.allclose(light(images), model(images), atol=atol)
     # The torch engine never takes the graph.
     assert not isinstance(load_checkpoint(checkpoint, spec, "torch", graphs), OnnxClassifier)
     # A damaged graph is not fatal here: removed, and the PyTorch backbone is built instead.
     (graph,) = graphs.glob("*.onnx")
     graph.write_bytes(b"damaged")
-    fallback = load_checkpoint(checkpoint, spec, "onnxruntime", graphs)
+    fallback = load_checkpoint(checkpoint, spec, engine, graphs)
     assert not isinstance(fallback, OnnxClassifier) and not graph.exists()
     with torch.inference_mode():
         assert torch.allclose(fallback(images), model(images), atol=1e-5)

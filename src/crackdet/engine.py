@@ -1,16 +1,19 @@
-"""Inference engines for the frozen backbone: PyTorch, or ONNX Runtime on CPU.
+"""Inference engines for the frozen backbone: PyTorch, ONNX Runtime or OpenVINO on CPU.
 
 With a frozen backbone every image costs one backbone forward pass, in training (feature cache),
 evaluation and crack maps alike. On a 2-core CPU, ONNX Runtime runs EfficientNet-Lite0 about twice
-as fast as PyTorch eager (bench/predict_speed.py: 146 vs 65 tiles/s), so it is the default
-engine where the model runs on CPU. The ONNX graph holds only normalisation + backbone (what
-``CrackClassifier.features`` computes); the head, temperature and OOD score stay in PyTorch, so
-both engines share every line after the features. Both engines agree to ~1e-5 on the features
-(tests/test_engine.py); the feature cache keys on the engine, so their features never mix.
+as fast as PyTorch eager, and OpenVINO with bfloat16 arithmetic (on CPUs that have it natively:
+AVX512-BF16 or AMX) about twice as fast again (bench/predict_speed.py prints all three). The
+graph holds only normalisation + backbone (what ``CrackClassifier.features`` computes); the head,
+temperature and OOD score stay in PyTorch, so every engine shares every line after the features.
+ONNX Runtime agrees with PyTorch to ~1e-5 on the features; OpenVINO's bfloat16 features differ by
+a few per cent (tests/test_engine.py bounds both), which is why the feature cache keys on the
+engine (with its precision): features of two engines never mix, and a head is evaluated and used
+with the engine it was trained on.
 
-The exported graph is cached in ``.cache/onnx/`` (beside the feature cache) under a digest of the
-backbone's weights, the preprocessing and the torch version, so an export (about a second) happens
-once per model.
+The exported ONNX graph is cached in ``.cache/onnx/`` (beside the feature cache) under a digest of
+the backbone's weights, the preprocessing and the torch version, so an export (about a second)
+happens once per model; ONNX Runtime and OpenVINO both run that one file.
 """
 
 from __future__ import annotations
@@ -54,13 +57,29 @@ class _Features(nn.Module):
         return self.model.features(images)
 
 
+GRAPH_ENGINES = ("onnxruntime", "openvino")  # engines that run the exported ONNX graph
+
+
 def engine_label(name: str) -> str:
-    """The engine and its version, for cache keys and run tags."""
+    """The engine, its version and (OpenVINO) its arithmetic, for cache keys and run tags."""
     if name == "onnxruntime":
         import onnxruntime
 
         return f"onnxruntime-{onnxruntime.__version__}"
+    if name == "openvino":
+        import openvino
+
+        return f"openvino-{openvino.__version__.split('-')[0]}-{openvino_precision()}"
     return f"torch-{torch.__version__}"
+
+
+def openvino_precision() -> str:
+    """bf16 where the CPU computes in bfloat16 natively (AVX512-BF16, AMX), else f32: the
+    arithmetic crackdet asks OpenVINO for, which also decides the features' exact values."""
+    import openvino
+
+    capabilities = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if "BF16" in capabilities else "f32"
 
 
 def graph_digest(state: Mapping[str, torch.Tensor], spec: Any) -> str:
@@ -125,6 +144,8 @@ class OnnxSession:
     """An exported features graph run by ONNX Runtime's CPU provider, with PyTorch's thread
     count: float RGB [0, 1] NCHW in, (N, F) features out."""
 
+    engine = "onnxruntime"
+
     def __init__(self, path: Path) -> None:
         import onnxruntime
 
@@ -151,33 +172,73 @@ class OnnxSession:
         return torch.from_numpy(features)
 
 
-class OnnxFeatures:
-    """``model.features`` through ONNX Runtime. The graph is exported (or found in ``cache``)
-    and loaded on the first call, so a run whose features all come from the feature cache never
-    pays for it."""
+class OpenVinoSession:
+    """The same exported graph compiled by OpenVINO for the CPU (latency mode, PyTorch's thread
+    count, bfloat16 where the CPU has it: :func:`openvino_precision`). Its results do not depend
+    on the batch size or on the run."""
 
-    def __init__(self, model: nn.Module, cache: Path | None) -> None:
-        self.model, self.cache = model, cache
-        self.session: OnnxSession | None = None
+    engine = "openvino"
+
+    def __init__(self, path: Path) -> None:
+        import openvino
+
+        config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+            "INFERENCE_PRECISION_HINT": openvino_precision(),
+        }
+        try:
+            compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        except MemoryError:
+            raise
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            path.unlink(missing_ok=True)
+            raise CrackdetError(
+                f"{path}: unreadable ONNX graph, removed; run again to re-export "
+                f"({first_line(exc)})"
+            ) from None
+        self.request = compiled.create_infer_request()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        batch = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        features = self.request.infer({0: batch})[0]
+        return torch.from_numpy(np.array(features, copy=True))  # the request reuses its buffer
+
+
+def open_graph(path: Path, engine: str) -> OnnxSession | OpenVinoSession:
+    """A session running the exported graph at ``path`` with ``engine`` (one of GRAPH_ENGINES)."""
+    return OpenVinoSession(path) if engine == "openvino" else OnnxSession(path)
+
+
+class OnnxFeatures:
+    """``model.features`` through ONNX Runtime or OpenVINO. The graph is exported (or found in
+    ``cache``) and loaded on the first call, so a run whose features all come from the feature
+    cache never pays for it."""
+
+    def __init__(self, model: nn.Module, cache: Path | None, engine: str = "onnxruntime") -> None:
+        self.model, self.cache, self.engine = model, cache, engine
+        self.session: OnnxSession | OpenVinoSession | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.session is None:
             with tempfile.TemporaryDirectory(prefix="crackdet-onnx-") as scratch:
                 # No cache folder: a temp export; the session keeps the graph in memory.
-                self.session = OnnxSession(ensure_graph(self.model, Path(self.cache or scratch)))
+                graph = ensure_graph(self.model, Path(self.cache or scratch))
+                self.session = open_graph(graph, self.engine)
         return self.session(images)
 
 
 def feature_fn(model: nn.Module, engine: str, cache: Path | None = None) -> FeatureFn:
     """The backbone-feature function of a crackdet classifier for ``engine``.
 
-    ONNX Runtime is used only where it applies: a crackdet classifier (not an opaque registry
-    model) on the CPU. On CUDA this is PyTorch's own ``model.features``. The graph runs the
-    backbone in eval mode, which is how crackdet always computes features. ``cache``: folder of
-    exported graphs (None: export to a temp folder each time).
+    ONNX Runtime and OpenVINO are used only where they apply: a crackdet classifier (not an
+    opaque registry model) on the CPU. On CUDA this is PyTorch's own ``model.features``. The
+    graph runs the backbone in eval mode, which is how crackdet always computes features.
+    ``cache``: folder of exported graphs (None: export to a temp folder each time).
     """
-    if effective_engine(model, engine) == "onnxruntime" and not _runs_onnx(model):
-        return OnnxFeatures(model, cache)
+    engine = effective_engine(model, engine)
+    if engine in GRAPH_ENGINES and not _runs_graph(model):
+        return OnnxFeatures(model, cache, engine)
     return model.features  # type: ignore[return-value]
 
 
@@ -189,17 +250,17 @@ def classifier_features(
     return feature_fn(model, engine, cache) if hasattr(model, "features") else None
 
 
-def _runs_onnx(model: nn.Module) -> bool:
+def _runs_graph(model: nn.Module) -> bool:
     """An OnnxClassifier (crackdet.models): its ``features`` already are the graph."""
-    return bool(getattr(model, "onnx_backbone", False))
+    return getattr(model, "graph_engine", None) is not None
 
 
 def effective_engine(model: nn.Module, engine: str) -> str:
     """The engine :func:`feature_fn` will actually use for this model."""
     if engine not in ENGINES:
         raise CrackdetError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    if _runs_onnx(model):
-        return "onnxruntime"
+    if _runs_graph(model):
+        return str(model.graph_engine)
     on_cpu = all(t.device.type == "cpu" for t in model.parameters())
     usable = on_cpu and hasattr(model, "features")
-    return "onnxruntime" if engine == "onnxruntime" and usable else "torch"
+    return engine if engine in GRAPH_ENGINES and usable else "torch"

@@ -219,15 +219,15 @@ def build_classifier(
 
 
 class OnnxClassifier(CrackClassifier):
-    """A trained classifier whose frozen backbone runs as its exported ONNX graph
-    (crackdet.engine); head, temperature and spec are the checkpoint's. Building it needs
-    neither timm nor torchvision, which keeps evaluate and predict quick to start."""
-
-    onnx_backbone = True
+    """A trained classifier whose frozen backbone runs as its exported ONNX graph in ONNX
+    Runtime or OpenVINO (crackdet.engine); head, temperature and spec are the checkpoint's.
+    Building it needs neither timm nor torchvision, which keeps evaluate and predict quick to
+    start."""
 
     def __init__(self, spec: ModelSpec, session: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__(nn.Identity(), spec)
         self.session = session
+        self.graph_engine: str = session.engine  # type: ignore[attr-defined]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.session(images)  # the graph normalises inside, as ``features`` does
@@ -238,8 +238,8 @@ def load_checkpoint(
 ) -> CrackClassifier:
     """Rebuild a trained classifier from its state dict, without unpickling any code.
 
-    With ``engine`` onnxruntime and the backbone's exported graph in ``onnx_cache`` (train
-    exports it), the backbone runs as that graph and is not built in PyTorch at all."""
+    With ``engine`` onnxruntime or openvino and the backbone's exported graph in ``onnx_cache``
+    (train exports it), the backbone runs as that graph and is not built in PyTorch at all."""
     import json
 
     try:
@@ -250,8 +250,8 @@ def load_checkpoint(
         ) from None
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if engine == "onnxruntime" and onnx_cache is not None:
-            model = _onnx_classifier(spec, state, onnx_cache)
+        if engine in ("onnxruntime", "openvino") and onnx_cache is not None:
+            model = _onnx_classifier(spec, state, onnx_cache, engine)
             if model is not None:
                 return model
         backbone, width, _, _, _ = build_backbone(spec.backbone, pretrained=False)
@@ -275,10 +275,12 @@ def load_checkpoint(
     return model.eval()
 
 
-def _onnx_classifier(spec: ModelSpec, state: dict, onnx_cache: Path) -> OnnxClassifier | None:
+def _onnx_classifier(
+    spec: ModelSpec, state: dict, onnx_cache: Path, engine: str
+) -> OnnxClassifier | None:
     """The classifier around the cached graph of this checkpoint's backbone; None if the graph
     is absent or unreadable (then the caller builds the PyTorch backbone, which re-exports)."""
-    from crackdet.engine import OnnxSession, graph_file
+    from crackdet.engine import graph_file, open_graph
 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         return None  # not a state dict: the PyTorch path names the file and what is wrong
@@ -286,7 +288,7 @@ def _onnx_classifier(spec: ModelSpec, state: dict, onnx_cache: Path) -> OnnxClas
     if not path.is_file():
         return None
     try:
-        session = OnnxSession(path)
+        session = open_graph(path, engine)
     except CrackdetError:
         return None
     model = OnnxClassifier(spec, session)

@@ -23,7 +23,8 @@ MENDELEY_URL = (
 )
 
 
-ENGINES = ("onnxruntime", "torch")  # crackdet.engine; kept here so params import no torch
+# crackdet.engine; kept here so params import no torch
+ENGINES = ("onnxruntime", "openvino", "torch")
 
 # Backbones crackdet knows how to build (see crackdet.models); torchvision ones need the
 # torchvision weights cache when pretrained.

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from crackdet.data import read_manifest
-from crackdet.engine import effective_engine, ensure_graph
+from crackdet.engine import GRAPH_ENGINES, effective_engine, ensure_graph
 from crackdet.errors import CrackdetError, first_line
 from crackdet.features import cache_root, onnx_root
 from crackdet.io import write_json, write_text, write_with
@@ -278,7 +278,7 @@ def run(root: Path) -> TrainResult:
         mlflow.log_artifact(str(root / SPLIT / "groups.csv"), artifact_path="data")
         mlflow.log_artifact(str(root / "outputs/fetch/duplicates.csv"), artifact_path="data")
         mlflow.log_artifact(str(root / SPLIT / "summary.json"), artifact_path="data")
-        if effective_engine(result.model, params.train.engine) == "onnxruntime":
+        if effective_engine(result.model, params.train.engine) in GRAPH_ENGINES:
             # evaluate and predict_samples then run the backbone as this graph without building
             # it in PyTorch; a frozen backbone's graph is exported once and found from then on.
             ensure_graph(result.model, onnx_root(root))
