@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help="base.seed for head init, shuffling, views")
     parser.add_argument("--only", help="comma-separated variant names (default: all)")
     args = parser.parse_args()
+    if args.folds and args.folds < 3:
+        parser.error("--folds: at least 3 (one fold scored, one for validation, the rest trained)")
     root = Path.cwd()
     params = load_params(args.params)
     if args.seed is not None:  # the split stays as it is on disk: only training draws change

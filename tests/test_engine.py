@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+import crackdet.engine
 from crackdet.data import CLASSES
 from crackdet.engine import (
     GRAPH_ENGINES,
     OnnxFeatures,
     effective_engine,
-    engine_label,
     feature_fn,
     openvino_precision,
 )
@@ -46,8 +46,17 @@ def test_engines_agree_on_features_for_any_batch_size(model, tmp_path: Path) -> 
         assert (expected[0] - model.features(torch.rand(1, 3, 227, 227))[0]).abs().max() > 1e-3
 
 
+@pytest.fixture(params=["native", "f32"])
+def openvino_arithmetic(request, monkeypatch) -> str:
+    """Run a test with the precision this CPU gets (bf16 where it has it) and forced to f32,
+    so both branches run on a bf16 machine too. Returns the precision in force."""
+    if request.param == "f32":
+        monkeypatch.setattr(crackdet.engine, "openvino_precision", lambda: "f32")
+    return crackdet.engine.openvino_precision()
+
+
 def test_openvino_features_match_pytorch_and_do_not_depend_on_the_batch(
-    model, tmp_path: Path
+    model, tmp_path: Path, openvino_arithmetic: str
 ) -> None:
     openvino = feature_fn(model, "openvino", tmp_path)
     assert isinstance(openvino, OnnxFeatures) and openvino.engine == "openvino"
@@ -57,7 +66,10 @@ def test_openvino_features_match_pytorch_and_do_not_depend_on_the_batch(
         expected = model.features(images)
     got = openvino(images)
     assert got.shape == expected.shape
-    if openvino_precision() == "f32":
+    # The session computes in the precision the cache key names.
+    compiled = openvino.session.compiled.get_property("INFERENCE_PRECISION_HINT")
+    assert str(compiled).lower().startswith(f"<type: '{_ov_type(openvino_arithmetic)}")
+    if openvino_arithmetic == "f32":
         assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
     else:  # bfloat16 arithmetic: a few per cent per image, same direction
         relative = (got - expected).norm(dim=1) / expected.norm(dim=1)
@@ -68,6 +80,10 @@ def test_openvino_features_match_pytorch_and_do_not_depend_on_the_batch(
     assert torch.equal(openvino(images[:1])[0], got[0])
     assert torch.equal(openvino(images[5:8]), got[5:8])
     assert torch.equal(openvino(images), got)
+
+
+def _ov_type(precision: str) -> str:
+    return "bfloat16" if precision.startswith("bf16") else "float32"
 
 
 def test_engines_agree_on_a_crack_map(model, tmp_path: Path) -> None:
@@ -115,6 +131,10 @@ def test_damaged_graph_is_named_removed_and_re_exported(model, tmp_path: Path, e
         feature_fn(model, engine, tmp_path)(torch.rand(2, 3, 227, 227))
     message = str(info.value)
     assert "\n" not in message and str(graph) in message and "unreadable ONNX graph" in message
+    # The engine's own reason, not a source location: ONNX Runtime's "Protobuf parsing
+    # failed", OpenVINO's "Model can't be parsed".
+    assert ("parsing failed" in message) if engine == "onnxruntime" else ("parsed" in message)
+    assert "src/" not in message and ".cpp" not in message
     assert not graph.exists()
     features = feature_fn(model, engine, tmp_path)(torch.rand(2, 3, 227, 227))
     assert features.shape == (2, model.spec.num_features) and graph.exists()
@@ -130,9 +150,21 @@ def test_engine_choice_and_feature_cache_keys(model, tmp_path: Path) -> None:
     caches = {e: FeatureCache(tmp_path, cache_key(model, None, 0, e)) for e in ENGINES}
     assert len({cache.folder for cache in caches.values()}) == 3  # engines' features never mix
     assert caches["onnxruntime"].key["engine"].startswith("onnxruntime-")
-    # OpenVINO's label names its arithmetic: bf16 and f32 features never mix either.
-    assert caches["openvino"].key["engine"] == engine_label("openvino")
-    assert engine_label("openvino").endswith(f"-{openvino_precision()}")
+
+
+def test_openvino_cache_key_names_its_arithmetic(model, tmp_path: Path, monkeypatch) -> None:
+    """bf16 features differ from f32 ones, and between instruction sets (AMX, AVX512-BF16 and
+    AVX2 kernels round differently): each gets its own cache folder."""
+    folders = {}
+    for precision in ("f32", "bf16-amx", "bf16-avx512"):
+        monkeypatch.setattr(crackdet.engine, "openvino_precision", lambda p=precision: p)
+        key = cache_key(model, None, 0, "openvino")
+        assert key["engine"].startswith("openvino-") and key["engine"].endswith(f"-{precision}")
+        folders[precision] = FeatureCache(tmp_path, key).folder
+    assert len(set(folders.values())) == 3
+    monkeypatch.undo()
+    native = openvino_precision()  # what this CPU gets, from its capabilities and flags
+    assert native in {"f32", "bf16-amx", "bf16-avx512", "bf16-avx2", "bf16-cpu"}
 
 
 def _save_checkpoint(model, folder: Path) -> tuple[Path, Path]:
@@ -175,7 +207,10 @@ def test_checkpoint_loads_around_its_exported_graph(model, tmp_path: Path, engin
         assert torch.allclose(fallback(images), model(images), atol=1e-5)
 
 
-def test_light_checkpoint_load_imports_neither_timm_nor_torchvision(model, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", GRAPH_ENGINES)
+def test_light_checkpoint_load_imports_neither_timm_nor_torchvision(
+    model, tmp_path: Path, engine: str
+) -> None:
     """What keeps evaluate and predict_samples quick to start: with the graph exported, loading
     a checkpoint and mapping features never imports timm or torchvision (~2 s per process)."""
     import subprocess
@@ -190,15 +225,16 @@ def test_light_checkpoint_load_imports_neither_timm_nor_torchvision(model, tmp_p
         "from pathlib import Path\n"
         "from crackdet.models import load_checkpoint\n"
         "import crackdet.stages.evaluate, crackdet.stages.predict_samples\n"
-        f"m = load_checkpoint(Path({str(checkpoint)!r}), Path({str(spec)!r}), 'onnxruntime',"
+        f"m = load_checkpoint(Path({str(checkpoint)!r}), Path({str(spec)!r}), {engine!r},"
         f" Path({str(tmp_path / 'onnx')!r}))\n"
         "m(torch.rand(2, 3, 227, 227))\n"
-        "print(type(m).__name__, sorted(n for n in ('timm', 'torchvision') if n in sys.modules))\n"
+        "print(type(m).__name__, m.graph_engine,"
+        " sorted(n for n in ('timm', 'torchvision') if n in sys.modules))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
     )
-    assert result.stdout.strip() == "OnnxClassifier []"
+    assert result.stdout.strip() == f"OnnxClassifier {engine} []"
 
 
 def test_a_backbone_onnx_cannot_express_fails_in_one_line_and_leaves_nothing(

@@ -3,13 +3,14 @@
 With a frozen backbone every image costs one backbone forward pass, in training (feature cache),
 evaluation and crack maps alike. On a 2-core CPU, ONNX Runtime runs EfficientNet-Lite0 about twice
 as fast as PyTorch eager, and OpenVINO with bfloat16 arithmetic (on CPUs that have it natively:
-AVX512-BF16 or AMX) about twice as fast again (bench/predict_speed.py prints all three). The
-graph holds only normalisation + backbone (what ``CrackClassifier.features`` computes); the head,
-temperature and OOD score stay in PyTorch, so every engine shares every line after the features.
-ONNX Runtime agrees with PyTorch to ~1e-5 on the features; OpenVINO's bfloat16 features differ by
-a few per cent (tests/test_engine.py bounds both), which is why the feature cache keys on the
-engine (with its precision): features of two engines never mix, and a head is evaluated and used
-with the engine it was trained on.
+AVX512-BF16, AMX, AVX2-VNNI-2) about 1.6 times as fast again (bench/predict_speed.py prints all
+three). The graph holds only normalisation + backbone (what ``CrackClassifier.features``
+computes); the head, temperature and OOD score stay in PyTorch, so every engine shares every line
+after the features. ONNX Runtime agrees with PyTorch to ~1e-5 on the features, so training and
+evaluation use it (their figures then hold for the registered PyTorch model); OpenVINO's bfloat16
+features differ by a few per cent (tests/test_engine.py bounds both), close enough for crack maps,
+which is where it is the default. The feature cache keys on the engine, with OpenVINO's precision
+and instruction set, so features of two engines never mix.
 
 The exported ONNX graph is cached in ``.cache/onnx/`` (beside the feature cache) under a digest of
 the backbone's weights, the preprocessing and the torch version, so an export (about a second)
@@ -18,6 +19,7 @@ happens once per model; ONNX Runtime and OpenVINO both run that one file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tempfile
@@ -32,7 +34,7 @@ from torch import nn
 
 from crackdet.errors import CrackdetError, first_line
 from crackdet.io import write_with
-from crackdet.params import ENGINES
+from crackdet.params import ENGINES, GRAPH_ENGINES
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # float RGB [0, 1] NCHW → (N, F) features
 
@@ -57,9 +59,6 @@ class _Features(nn.Module):
         return self.model.features(images)
 
 
-GRAPH_ENGINES = ("onnxruntime", "openvino")  # engines that run the exported ONNX graph
-
-
 def engine_label(name: str) -> str:
     """The engine, its version and (OpenVINO) its arithmetic, for cache keys and run tags."""
     if name == "onnxruntime":
@@ -73,13 +72,42 @@ def engine_label(name: str) -> str:
     return f"torch-{torch.__version__}"
 
 
+@functools.cache
 def openvino_precision() -> str:
-    """bf16 where the CPU computes in bfloat16 natively (AVX512-BF16, AMX), else f32: the
-    arithmetic crackdet asks OpenVINO for, which also decides the features' exact values."""
+    """The arithmetic crackdet asks OpenVINO for, which decides the features' exact values:
+    ``bf16-<isa>`` where the CPU computes bfloat16 natively (the instruction set is part of it:
+    AMX, AVX512-BF16 and AVX2-VNNI-2 kernels round differently), else ``f32``."""
     import openvino
 
     capabilities = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "bf16" if "BF16" in capabilities else "f32"
+    if "BF16" not in capabilities:
+        return "f32"
+    flags = _cpu_flags()
+    isa = next((name for flag, name in _BF16_ISAS if flag in flags), "cpu")
+    return f"bf16-{isa}"
+
+
+# The kernel OpenVINO picks, most capable first (Linux /proc/cpuinfo flag names).
+_BF16_ISAS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512"), ("avx_ne_convert", "avx2"))
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: the label says bf16-cpu
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def _openvino_hint(precision: str) -> str:
+    return precision.partition("-")[0]  # "bf16-avx512" -> "bf16"
+
+
+def _openvino_reason(exc: BaseException) -> str:
+    """OpenVINO's messages end with the reason; the first lines are source locations."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def graph_digest(state: Mapping[str, torch.Tensor], spec: Any) -> str:
@@ -181,28 +209,39 @@ class OpenVinoSession:
 
     def __init__(self, path: Path) -> None:
         import openvino
+        from openvino.frontend import FrontEndManager
 
-        config = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-            "INFERENCE_PRECISION_HINT": openvino_precision(),
-        }
-        try:
-            compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        try:  # the ONNX frontend only: a damaged file is named as such, no other reader tried
+            frontend = FrontEndManager().load_by_framework("onnx")
+            graph = frontend.convert(frontend.load(str(path)))
         except MemoryError:
             raise
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
-            path.unlink(missing_ok=True)
+        except Exception as exc:  # OpenVINO raises exception types of its own
+            path.unlink(missing_ok=True)  # a foreign or damaged file: the next run re-exports
             raise CrackdetError(
                 f"{path}: unreadable ONNX graph, removed; run again to re-export "
-                f"({first_line(exc)})"
+                f"({_openvino_reason(exc)})"
             ) from None
-        self.request = compiled.create_infer_request()
+        try:  # a readable graph OpenVINO cannot compile stays: ONNX Runtime may still run it
+            config = {
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                "INFERENCE_PRECISION_HINT": _openvino_hint(openvino_precision()),
+            }
+            self.compiled = openvino.Core().compile_model(graph, "CPU", config)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise CrackdetError(
+                f"{path}: OpenVINO cannot compile this graph ({_openvino_reason(exc)}); "
+                "set the engine params to onnxruntime or torch"
+            ) from None
+        self.request = self.compiled.create_infer_request()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         batch = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        features = self.request.infer({0: batch})[0]
-        return torch.from_numpy(np.array(features, copy=True))  # the request reuses its buffer
+        (features,) = self.request.infer({0: batch}).values()  # a copy (share_outputs=False)
+        return torch.from_numpy(features)
 
 
 def open_graph(path: Path, engine: str) -> OnnxSession | OpenVinoSession:
@@ -215,7 +254,7 @@ class OnnxFeatures:
     ``cache``) and loaded on the first call, so a run whose features all come from the feature
     cache never pays for it."""
 
-    def __init__(self, model: nn.Module, cache: Path | None, engine: str = "onnxruntime") -> None:
+    def __init__(self, model: nn.Module, cache: Path | None, engine: str) -> None:
         self.model, self.cache, self.engine = model, cache, engine
         self.session: OnnxSession | OpenVinoSession | None = None
 

@@ -94,7 +94,8 @@ def cache_key(
         "std": spec.std,
         "resize": "bilinear",
         "versions": [torch.__version__, version("torchvision"), version("timm")],
-        # Engines agree to ~1e-5, not bit for bit: a cache holds one engine's features only.
+        # Engines differ (ONNX Runtime by ~1e-5, OpenVINO bf16 by a few per cent), so a cache
+        # holds one engine's features only; the label carries version and precision.
         "engine": engine_label(engine),
     }
     if augment is not None:

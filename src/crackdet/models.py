@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from crackdet.errors import CrackdetError, first_line
+from crackdet.params import GRAPH_ENGINES
 
 LITE0_MEAN = (0.5, 0.5, 0.5)
 LITE0_STD = (0.5, 0.5, 0.5)
@@ -250,7 +251,7 @@ def load_checkpoint(
         ) from None
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if engine in ("onnxruntime", "openvino") and onnx_cache is not None:
+        if engine in GRAPH_ENGINES and onnx_cache is not None:
             model = _onnx_classifier(spec, state, onnx_cache, engine)
             if model is not None:
                 return model

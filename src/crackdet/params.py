@@ -25,6 +25,7 @@ MENDELEY_URL = (
 
 # crackdet.engine; kept here so params import no torch
 ENGINES = ("onnxruntime", "openvino", "torch")
+GRAPH_ENGINES = ("onnxruntime", "openvino")  # engines that run the exported ONNX graph
 
 # Backbones crackdet knows how to build (see crackdet.models); torchvision ones need the
 # torchvision weights cache when pretrained.

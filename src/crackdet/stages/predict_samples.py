@@ -48,7 +48,8 @@ def map_photos(
     """Per photo: ``<stem>_overlay.png``, ``<stem>_heatmap.png`` / ``.npy`` (crack probability),
     ``<stem>_mask.png`` (at the threshold) and ``<stem>.json``; plus ``contact_sheet.png``.
     Returns per-photo summaries and the errors of photos that could not be read.
-    ``onnx_cache``: folder of exported graphs for the onnxruntime engine (None: temp export)."""
+    ``onnx_cache``: folder of exported graphs for the onnxruntime and openvino engines (None:
+    temp export)."""
     summaries, errors, thumbnails = [], [], []
     engine = effective_engine(model, params.engine)  # torch for a registry (pt2) model
     extract = classifier_features(model, engine, onnx_cache)

@@ -278,7 +278,8 @@ def run(root: Path) -> TrainResult:
         mlflow.log_artifact(str(root / SPLIT / "groups.csv"), artifact_path="data")
         mlflow.log_artifact(str(root / "outputs/fetch/duplicates.csv"), artifact_path="data")
         mlflow.log_artifact(str(root / SPLIT / "summary.json"), artifact_path="data")
-        if effective_engine(result.model, params.train.engine) in GRAPH_ENGINES:
+        stage_engines = (params.train.engine, params.evaluate.engine, params.predict.engine)
+        if any(effective_engine(result.model, e) in GRAPH_ENGINES for e in stage_engines):
             # evaluate and predict_samples then run the backbone as this graph without building
             # it in PyTorch; a frozen backbone's graph is exported once and found from then on.
             ensure_graph(result.model, onnx_root(root))
