@@ -1,0 +1,65 @@
+"""Fine-tuning check: ``train.unfreeze`` values on the real split, with the device picked as the
+train stage picks it (CUDA when there is one).
+
+For each value of ``--unfreeze`` it trains exactly what the train stage trains with those params
+(best epoch on val; the last N backbone blocks trained with on-the-fly augmentation when N > 0)
+and prints the wall time, the best epoch, validation accuracy and loss, and the test errors. The
+test column is for the record only: choices are made on val (see bench/head_choices.py).
+
+Run it in a checkout where the pipeline has run on real data (it reads ``outputs/fetch`` and
+``outputs/split``); meant for a machine with a GPU:
+
+    python bench/unfreeze.py [--params params.yaml] [--unfreeze 0,1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crackdet.data import read_manifest
+from crackdet.evaluate import evaluate_classifier
+from crackdet.params import load_params
+from crackdet.train import pick_device, train_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--unfreeze", default="0,1,2,4", help="comma-separated block counts")
+    args = parser.parse_args()
+    root = Path.cwd()
+    params = load_params(args.params)
+    images = root / "outputs/fetch/images"
+    rows = {n: read_manifest(root / f"outputs/split/{n}.csv") for n in ("train", "val", "test")}
+    device = pick_device()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    train = params.train
+    print(f"torch {torch.__version__} on {name}; lr {train.lr}, epochs {train.epochs}")
+    for blocks in (int(b) for b in args.unfreeze.split(",")):
+        # PyTorch runs the backbone here: a fine-tuned backbone has no exported graph.
+        train = dataclasses.replace(params.train, unfreeze=blocks, engine="torch")
+        variant = dataclasses.replace(params, train=train)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        clock = time.perf_counter()
+        result = train_model(variant, images, rows["train"], rows["val"], cache_dir=None)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - clock
+        test, _ = evaluate_classifier(result.model, images, rows["test"], None, engine="torch")
+        errors = int(np.sum(test.predictions != test.targets))
+        print(
+            f"unfreeze {blocks}: train {seconds:.1f} s, best epoch {result.best_epoch}, "
+            f"val acc {result.best.val_acc:.4f}, val loss {result.best.val_loss:.4f}, "
+            f"test errors {errors}/{len(test.targets)}"
+        )
+
+
+if __name__ == "__main__":
+    main()
