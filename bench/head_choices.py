@@ -34,9 +34,9 @@ from crackdet.data import ManifestRow, read_manifest
 from crackdet.evaluate import evaluate_classifier
 from crackdet.features import cache_root
 from crackdet.params import Params, load_params
-from crackdet.probe import fit_probe
+from crackdet.probe import Probe, fit_probe
 from crackdet.stages.train import calibrate_on_val
-from crackdet.train import targets_of, train_model
+from crackdet.train import TrainResult, targets_of, train_model
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -71,7 +71,25 @@ def grouped_folds(rows: list[ManifestRow], group_of: dict[str, str], k: int) -> 
     return folds
 
 
-def cross_validate(params: Params, root: Path, k: int) -> None:
+def train_as_stage(
+    variant: Params, images: Path, train: list, val: list, cache: Path
+) -> TrainResult:
+    """What the train stage trains: best epoch on ``val``, temperature and threshold fit there."""
+    result = train_model(variant, images, train, val, cache_dir=cache)
+    calibrate_on_val(result, images, val)
+    return result
+
+
+def errors(predicted: np.ndarray, targets: Any) -> int:
+    return int(np.sum(np.asarray(predicted) != np.asarray(targets)))
+
+
+def probe_of(result: TrainResult, train: list, seed: int) -> Probe:
+    """The logistic-regression probe on the plain-view training features the head saw."""
+    return fit_probe(result.train_features.numpy(), targets_of(train).numpy(), seed)
+
+
+def cross_validate(params: Params, variants: dict[str, dict], root: Path, k: int) -> None:
     images = root / "outputs/fetch/images"
     pool = [r for n in ("train", "val") for r in read_manifest(root / f"outputs/split/{n}.csv")]
     with open(root / "outputs/split/groups.csv", newline="") as handle:
@@ -84,30 +102,66 @@ def cross_validate(params: Params, root: Path, k: int) -> None:
     )
     probe_errors = 0
     print(f"{'variant':26} {'errors per fold':>24} {'errors':>7} {'accuracy':>9}")
-    for index, (name, overrides) in enumerate(VARIANTS.items()):
+    for index, (name, overrides) in enumerate(variants.items()):
         variant = with_train(params, overrides)
         per_fold = []
         for f in range(k):
             val = folds[(f + 1) % k]
             train = [r for g in range(k) if g not in (f, (f + 1) % k) for r in folds[g]]
-            result = train_model(variant, images, train, val, cache_dir=cache)
-            calibrate_on_val(result, images, val)
+            result = train_as_stage(variant, images, train, val, cache)
             scored, features = evaluate_classifier(
                 result.model, images, folds[f], cache, engine=variant.train.engine
             )
-            per_fold.append(int(np.sum(scored.predictions != scored.targets)))
+            per_fold.append(errors(scored.predictions, scored.targets))
             if index == 0 and result.train_features is not None:
-                probe = fit_probe(
-                    result.train_features.numpy(), targets_of(train).numpy(), params.base.seed
-                )
-                guess = probe.crack_probability(features) >= 0.5
-                probe_errors += int(np.sum(guess != scored.targets))
-        errors = sum(per_fold)
+                probe = probe_of(result, train, params.base.seed)
+                probe_errors += errors(probe.crack_probability(features) >= 0.5, scored.targets)
+        total = sum(per_fold)
         print(
-            f"{name:26} {' '.join(map(str, per_fold)):>24} {errors:>7} "
-            f"{1 - errors / len(pool):>9.4f}"
+            f"{name:26} {' '.join(map(str, per_fold)):>24} {total:>7} {1 - total / len(pool):>9.4f}"
         )
     print(f"{'logistic probe':26} {'':>24} {probe_errors:>7} {1 - probe_errors / len(pool):>9.4f}")
+
+
+def score_val_and_test(params: Params, variants: dict[str, dict], root: Path) -> None:
+    images = root / "outputs/fetch/images"
+    rows = {n: read_manifest(root / f"outputs/split/{n}.csv") for n in ("train", "val", "test")}
+    cache = cache_root(root)
+    print(
+        f"split: {len(rows['train'])} train / {len(rows['val'])} val / {len(rows['test'])} test "
+        f"({params.split.strategy}), seed {params.base.seed}, engine {params.train.engine}"
+    )
+    print(f"{'variant':26} {'val errors':>10} {'val loss':>9} {'test errors':>11} {'test acc':>9}")
+    probe_line = None
+    for name, overrides in variants.items():
+        variant = with_train(params, overrides)
+        result = train_as_stage(variant, images, rows["train"], rows["val"], cache)
+        val, _ = evaluate_classifier(
+            result.model, images, rows["val"], cache, engine=variant.train.engine
+        )
+        test, test_features = evaluate_classifier(
+            result.model, images, rows["test"], cache, engine=variant.train.engine
+        )
+        test_errors = errors(test.predictions, test.targets)
+        print(
+            f"{name:26} {errors(val.predictions, val.targets):>10} "
+            f"{result.best.val_loss:>9.4f} {test_errors:>11} "
+            f"{1 - test_errors / len(test.targets):>9.4f}"
+        )
+        if probe_line is None and result.train_features is not None:
+            probe = probe_of(result, rows["train"], params.base.seed)
+            assert result.val_features is not None
+            probe_val = errors(
+                probe.crack_probability(result.val_features.numpy()) >= 0.5,
+                targets_of(rows["val"]).numpy(),
+            )
+            probe_test = errors(probe.crack_probability(test_features) >= 0.5, test.targets)
+            probe_line = (
+                f"{'logistic probe':26} {probe_val:>10} {'':>9} {probe_test:>11} "
+                f"{1 - probe_test / len(test.targets):>9.4f}"
+            )
+    if probe_line is not None:
+        print(probe_line)
 
 
 def main() -> None:
@@ -119,62 +173,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.folds and args.folds < 3:
         parser.error("--folds: at least 3 (one fold scored, one for validation, the rest trained)")
-    root = Path.cwd()
     params = load_params(args.params)
     if args.seed is not None:  # the split stays as it is on disk: only training draws change
         params = dataclasses.replace(params, base=dataclasses.replace(params.base, seed=args.seed))
+    variants = VARIANTS
     if args.only:
         chosen = args.only.split(",")
         unknown = set(chosen) - set(VARIANTS)
         if unknown:
             parser.error(f"--only: unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
-        for name in list(VARIANTS):
-            if name not in chosen:
-                del VARIANTS[name]
+        variants = {name: VARIANTS[name] for name in chosen}
     if args.folds:
-        cross_validate(params, root, args.folds)
-        return
-    images = root / "outputs/fetch/images"
-    rows = {n: read_manifest(root / f"outputs/split/{n}.csv") for n in ("train", "val", "test")}
-    cache = cache_root(root)
-    print(
-        f"split: {len(rows['train'])} train / {len(rows['val'])} val / {len(rows['test'])} test "
-        f"({params.split.strategy}), seed {params.base.seed}, engine {params.train.engine}"
-    )
-    print(f"{'variant':26} {'val errors':>10} {'val loss':>9} {'test errors':>11} {'test acc':>9}")
-    probe_shown = False
-    for name, overrides in VARIANTS.items():
-        variant = with_train(params, overrides)
-        result = train_model(variant, images, rows["train"], rows["val"], cache_dir=cache)
-        calibrate_on_val(result, images, rows["val"])
-        val, _ = evaluate_classifier(
-            result.model, images, rows["val"], cache, engine=variant.train.engine
-        )
-        test, test_features = evaluate_classifier(
-            result.model, images, rows["test"], cache, engine=variant.train.engine
-        )
-        val_errors = int(np.sum(val.predictions != val.targets))
-        test_errors = int(np.sum(test.predictions != test.targets))
-        print(
-            f"{name:26} {val_errors:>10} {result.best.val_loss:>9.4f} {test_errors:>11} "
-            f"{1 - test_errors / len(test.targets):>9.4f}"
-        )
-        if not probe_shown and result.train_features is not None:
-            probe = fit_probe(
-                result.train_features.numpy(), targets_of(rows["train"]).numpy(), params.base.seed
-            )
-            assert result.val_features is not None
-            p_val = probe.crack_probability(result.val_features.numpy()) >= 0.5
-            p_test = probe.crack_probability(test_features) >= 0.5
-            probe_val = int(np.sum(p_val != targets_of(rows["val"]).numpy()))
-            probe_test = int(np.sum(p_test != test.targets))
-            probe_line = (
-                f"{'logistic probe':26} {probe_val:>10} {'':>9} {probe_test:>11} "
-                f"{1 - probe_test / len(test.targets):>9.4f}"
-            )
-            probe_shown = True
-    if probe_shown:
-        print(probe_line)
+        cross_validate(params, variants, Path.cwd(), args.folds)
+    else:
+        score_val_and_test(params, variants, Path.cwd())
 
 
 if __name__ == "__main__":

@@ -168,6 +168,18 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
     return path
 
 
+def _unreadable_graph(path: Path, reason: str) -> CrackdetError:
+    """A foreign or damaged graph file is removed, so the next run re-exports it."""
+    path.unlink(missing_ok=True)
+    return CrackdetError(
+        f"{path}: unreadable ONNX graph, removed; run again to re-export ({reason})"
+    )
+
+
+def _graph_input(images: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+
+
 class OnnxSession:
     """An exported features graph run by ONNX Runtime's CPU provider, with PyTorch's thread
     count: float RGB [0, 1] NCHW in, (N, F) features out."""
@@ -188,15 +200,10 @@ class OnnxSession:
         except MemoryError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types
-            path.unlink(missing_ok=True)  # a foreign or damaged file: the next run re-exports
-            raise CrackdetError(
-                f"{path}: unreadable ONNX graph, removed; run again to re-export "
-                f"({first_line(exc)})"
-            ) from None
+            raise _unreadable_graph(path, first_line(exc)) from None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        batch = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        (features,) = self.session.run(None, {"images": batch})
+        (features,) = self.session.run(None, {"images": _graph_input(images)})
         return torch.from_numpy(features)
 
 
@@ -217,11 +224,7 @@ class OpenVinoSession:
         except MemoryError:
             raise
         except Exception as exc:  # OpenVINO raises exception types of its own
-            path.unlink(missing_ok=True)  # a foreign or damaged file: the next run re-exports
-            raise CrackdetError(
-                f"{path}: unreadable ONNX graph, removed; run again to re-export "
-                f"({_openvino_reason(exc)})"
-            ) from None
+            raise _unreadable_graph(path, _openvino_reason(exc)) from None
         try:  # a readable graph OpenVINO cannot compile stays: ONNX Runtime may still run it
             config = {
                 "PERFORMANCE_HINT": "LATENCY",
@@ -239,8 +242,8 @@ class OpenVinoSession:
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        batch = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        (features,) = self.request.infer({0: batch}).values()  # a copy (share_outputs=False)
+        # infer() copies its outputs (share_outputs=False): nothing aliases the request's buffer.
+        (features,) = self.request.infer({0: _graph_input(images)}).values()
         return torch.from_numpy(features)
 
 
