@@ -12,7 +12,8 @@ grouped K-fold cross-validation over train + val (the split's source-photo group
 Fold f is scored by a model trained on the other folds but one, with fold f+1 as its validation
 split (best epoch, temperature and threshold chosen there, as the train stage does), and by the
 probe trained on the same images; errors are summed over all folds, so every train/val image is
-scored once by a model that never saw its group.
+scored once by a model that never saw its group. It ends with the images that every variant and
+the probe get wrong: candidates for a label audit.
 
 Run it in a checkout where the pipeline has run on real data (it reads ``outputs/fetch``,
 ``outputs/split`` and the feature cache; cold features are computed and cached):
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from crackdet.data import ManifestRow, read_manifest
-from crackdet.evaluate import evaluate_classifier
+from crackdet.evaluate import evaluate_classifier, pretrained_features
 from crackdet.features import cache_root
 from crackdet.params import Params, load_params
 from crackdet.probe import Probe, fit_probe
@@ -47,6 +48,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain view only": {"augment.views": 1},
     "hidden 256 dropout 0.2": {"hidden": 256, "dropout": 0.2},
     "weight decay 1e-4": {"weight_decay": 1e-4},
+    "unfreeze 1": {"unfreeze": 1},
+    "unfreeze 1 3 epochs step 2": {"unfreeze": 1, "epochs": 3, "lr_step_epochs": 2},
 }
 
 
@@ -80,13 +83,20 @@ def train_as_stage(
     return result
 
 
+def wrong_paths(rows: list[ManifestRow], predicted: Any, targets: Any) -> set[str]:
+    return {
+        row.path for row, p, t in zip(rows, predicted, targets, strict=True) if int(p) != int(t)
+    }
+
+
 def errors(predicted: np.ndarray, targets: Any) -> int:
     return int(np.sum(np.asarray(predicted) != np.asarray(targets)))
 
 
 def probe_of(result: TrainResult, train: list, seed: int) -> Probe:
-    """The logistic-regression probe on the plain-view training features the head saw."""
-    return fit_probe(result.train_features.numpy(), targets_of(train).numpy(), seed)
+    """The logistic-regression probe on the pretrained backbone's plain-view training features."""
+    assert result.probe_inputs is not None
+    return fit_probe(result.probe_inputs[0].numpy(), targets_of(train).numpy(), seed)
 
 
 def cross_validate(params: Params, variants: dict[str, dict], root: Path, k: int) -> None:
@@ -101,10 +111,12 @@ def cross_validate(params: Params, variants: dict[str, dict], root: Path, k: int
         f"{', '.join(str(len(f)) for f in folds)}; engine {params.train.engine}"
     )
     probe_errors = 0
+    wrong_everywhere: set[str] | None = None  # images every model scored gets wrong
     print(f"{'variant':26} {'errors per fold':>24} {'errors':>7} {'accuracy':>9}")
     for index, (name, overrides) in enumerate(variants.items()):
         variant = with_train(params, overrides)
         per_fold = []
+        wrong_variant: set[str] = set()
         for f in range(k):
             val = folds[(f + 1) % k]
             train = [r for g in range(k) if g not in (f, (f + 1) % k) for r in folds[g]]
@@ -113,14 +125,26 @@ def cross_validate(params: Params, variants: dict[str, dict], root: Path, k: int
                 result.model, images, folds[f], cache, engine=variant.train.engine
             )
             per_fold.append(errors(scored.predictions, scored.targets))
-            if index == 0 and result.train_features is not None:
+            wrong_here = wrong_paths(folds[f], scored.predictions, scored.targets)
+            if index == 0 and result.probe_inputs is not None:
                 probe = probe_of(result, train, params.base.seed)
-                probe_errors += errors(probe.crack_probability(features) >= 0.5, scored.targets)
+                pretrained = pretrained_features(
+                    result.model, features, images, folds[f], cache, variant.train.engine
+                )
+                probe_predictions = probe.crack_probability(pretrained) >= 0.5
+                probe_errors += errors(probe_predictions, scored.targets)
+                wrong_here &= wrong_paths(folds[f], probe_predictions, scored.targets)
+            wrong_variant |= wrong_here
         total = sum(per_fold)
         print(
             f"{name:26} {' '.join(map(str, per_fold)):>24} {total:>7} {1 - total / len(pool):>9.4f}"
         )
+        wrong_everywhere = (
+            wrong_variant if wrong_everywhere is None else wrong_everywhere & wrong_variant
+        )
     print(f"{'logistic probe':26} {'':>24} {probe_errors:>7} {1 - probe_errors / len(pool):>9.4f}")
+    # Candidates for a label audit: no model above, nor the probe, gets these right.
+    print(f"wrong in every variant and the probe: {' '.join(sorted(wrong_everywhere or ()))}")
 
 
 def score_val_and_test(params: Params, variants: dict[str, dict], root: Path) -> None:
@@ -148,14 +172,16 @@ def score_val_and_test(params: Params, variants: dict[str, dict], root: Path) ->
             f"{result.best.val_loss:>9.4f} {test_errors:>11} "
             f"{1 - test_errors / len(test.targets):>9.4f}"
         )
-        if probe_line is None and result.train_features is not None:
+        if probe_line is None and result.probe_inputs is not None:
             probe = probe_of(result, rows["train"], params.base.seed)
-            assert result.val_features is not None
             probe_val = errors(
-                probe.crack_probability(result.val_features.numpy()) >= 0.5,
+                probe.crack_probability(result.probe_inputs[1].numpy()) >= 0.5,
                 targets_of(rows["val"]).numpy(),
             )
-            probe_test = errors(probe.crack_probability(test_features) >= 0.5, test.targets)
+            pretrained = pretrained_features(
+                result.model, test_features, images, rows["test"], cache, variant.train.engine
+            )
+            probe_test = errors(probe.crack_probability(pretrained) >= 0.5, test.targets)
             probe_line = (
                 f"{'logistic probe':26} {probe_val:>10} {'':>9} {probe_test:>11} "
                 f"{1 - probe_test / len(test.targets):>9.4f}"

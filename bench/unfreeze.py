@@ -2,14 +2,16 @@
 train stage picks it (CUDA when there is one).
 
 For each value of ``--unfreeze`` it trains exactly what the train stage trains with those params
-(best epoch on val; the last N backbone blocks trained with on-the-fly augmentation when N > 0)
-and prints the wall time, the best epoch, validation accuracy and loss, and the test errors. The
+(best epoch on val; for N > 0 the last N backbone blocks, on the cached trunk activations of the
+augmentation views with ``--finetune cached``, or with fresh augmentation and a whole forward
+pass every epoch with ``--finetune online``) and prints the wall time (nothing cached: every
+forward pass is timed), the best epoch, validation accuracy and loss, and the test errors. The
 test column is for the record only: choices are made on val (see bench/head_choices.py).
 
 Run it in a checkout where the pipeline has run on real data (it reads ``outputs/fetch`` and
-``outputs/split``); meant for a machine with a GPU:
+``outputs/split``); N = 1 with ``cached`` runs on a CPU, the rest is meant for a GPU:
 
-    python bench/unfreeze.py [--params params.yaml] [--unfreeze 0,1,2,4]
+    python bench/unfreeze.py [--params params.yaml] [--unfreeze 0,1,2,4] [--finetune cached]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--unfreeze", default="0,1,2,4", help="comma-separated block counts")
+    parser.add_argument("--finetune", choices=("cached", "online"), help="default: params")
     args = parser.parse_args()
     root = Path.cwd()
     params = load_params(args.params)
@@ -40,10 +43,16 @@ def main() -> None:
     device = pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     train = params.train
-    print(f"torch {torch.__version__} on {name}; lr {train.lr}, epochs {train.epochs}")
+    finetune = args.finetune or train.finetune
+    print(
+        f"torch {torch.__version__} on {name}; lr {train.lr}, epochs {train.epochs}, "
+        f"finetune {finetune}"
+    )
     for blocks in (int(b) for b in args.unfreeze.split(",")):
         # PyTorch runs the backbone here: a fine-tuned backbone has no exported graph.
-        train = dataclasses.replace(params.train, unfreeze=blocks, engine="torch")
+        train = dataclasses.replace(
+            params.train, unfreeze=blocks, finetune=finetune, engine="torch"
+        )
         variant = dataclasses.replace(params, train=train)
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -104,3 +104,28 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys) -> None:
     assert "pickled code ran" not in capsys.readouterr().out
     with pytest.raises(CrackdetError, match=r"absent.pt: not found"):
         load_checkpoint(tmp_path / "absent.pt", spec)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_trunk_then_tail_is_the_backbone_for_every_unit_count(name: str) -> None:
+    from crackdet.models import backbone_units, split_backbone
+
+    torch.manual_seed(0)
+    backbone = build_classifier(name, False, 8, 0.0, 227, CLASSES).backbone.eval()
+    images = torch.randn(2, 3, 227, 227)
+    with torch.no_grad():
+        whole = backbone(images)
+        for units in range(1, len(backbone_units(backbone)) + 1):
+            trunk, tail = split_backbone(backbone, units)
+            torch.testing.assert_close(tail(trunk(images)), whole, rtol=1e-4, atol=1e-5)
+            tail_parameters = {id(p) for p in tail.parameters()}
+            last = {id(p) for unit in backbone_units(backbone)[-units:] for p in unit.parameters()}
+            assert tail_parameters == last, f"{name}: tail of {units} holds other parameters"
+
+
+def test_split_of_an_unknown_backbone_names_the_params_key() -> None:
+    from crackdet.models import split_backbone
+
+    with pytest.raises(CrackdetError, match="train.finetune: online") as info:
+        split_backbone(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), 1)
+    assert "\n" not in str(info.value)

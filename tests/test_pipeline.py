@@ -69,6 +69,10 @@ def test_outputs_metrics_and_plots(repo: Path) -> None:
     assert "## Duplicates" in report and "## Hardest" in report
     assert (repo / "outputs/evaluate/report/hardest.png").stat().st_size > 1000
     assert metrics["probe"]["accuracy"] >= 0.0  # the baseline is scored on the same test set
+    assert metrics["accuracy_ci95_low"] <= metrics["accuracy"] <= metrics["accuracy_ci95_high"]
+    wrong = metrics["fp"] + metrics["fn"]
+    assert metrics["probe"]["only_model_wrong"] <= wrong
+    assert 0.0 < metrics["probe"]["mcnemar_p"] <= 1.0
     predicted = json.loads((repo / "outputs/predict/photo_01.json").read_text())
     assert predicted["tiles_total"] == len(predicted["tiles"]) > 0
     for suffix in ("_overlay.png", "_heatmap.png", "_heatmap.npy", "_mask.png"):
@@ -207,3 +211,25 @@ def test_logged_model_holds_no_absolute_paths_of_this_machine(repo: Path) -> Non
             for name in zf.namelist():
                 data = zf.read(name)
                 assert not any(p in data for p in machine_paths), f"{archive}: {name}"
+
+
+def test_fine_tuned_run_keeps_the_probe_baseline_and_an_ood_model(repo: Path) -> None:
+    """train.unfreeze with the cached trunk: evaluate rebuilds the pretrained backbone so the
+    probe scored next to the tuned model is the very one a frozen run scores."""
+    from crackdet.ood import OODModel
+
+    _, before = _runs(repo)
+    frozen = before[0]
+    run_cmd(["dvc", "exp", "run", "-S", "train.unfreeze=1"], repo)
+    spec = json.loads((repo / "outputs/train/model.json").read_text())
+    assert spec["unfrozen_blocks"] == 1
+    metrics = json.loads((repo / "outputs/evaluate/metrics.json").read_text())
+    for key in ("accuracy", "f1", "roc_auc"):
+        assert metrics["probe"][key] == frozen.data.metrics[f"probe_test_{key}"], key
+    assert metrics["probe"]["only_model_wrong"] <= metrics["fp"] + metrics["fn"]
+    ood = OODModel.load(repo / "outputs/train/ood.npz")
+    assert ood is not None and ood.threshold > 0
+    _, after = _runs(repo)
+    tuned = after[-1]
+    assert tuned.data.params["train.unfreeze"] == "1"
+    assert tuned.data.metrics["ood_threshold"] == pytest.approx(ood.threshold)

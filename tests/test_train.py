@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from crackdet.data import read_manifest
+from crackdet.errors import CrackdetError
 from crackdet.fetch import fetch
 from crackdet.split import run_split
 from crackdet.train import train_model
@@ -112,8 +116,18 @@ def test_torn_cache_file_is_recomputed(chdir_tmp: Path, tiny_params) -> None:
     assert [h.val_loss for h in again.history] == [h.val_loss for h in first.history]
 
 
-def test_fine_tuning_last_block_changes_only_that_block(chdir_tmp: Path, tiny_params) -> None:
-    params = tiny_params(**{"train.epochs": 1, "train.unfreeze": 1, "train.batch_size": 16})
+@pytest.mark.parametrize("finetune", ["cached", "online"])
+def test_fine_tuning_last_block_changes_only_that_block(
+    chdir_tmp: Path, tiny_params, finetune: str
+) -> None:
+    params = tiny_params(
+        **{
+            "train.epochs": 1,
+            "train.unfreeze": 1,
+            "train.batch_size": 16,
+            "train.finetune": finetune,
+        }
+    )
     images, train_rows, val_rows = _data(chdir_tmp, params)
     result = train_model(params, images, train_rows[:16], val_rows[:8])
     from crackdet.data import CLASSES
@@ -125,3 +139,59 @@ def test_fine_tuning_last_block_changes_only_that_block(chdir_tmp: Path, tiny_pa
     assert torch.equal(fresh.blocks[-1][0].conv_pw.weight, trained.blocks[-1][0].conv_pw.weight)
     assert torch.equal(fresh.conv_stem.weight, trained.conv_stem.weight)
     assert result.model.spec.unfrozen_blocks == 1
+
+
+def test_cached_fine_tuning_trains_on_cached_trunk_activations(
+    chdir_tmp: Path, tiny_params
+) -> None:
+    from crackdet.evaluate import pretrained_features
+    from crackdet.features import features_for
+
+    params = tiny_params(**{"train.epochs": 2, "train.unfreeze": 1})
+    images, train_rows, val_rows = _data(chdir_tmp, params)
+    cache = chdir_tmp / "cache"
+    n_train, n_val = len(train_rows), len(val_rows)
+    cold = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    # the pretrained features for the probe (train + val), then the trunk: 2 train views + val
+    assert cold.timings["forward_passes"] == (n_train + n_val) + (2 * n_train + n_val)
+    warm = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    assert warm.timings["forward_passes"] == 0
+    assert [h.val_loss for h in warm.history] == [h.val_loss for h in cold.history]
+    for key, value in cold.model.state_dict().items():
+        assert torch.equal(value, warm.model.state_dict()[key]), key
+    # The tuned model's features, from the float16 trunk cache, are those of its whole forward
+    # pass to within half precision (they feed calibration and the OOD model).
+    whole, _ = features_for(warm.model, images, val_rows, 0, None, 0, None)
+    assert warm.val_features is not None
+    torch.testing.assert_close(warm.val_features, whole, rtol=1e-2, atol=2e-2)
+    # The probe's inputs are the pretrained backbone's features: a frozen run finds them cached
+    # and computes only its augmented view.
+    frozen_params = tiny_params(**{"train.epochs": 2})
+    frozen = train_model(frozen_params, images, train_rows, val_rows, cache_dir=cache)
+    assert frozen.timings["forward_passes"] == n_train
+    assert cold.probe_inputs is not None and frozen.probe_inputs is not None
+    assert torch.equal(cold.probe_inputs[0], frozen.probe_inputs[0])
+    assert torch.equal(cold.probe_inputs[1], frozen.probe_inputs[1])
+    # evaluate rebuilds that pretrained backbone to score the probe on test images; the same
+    # features come out, and a model that started from other weights is refused in one line.
+    rebuilt = pretrained_features(cold.model, np.zeros(0), images, val_rows, None, "onnxruntime")
+    torch.testing.assert_close(torch.from_numpy(rebuilt), cold.probe_inputs[1])
+    cold.model.spec = dataclasses.replace(cold.model.spec, weights="other:weights.pth:0123")
+    with pytest.raises(CrackdetError, match="probe baseline: the pretrained") as info:
+        pretrained_features(cold.model, np.zeros(0), images, val_rows, None, "onnxruntime")
+    assert "\n" not in str(info.value)
+
+
+def test_checkpoint_bytes_depend_only_on_the_weights(tmp_path: Path) -> None:
+    """Written atomically through a temporary name, a checkpoint must not carry that name:
+    equal weights give an equal md5 in dvc.lock."""
+    from crackdet.io import write_with
+    from crackdet.stages.train import save_state
+
+    state = {"head.0.weight": torch.arange(6.0).reshape(2, 3), "temperature": torch.tensor(1.5)}
+    for name in ("a", "b"):
+        write_with(tmp_path / name / "model.pt", lambda p: save_state(state, p))
+    first, second = ((tmp_path / n / "model.pt").read_bytes() for n in ("a", "b"))
+    assert first == second
+    loaded = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())

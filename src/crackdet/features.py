@@ -43,6 +43,11 @@ def onnx_root(root: Path) -> Path:
     return onnx_dir(cache_root(root))
 
 
+def probe_root(root: Path) -> Path:
+    """Fitted probe baselines (crackdet.probe) live beside the feature cache too."""
+    return cache_root(root).parent / "probes"
+
+
 def onnx_dir(features_cache: Path | None) -> Path | None:
     """The graph folder beside a feature cache folder (None: no cache, temp exports)."""
     return features_cache.parent / "onnx" if features_cache is not None else None
@@ -81,8 +86,14 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def cache_key(
-    model: CrackClassifier, augment: AugmentParams | None, seed: int, engine: str = "torch"
+    model: CrackClassifier,
+    augment: AugmentParams | None,
+    seed: int,
+    engine: str = "torch",
+    trunk_units: int = 0,
 ) -> dict[str, object]:
+    """What determines a cached array. ``trunk_units`` > 0: the arrays are the float16
+    activations of the backbone without its last ``trunk_units`` units (cached fine-tuning)."""
     from importlib.metadata import version  # not the packages: importing them costs seconds
 
     spec = model.spec
@@ -98,6 +109,8 @@ def cache_key(
         # holds one engine's features only; the label carries version and precision.
         "engine": engine_label(engine),
     }
+    if trunk_units:
+        key["trunk"] = {"without_last_units": trunk_units, "dtype": "float16"}
     if augment is not None:
         key["augment"] = {k: v for k, v in asdict(augment).items() if k != "views"}
         key["seed"] = seed

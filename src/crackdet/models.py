@@ -234,6 +234,41 @@ class OnnxClassifier(CrackClassifier):
         return self.session(images)  # the graph normalises inside, as ``features`` does
 
 
+def backbone_units(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks in order, so that ``train.unfreeze: N`` can free the last N."""
+    if hasattr(backbone, "blocks"):  # timm EfficientNet family: stages, then the 1x1 head conv
+        return [*backbone.blocks, nn.ModuleList([backbone.conv_head, backbone.bn2])]
+    if hasattr(backbone, "layer4"):  # torchvision ResNets
+        return [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+    if hasattr(backbone, "features"):  # torchvision MobileNet / EfficientNet / ConvNeXt
+        return list(backbone.features)
+    raise CrackdetError(f"train.unfreeze: no block structure known for {type(backbone).__name__}")
+
+
+def split_backbone(backbone: nn.Module, units: int) -> tuple[nn.Module, nn.Module]:
+    """``(trunk, tail)`` with ``tail(trunk(x)) == backbone(x)``, the tail holding the last
+    ``units`` of :func:`backbone_units` and the pooling. Both share the backbone's modules, so
+    training the tail trains the backbone. Known for timm EfficientNets and torchvision ResNets
+    (``train.finetune: cached``); other backbones fine-tune with ``train.finetune: online``."""
+    if hasattr(backbone, "blocks") and hasattr(backbone, "conv_head"):
+        blocks = list(backbone.blocks)
+        cut = len(blocks) - (units - 1)  # the last unit is conv_head + bn2
+        trunk = nn.Sequential(backbone.conv_stem, backbone.bn1, *blocks[:cut])
+        tail = nn.Sequential(*blocks[cut:], backbone.conv_head, backbone.bn2, backbone.global_pool)
+        return trunk, tail
+    if hasattr(backbone, "layer4") and hasattr(backbone, "maxpool"):
+        layers = [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+        cut = len(layers) - units
+        stem = [backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool]
+        trunk = nn.Sequential(*stem, *layers[:cut])
+        tail = nn.Sequential(*layers[cut:], backbone.avgpool, nn.Flatten(1), backbone.fc)
+        return trunk, tail
+    raise CrackdetError(
+        f"params.yaml: train.finetune is cached but crackdet knows no trunk/tail split of "
+        f"{type(backbone).__name__}; set train.finetune: online"
+    )
+
+
 def load_checkpoint(
     checkpoint: Path, spec_file: Path, engine: str = "torch", onnx_cache: Path | None = None
 ) -> CrackClassifier:

@@ -101,6 +101,9 @@ class TrainParams:
     hidden: int = _rule(ge=1, le=65_536)
     dropout: float = _rule(ge=0.0, le=0.99)
     unfreeze: int = _rule(ge=0, le=64)
+    # unfreeze > 0: cached (the frozen trunk's activations of the augment views, computed once)
+    # or online (fresh augmentation and a whole forward pass every epoch)
+    finetune: str = _rule(choices=("cached", "online"))
     engine: str = _rule(choices=ENGINES)  # backbone forward passes on CPU (crackdet.engine)
     augment: AugmentParams
 

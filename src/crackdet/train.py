@@ -8,10 +8,14 @@ the others augmented from (seed, view, image sha256)), computed once and cached,
 through the views. The blog instead ran the backbone over freshly augmented images every epoch:
 the same kind of augmentation at several times the cost.
 
-With ``train.unfreeze: N > 0`` the last N backbone blocks are fine-tuned (for users with a GPU;
-the device is picked automatically): images are augmented on the fly every epoch and nothing is
-cached. In both modes the best epoch is chosen on val, never on test, and the same params and data
-give identical numbers on a rerun.
+With ``train.unfreeze: N > 0`` the last N backbone blocks are fine-tuned with the head (the device
+is picked automatically). ``train.finetune: cached`` splits the backbone into a frozen trunk and
+the tuned tail (:func:`crackdet.models.split_backbone`) and caches the trunk's activations of the
+same views, so an epoch runs only the tail: one block of EfficientNet-Lite0 trains on a CPU.
+``online`` augments afresh every epoch and runs the whole backbone each time (for a GPU). Either
+way the probe baseline gets the pretrained backbone's features, computed before any weight moves.
+In every mode the best epoch is chosen on val, never on test, and the same params and data give
+identical numbers on a rerun.
 """
 
 from __future__ import annotations
@@ -29,7 +33,13 @@ from torch import nn
 
 from crackdet.data import CLASSES, PATCH_SIZE, ManifestRow, load_rgb
 from crackdet.errors import CrackdetError
-from crackdet.models import FORWARD_CHUNK, CrackClassifier, build_classifier
+from crackdet.models import (
+    FORWARD_CHUNK,
+    CrackClassifier,
+    backbone_units,
+    build_classifier,
+    split_backbone,
+)
 from crackdet.params import AugmentParams, Params
 
 
@@ -50,9 +60,13 @@ class TrainResult:
     history: list[EpochRecord]
     best_epoch: int
     timings: dict[str, float] = field(default_factory=dict)
-    # Frozen mode only: val features of the plain images (for the probe baseline and reports).
+    # The trained model's features of the plain train/val images (calibration, OOD model), when
+    # training ran on cached inputs (None for finetune: online).
     val_features: torch.Tensor | None = None
     train_features: torch.Tensor | None = None
+    # The pretrained backbone's features of the plain train/val images, for the probe baseline
+    # (None when the backbone is not pretrained and fine-tuned: nothing frozen to compare on).
+    probe_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def best(self) -> EpochRecord:
@@ -105,17 +119,6 @@ def augment_image(
     return image.clamp(0.0, 1.0)
 
 
-def backbone_units(backbone: nn.Module) -> list[nn.Module]:
-    """The backbone's blocks in order, so that ``train.unfreeze: N`` can free the last N."""
-    if hasattr(backbone, "blocks"):  # timm EfficientNet family: stages, then the 1x1 head conv
-        return [*backbone.blocks, nn.ModuleList([backbone.conv_head, backbone.bn2])]
-    if hasattr(backbone, "layer4"):  # torchvision ResNets
-        return [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
-    if hasattr(backbone, "features"):  # torchvision MobileNet / EfficientNet / ConvNeXt
-        return list(backbone.features)
-    raise CrackdetError(f"train.unfreeze: no block structure known for {type(backbone).__name__}")
-
-
 def _head_epoch(
     head: nn.Module,
     features: torch.Tensor,
@@ -143,8 +146,8 @@ def _evaluate_head(
     head: nn.Module, features: torch.Tensor, targets: torch.Tensor
 ) -> tuple[float, float]:
     head.eval()
-    with torch.no_grad():
-        logits = head(features)
+    with torch.no_grad():  # in slices: trunk activations (cached fine-tuning) are large
+        logits = torch.cat([head(features[i : i + 1024]) for i in range(0, len(features), 1024)])
         loss = nn.functional.cross_entropy(logits, targets).item()
         acc = (logits.argmax(1) == targets).float().mean().item()
     return loss, acc
@@ -240,17 +243,44 @@ def train_model(
     frozen = cfg.unfreeze == 0
     clock = time.perf_counter()
     forwards = 0
-    train_views: list[torch.Tensor] = []
-    if frozen:
-        engine = effective_engine(model, cfg.engine)
-        extract = feature_fn(model, engine, onnx_dir(cache_dir))
+    engine = effective_engine(model, cfg.engine)
+    extract = feature_fn(model, engine, onnx_dir(cache_dir))
+    probe_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+    if not frozen and cfg.pretrained:
+        # The probe baseline always sees the pretrained backbone's features, whatever is tuned;
+        # computed before any weight changes (and shared with frozen runs through the cache).
         plain = FeatureCache(cache_dir, cache_key(model, None, seed, engine)) if cache_dir else None
-        augmented = (
-            FeatureCache(cache_dir, cache_key(model, cfg.augment, seed, engine))
-            if cache_dir and cfg.augment.views > 1
-            else None
+        probe_train, n = features_for(model, images_dir, train_rows, 0, None, seed, plain, extract)
+        probe_val, m = features_for(model, images_dir, val_rows, 0, None, seed, plain, extract)
+        probe_inputs, forwards = (probe_train, probe_val), n + m
+    # What trains on cached inputs: the head on pooled features (frozen), or the backbone's last
+    # units + head on the frozen trunk's activations (finetune: cached).
+    learner: nn.Module = model.head
+    train_views: list[torch.Tensor] = []
+    val_inputs = torch.zeros(0)
+    cached = frozen or cfg.finetune == "cached"
+    if cached:
+        if not frozen:
+            trunk, tail = split_backbone(model.backbone, cfg.unfreeze)
+            learner = nn.Sequential(tail, model.head)
+            extract = trunk_fn(model, trunk)
+        # Frozen: pooled features by the stage's engine. Cached fine-tuning: the trunk's
+        # activations by PyTorch, keyed by how many units follow them.
+        key_engine, key_units = (engine, 0) if frozen else ("torch", cfg.unfreeze)
+        caches = (
+            {
+                view: FeatureCache(
+                    cache_dir,
+                    cache_key(model, cfg.augment if view else None, seed, key_engine, key_units),
+                )
+                for view in range(min(cfg.augment.views, 2))  # plain, and all augmented views
+            }
+            if cache_dir
+            else {}
         )
-        val_features, n = features_for(model, images_dir, val_rows, 0, None, seed, plain, extract)
+        val_inputs, n = features_for(
+            model, images_dir, val_rows, 0, None, seed, caches.get(0), extract
+        )
         forwards += n
         for view in range(cfg.augment.views):
             features, n = features_for(
@@ -260,12 +290,12 @@ def train_model(
                 view,
                 cfg.augment if view else None,
                 seed,
-                augmented if view else plain,
+                caches.get(min(view, 1)),
                 extract,
             )
             train_views.append(features.to(device))
             forwards += n
-        val_features = val_features.to(device)
+        val_inputs = val_inputs.to(device)
         train_images = val_images = None
     else:
         train_images = load_images(images_dir, train_rows)
@@ -285,11 +315,12 @@ def train_model(
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        if frozen:
+        if cached:
             features = train_views[(epoch - 1) % len(train_views)]
             train_loss, train_acc = _head_epoch(
-                model.head, features, train_targets.to(device), optimizer, cfg.batch_size, shuffle
+                learner, features, train_targets.to(device), optimizer, cfg.batch_size, shuffle
             )
+            val_loss, val_acc = _evaluate_head(learner, val_inputs, val_targets.to(device))
         else:
             assert train_images is not None and val_images is not None
             train_loss, train_acc = _finetune_epoch(
@@ -305,18 +336,11 @@ def train_model(
             )
             with torch.inference_mode():
                 model.eval()
-                val_features = torch.cat(
-                    [
-                        model.features(
-                            (
-                                val_images[i : i + FORWARD_CHUNK].to(device).float() / 255.0
-                            ).contiguous(memory_format=torch.channels_last)
-                        )
-                        for i in range(0, len(val_images), FORWARD_CHUNK)
-                    ]
+                val_features = _in_chunks(
+                    model.features, val_images, device, lambda x: x.float() / 255.0
                 )
+            val_loss, val_acc = _evaluate_head(model.head, val_features, val_targets.to(device))
         scheduler.step()
-        val_loss, val_acc = _evaluate_head(model.head, val_features, val_targets.to(device))
         record = EpochRecord(
             epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start
         )
@@ -335,12 +359,48 @@ def train_model(
         model.head.load_state_dict(best_state)
     else:
         model.load_state_dict(best_state)
-    model = model.to(device="cpu", memory_format=torch.contiguous_format).eval()
+    model.eval()
+    train_features = val_features = None
+    if frozen:
+        train_features, val_features = train_views[0], val_inputs
+        probe_inputs = (train_features.cpu(), val_features.cpu())
+    elif cached:  # the tuned backbone's features, from the cached trunk activations
+        with torch.inference_mode():
+            train_features = _in_chunks(tail, train_views[0], device)
+            val_features = _in_chunks(tail, val_inputs, device)
+    model = model.to(device="cpu", memory_format=torch.contiguous_format)
     return TrainResult(
         model,
         history,
         best_epoch,
         timings,
-        val_features=val_features.cpu() if frozen else None,
-        train_features=train_views[0].cpu() if frozen else None,
+        val_features=val_features.cpu() if val_features is not None else None,
+        train_features=train_features.cpu() if train_features is not None else None,
+        probe_inputs=probe_inputs,
     )
+
+
+def _in_chunks(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    device: torch.device,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``fn`` over ``inputs`` in forward-pass chunks on ``device`` (bounded memory)."""
+    outputs = []
+    for begin in range(0, len(inputs), FORWARD_CHUNK):
+        batch = inputs[begin : begin + FORWARD_CHUNK].to(device)
+        batch = prepare(batch) if prepare else batch
+        outputs.append(fn(batch.contiguous(memory_format=torch.channels_last)))
+    return torch.cat(outputs)
+
+
+def trunk_fn(model: CrackClassifier, trunk: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The frozen trunk's activations of float RGB [0, 1] images, as float16: they are cached
+    per image and view like features, and a trunk's maps are far larger than pooled features
+    (lite0 before its last unit: 320x8x8), so half precision halves the cache."""
+
+    def activations(images: torch.Tensor) -> torch.Tensor:
+        return trunk((images - model.mean) / model.std).half()
+
+    return activations

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from crackdet.data import read_manifest
-from crackdet.evaluate import Evaluation, evaluate_classifier, write_curves, write_plot_images
+from crackdet.evaluate import (
+    Evaluation,
+    compare_with_baseline,
+    evaluate_classifier,
+    pretrained_features,
+    write_curves,
+    write_plot_images,
+)
 from crackdet.features import cache_root, onnx_root
 from crackdet.io import write_json
 from crackdet.models import load_checkpoint
@@ -60,22 +67,29 @@ def run(root: Path) -> dict[str, Any]:
         onnx_root(root),
     )
     rows = read_manifest(root / "outputs/split/test.csv")
+    images = root / "outputs/fetch/images"
     evaluation, features = evaluate_classifier(
-        model, root / "outputs/fetch/images", rows, cache_root(root), engine=params.evaluate.engine
+        model, images, rows, cache_root(root), engine=params.evaluate.engine
     )
     metrics = evaluation.metrics()
     probe_file = json.loads((root / TRAIN / "probe.json").read_text())
     if probe_file:  # the baseline on the same frozen features, scored on the same test images
         probe = Probe.from_dict(probe_file)
-        probe_eval = Evaluation(evaluation.targets, probe.crack_probability(features), 0.5)
+        pretrained = pretrained_features(
+            model, features, images, rows, cache_root(root), params.evaluate.engine
+        )
+        probe_eval = Evaluation(evaluation.targets, probe.crack_probability(pretrained), 0.5)
         probe_metrics = probe_eval.metrics()
-        metrics["probe"] = {k: probe_metrics[k] for k in ("accuracy", "f1", "roc_auc")}
+        metrics["probe"] = {
+            **{k: probe_metrics[k] for k in ("accuracy", "f1", "roc_auc")},
+            **compare_with_baseline(evaluation, probe_eval),
+        }
     out = root / OUT
     write_curves(evaluation, rows, out)
     plots = write_plot_images(evaluation, out / "plots")
     plots += write_data_report(
         root,
-        root / "outputs/fetch/images",
+        images,
         rows,
         evaluation.targets,
         evaluation.probabilities,
@@ -109,10 +123,18 @@ def run(root: Path) -> dict[str, Any]:
     write_json(out / "registered.json", registered)
     version = f"; registered {registered['name']} v{registered['version']}" if registered else ""
     print(
-        f"evaluate: test accuracy {metrics['accuracy']:.4f} precision {metrics['precision']:.4f} "
-        f"recall {metrics['recall']:.4f} f1 {metrics['f1']:.4f} roc_auc {metrics['roc_auc']:.4f} "
-        f"on {metrics['n']} images{version}"
+        f"evaluate: test accuracy {metrics['accuracy']:.4f} (95 % CI "
+        f"{metrics['accuracy_ci95_low']:.4f}-{metrics['accuracy_ci95_high']:.4f}) precision "
+        f"{metrics['precision']:.4f} recall {metrics['recall']:.4f} f1 {metrics['f1']:.4f} "
+        f"roc_auc {metrics['roc_auc']:.4f} on {metrics['n']} images{version}"
     )
+    if "probe" in metrics:
+        probe = metrics["probe"]
+        print(
+            f"evaluate: probe baseline accuracy {probe['accuracy']:.4f}; wrong only by the model "
+            f"{probe['only_model_wrong']}, only by the probe {probe['only_baseline_wrong']} "
+            f"(exact McNemar p {probe['mcnemar_p']:.3f})"
+        )
     return metrics
 
 

@@ -23,10 +23,10 @@ import torch
 from crackdet.data import read_manifest
 from crackdet.engine import GRAPH_ENGINES, effective_engine, ensure_graph
 from crackdet.errors import CrackdetError, first_line
-from crackdet.features import cache_root, onnx_root
+from crackdet.features import cache_root, onnx_root, probe_root
 from crackdet.io import write_json, write_text, write_with
 from crackdet.ood import fit_ood, save_empty
-from crackdet.probe import fit_probe
+from crackdet.probe import fit_probe_cached
 from crackdet.stages._common import run_stage, stage_params
 from crackdet.tracking import RUN_FILE, lineage_tags, safe_params, start_pipeline_run
 from crackdet.train import EpochRecord, TrainResult, load_images, targets_of, train_model
@@ -161,6 +161,14 @@ def export_without_source_paths() -> Iterator[None]:
         torch.export.save = original
 
 
+def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    """``torch.save`` through an open handle: given a path, torch names the archive's records
+    after the file, here a random temporary name, so equal weights gave a new md5 in dvc.lock
+    on every run."""
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
+
+
 def calibrate_on_val(result: TrainResult, images_dir: Path, val_rows: list) -> dict[str, float]:
     """Fit the temperature and the F1-optimal threshold on val; store both in the model."""
     from crackdet.calibrate import (
@@ -172,7 +180,7 @@ def calibrate_on_val(result: TrainResult, images_dir: Path, val_rows: list) -> d
 
     model = result.model
     features = result.val_features
-    if features is None:  # fine-tuned backbone: its features are not the cached ones
+    if features is None:  # finetune: online: the tuned backbone's features were never computed
         features, _ = features_for(model, images_dir, val_rows, 0, None, 0, None)
     targets = targets_of(val_rows)
     with torch.no_grad():
@@ -234,19 +242,22 @@ def run(root: Path) -> TrainResult:
         best = result.best
         calibration = calibrate_on_val(result, root / IMAGES, val_rows)
         probe_val_acc, probe_json = None, {}
-        if result.train_features is not None and result.val_features is not None:
-            probe = fit_probe(
-                result.train_features.numpy(), targets_of(train_rows).numpy(), params.base.seed
+        if result.probe_inputs is not None:
+            probe_train, probe_val = (f.numpy() for f in result.probe_inputs)
+            probe = fit_probe_cached(
+                probe_train, targets_of(train_rows).numpy(), params.base.seed, probe_root(root)
             )
-            probe_val = probe.crack_probability(result.val_features.numpy()) >= 0.5
-            probe_val_acc = float((probe_val == targets_of(val_rows).numpy()).mean())
+            probe_hits = (probe.crack_probability(probe_val) >= 0.5) == targets_of(val_rows).numpy()
+            probe_val_acc = float(probe_hits.mean())
             probe_json = probe.to_dict()
+        # {} when a randomly initialised backbone is fine-tuned: no pretrained features
+        write_json(root / OUT / "probe.json", probe_json)
+        if result.train_features is not None and result.val_features is not None:
             ood = fit_ood(result.train_features.numpy(), result.val_features.numpy())
             ood.save(root / OUT / "ood.npz")
             mlflow.log_metric("ood_threshold", ood.threshold)
-        else:
+        else:  # finetune: online computes no features of the tuned backbone
             save_empty(root / OUT / "ood.npz")
-        write_json(root / OUT / "probe.json", probe_json)  # {} when fine-tuning: no frozen features
         # metrics.json is versioned in git (DVC metrics): only deterministic figures go there;
         # timings go to MLflow only.
         metrics = {
@@ -269,7 +280,7 @@ def run(root: Path) -> TrainResult:
             }
         )
         out = root / OUT
-        write_with(out / "model.pt", lambda p: torch.save(result.model.state_dict(), p))
+        write_with(out / "model.pt", lambda p: save_state(result.model.state_dict(), p))
         write_json(out / "model.json", result.model.spec.to_dict())
         write_text(out / "history.csv", history_csv(result.history))
         write_json(out / "metrics.json", metrics)
