@@ -49,7 +49,7 @@ def main() -> None:
         f"finetune {finetune}"
     )
     for blocks in (int(b) for b in args.unfreeze.split(",")):
-        # PyTorch runs the backbone here: a fine-tuned backbone has no exported graph.
+        # PyTorch runs the backbone here: every forward pass timed alike, no graph export.
         train = dataclasses.replace(
             params.train, unfreeze=blocks, finetune=finetune, engine="torch"
         )

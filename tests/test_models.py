@@ -126,6 +126,16 @@ def test_trunk_then_tail_is_the_backbone_for_every_unit_count(name: str) -> None
 def test_split_of_an_unknown_backbone_names_the_params_key() -> None:
     from crackdet.models import split_backbone
 
-    with pytest.raises(CrackdetError, match="train.finetune: online") as info:
-        split_backbone(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), 1)
+    backbone = build_classifier("mobilenet_v3_large", False, 8, 0.0, 227, CLASSES).backbone
+    with pytest.raises(CrackdetError, match="set train.finetune: online") as info:
+        split_backbone(backbone, 1)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("units", [0, 9])
+def test_split_refuses_a_block_count_the_backbone_does_not_have(units: int) -> None:
+    from crackdet.models import split_backbone
+
+    backbone = build_classifier("efficientnet_lite0", False, 8, 0.0, 227, CLASSES).backbone
+    with pytest.raises(CrackdetError, match=f"train.unfreeze is {units}; the backbone has 8"):
+        split_backbone(backbone, units)

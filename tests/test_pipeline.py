@@ -43,6 +43,20 @@ def _runs(repo: Path):
     return client, client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])
 
 
+def assert_probe_comparison_adds_up(metrics: dict) -> None:
+    """Images only the model gets wrong minus those only the probe gets wrong is the difference
+    of their error counts, and the McNemar p-value is that of those counts."""
+    from crackdet.evaluate import mcnemar_exact
+
+    probe = metrics["probe"]
+    model_wrong = metrics["fp"] + metrics["fn"]
+    probe_wrong = round(metrics["n"] * (1 - probe["accuracy"]))
+    only_model, only_probe = probe["only_model_wrong"], probe["only_baseline_wrong"]
+    assert only_model - only_probe == model_wrong - probe_wrong
+    assert only_model <= model_wrong and only_probe <= probe_wrong
+    assert probe["mcnemar_p"] == mcnemar_exact(only_model, only_probe)
+
+
 def test_second_repro_is_up_to_date_and_status_clean(repo: Path) -> None:
     again = run_cmd(["dvc", "repro"], repo)
     assert "Running stage" not in again.stdout
@@ -70,9 +84,7 @@ def test_outputs_metrics_and_plots(repo: Path) -> None:
     assert (repo / "outputs/evaluate/report/hardest.png").stat().st_size > 1000
     assert metrics["probe"]["accuracy"] >= 0.0  # the baseline is scored on the same test set
     assert metrics["accuracy_ci95_low"] <= metrics["accuracy"] <= metrics["accuracy_ci95_high"]
-    wrong = metrics["fp"] + metrics["fn"]
-    assert metrics["probe"]["only_model_wrong"] <= wrong
-    assert 0.0 < metrics["probe"]["mcnemar_p"] <= 1.0
+    assert_probe_comparison_adds_up(metrics)
     predicted = json.loads((repo / "outputs/predict/photo_01.json").read_text())
     assert predicted["tiles_total"] == len(predicted["tiles"]) > 0
     for suffix in ("_overlay.png", "_heatmap.png", "_heatmap.npy", "_mask.png"):
@@ -226,7 +238,7 @@ def test_fine_tuned_run_keeps_the_probe_baseline_and_an_ood_model(repo: Path) ->
     metrics = json.loads((repo / "outputs/evaluate/metrics.json").read_text())
     for key in ("accuracy", "f1", "roc_auc"):
         assert metrics["probe"][key] == frozen.data.metrics[f"probe_test_{key}"], key
-    assert metrics["probe"]["only_model_wrong"] <= metrics["fp"] + metrics["fn"]
+    assert_probe_comparison_adds_up(metrics)
     ood = OODModel.load(repo / "outputs/train/ood.npz")
     assert ood is not None and ood.threshold > 0
     _, after = _runs(repo)

@@ -177,7 +177,7 @@ def test_cached_fine_tuning_trains_on_cached_trunk_activations(
     rebuilt = pretrained_features(cold.model, np.zeros(0), images, val_rows, None, "onnxruntime")
     torch.testing.assert_close(torch.from_numpy(rebuilt), cold.probe_inputs[1])
     cold.model.spec = dataclasses.replace(cold.model.spec, weights="other:weights.pth:0123")
-    with pytest.raises(CrackdetError, match="probe baseline: the pretrained") as info:
+    with pytest.raises(CrackdetError, match="train.backbone efficientnet_lite0: the model") as info:
         pretrained_features(cold.model, np.zeros(0), images, val_rows, None, "onnxruntime")
     assert "\n" not in str(info.value)
 
@@ -195,3 +195,17 @@ def test_checkpoint_bytes_depend_only_on_the_weights(tmp_path: Path) -> None:
     assert first == second
     loaded = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_cached_fine_tuning_of_a_backbone_without_a_known_split_fails_before_any_pass(
+    chdir_tmp: Path, tiny_params
+) -> None:
+    params = tiny_params(
+        **{"train.unfreeze": 1, "train.backbone": "mobilenet_v3_large", "train.pretrained": False}
+    )
+    images, train_rows, val_rows = _data(chdir_tmp, params)
+    cache = chdir_tmp / "cache"
+    with pytest.raises(CrackdetError, match="set train.finetune: online") as info:
+        train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    assert "\n" not in str(info.value)
+    assert not list(cache.rglob("*.npy")) and not list(cache.parent.rglob("*.onnx"))

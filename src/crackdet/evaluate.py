@@ -181,8 +181,9 @@ def pretrained_features(
     ).eval()
     if start.spec.weights != spec.weights:
         raise CrackdetError(
-            f"probe baseline: the pretrained {spec.backbone} weights here ({start.spec.weights}) "
-            f"are not the ones the model was fine-tuned from ({spec.weights})"
+            f"train.backbone {spec.backbone}: the model was fine-tuned from {spec.weights}, but "
+            f"the pretrained weights here are {start.spec.weights}; the probe baseline needs "
+            "the former (put them back, or rerun train)"
         )
     cache = FeatureCache(cache_dir, cache_key(start, None, 0, engine)) if cache_dir else None
     extract = feature_fn(start, engine, onnx_dir(cache_dir))

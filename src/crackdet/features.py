@@ -1,4 +1,4 @@
-"""Frozen-backbone feature cache.
+"""Frozen-backbone feature cache (and the frozen trunk's activations for cached fine-tuning).
 
 With a frozen backbone (the default recipe) the backbone's forward pass is the whole cost of
 training, and its output for a given image and augmentation view never changes. Features are
@@ -6,7 +6,8 @@ therefore computed once and stored per image under a key made of everything that
 backbone, its weights digest, preprocessing, library versions, and for augmented views the
 augmentation params and seed. Changing head params, epochs or the optimizer reuses them.
 
-Layout: ``<cache>/<key>/key.json`` and ``<cache>/<key>/v<view>/<sha[:2]>/<sha256>.npy`` (float32).
+Layout: ``<cache>/<key>/key.json`` and ``<cache>/<key>/v<view>/<sha[:2]>/<sha256>.npy`` (float32
+features; float16 C×H×W activations for a trunk).
 View 0 is the plain image; view v > 0 is an augmented view drawn from (seed, v, image sha256), so
 a view of an image is the same whatever split or position the image is in.
 """
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from crackdet.data import ManifestRow
-from crackdet.engine import FeatureFn, engine_label
+from crackdet.engine import FeatureFn, engine_label, graph_digest
 from crackdet.io import write_json, write_with
 from crackdet.models import FORWARD_CHUNK, CrackClassifier
 from crackdet.params import AugmentParams
@@ -109,6 +110,11 @@ def cache_key(
         # holds one engine's features only; the label carries version and precision.
         "engine": engine_label(engine),
     }
+    if spec.weights == "random-init":  # no file names these weights: their digest does
+        key["weights_digest"] = graph_digest(model.state_dict(), spec)
+    device = model.mean.device.type
+    if device != "cpu":  # CUDA kernels (TF32 convolutions) round otherwise
+        key["device"] = device
     if trunk_units:
         key["trunk"] = {"without_last_units": trunk_units, "dtype": "float16"}
     if augment is not None:
@@ -158,8 +164,10 @@ def features_for(
     seed: int,
     cache: FeatureCache | None,
     extract: FeatureFn | None = None,
+    dtype: type = np.float32,
 ) -> tuple[torch.Tensor, int]:
-    """Features (N, F) of ``rows`` for ``view``; computes and stores only what the cache lacks.
+    """Features (N, F) of ``rows`` for ``view`` (or a trunk's activations (N, C, H, W), as its
+    ``extract`` returns them), as ``dtype``; computes and stores only what the cache lacks.
 
     Returns the features and how many images needed a forward pass.
     """
@@ -185,4 +193,4 @@ def features_for(
             if cache:
                 cache.store(view, rows[i].sha256, feature)
     stacked = np.stack(found) if found else np.zeros((0, model.spec.num_features), np.float32)
-    return torch.from_numpy(stacked.astype(np.float32, copy=False)), len(missing)
+    return torch.from_numpy(stacked.astype(dtype, copy=False)), len(missing)

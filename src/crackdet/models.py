@@ -250,6 +250,11 @@ def split_backbone(backbone: nn.Module, units: int) -> tuple[nn.Module, nn.Modul
     ``units`` of :func:`backbone_units` and the pooling. Both share the backbone's modules, so
     training the tail trains the backbone. Known for timm EfficientNets and torchvision ResNets
     (``train.finetune: cached``); other backbones fine-tune with ``train.finetune: online``."""
+    count = len(backbone_units(backbone))
+    if not 1 <= units <= count:
+        raise CrackdetError(
+            f"params.yaml: train.unfreeze is {units}; the backbone has {count} blocks to tune"
+        )
     if hasattr(backbone, "blocks") and hasattr(backbone, "conv_head"):
         blocks = list(backbone.blocks)
         cut = len(blocks) - (units - 1)  # the last unit is conv_head + bn2

@@ -59,16 +59,19 @@ def fit_probe_cached(
     features: np.ndarray, targets: np.ndarray, seed: int, cache: Path | None
 ) -> Probe:
     """:func:`fit_probe`, kept in ``cache`` under a digest of everything it depends on (the
-    features and targets themselves, seed, settings, scikit-learn's version): a rerun that changed
-    only head or optimiser params finds it and skips importing scikit-learn (~1.3 s of a train
-    stage). A torn or unreadable file is refitted."""
+    features and targets themselves, seed, settings, its code and library versions): a rerun
+    that changed only head or optimiser params finds it and skips importing scikit-learn (~1.3 s
+    of a train stage). A torn or unreadable file is refitted."""
     if cache is None:
         return fit_probe(features, targets, seed)
     digest = hashlib.sha256()
     for array in (np.ascontiguousarray(features, np.float32), np.asarray(targets, np.int64)):
         digest.update(str(array.shape).encode())
         digest.update(array.tobytes())
-    digest.update(json.dumps([seed, SETTINGS, version("scikit-learn")]).encode())
+    # This module's code and the libraries whose arithmetic the fit is: an edit refits.
+    libraries = [version(name) for name in ("scikit-learn", "scipy", "numpy")]
+    digest.update(json.dumps([seed, SETTINGS, libraries]).encode())
+    digest.update(Path(__file__).read_bytes())
     path = cache / f"{digest.hexdigest()[:24]}.json"
     try:
         return Probe.from_dict(json.loads(path.read_text()))

@@ -206,7 +206,8 @@ def train_model(
 ) -> TrainResult:
     """Train the classifier; the returned model holds the weights of the best val epoch.
 
-    ``cache_dir``: where frozen-backbone features are cached (None: compute, don't store).
+    ``cache_dir``: where frozen-backbone features, and for ``finetune: cached`` the trunk's
+    activations, are cached (None: compute, don't store).
     """
     from crackdet.engine import effective_engine, feature_fn
     from crackdet.features import FeatureCache, cache_key, features_for, onnx_dir
@@ -243,6 +244,9 @@ def train_model(
     frozen = cfg.unfreeze == 0
     clock = time.perf_counter()
     forwards = 0
+    cached = frozen or cfg.finetune == "cached"
+    if cached and not frozen:  # before any forward pass: an unknown split fails at once
+        trunk, tail = split_backbone(model.backbone, cfg.unfreeze)
     engine = effective_engine(model, cfg.engine)
     extract = feature_fn(model, engine, onnx_dir(cache_dir))
     probe_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -258,12 +262,12 @@ def train_model(
     learner: nn.Module = model.head
     train_views: list[torch.Tensor] = []
     val_inputs = torch.zeros(0)
-    cached = frozen or cfg.finetune == "cached"
+    dtype: type = np.float32
     if cached:
         if not frozen:
-            trunk, tail = split_backbone(model.backbone, cfg.unfreeze)
-            learner = nn.Sequential(tail, model.head)
-            extract = trunk_fn(model, trunk)
+            # Trunk activations stay float16 in memory too; each batch is widened exactly.
+            learner = nn.Sequential(_Widen(), tail, model.head)
+            extract, dtype = trunk_fn(model, trunk), np.float16
         # Frozen: pooled features by the stage's engine. Cached fine-tuning: the trunk's
         # activations by PyTorch, keyed by how many units follow them.
         key_engine, key_units = (engine, 0) if frozen else ("torch", cfg.unfreeze)
@@ -279,7 +283,7 @@ def train_model(
             else {}
         )
         val_inputs, n = features_for(
-            model, images_dir, val_rows, 0, None, seed, caches.get(0), extract
+            model, images_dir, val_rows, 0, None, seed, caches.get(0), extract, dtype
         )
         forwards += n
         for view in range(cfg.augment.views):
@@ -292,6 +296,7 @@ def train_model(
                 seed,
                 caches.get(min(view, 1)),
                 extract,
+                dtype,
             )
             train_views.append(features.to(device))
             forwards += n
@@ -366,8 +371,8 @@ def train_model(
         probe_inputs = (train_features.cpu(), val_features.cpu())
     elif cached:  # the tuned backbone's features, from the cached trunk activations
         with torch.inference_mode():
-            train_features = _in_chunks(tail, train_views[0], device)
-            val_features = _in_chunks(tail, val_inputs, device)
+            train_features = _in_chunks(learner[:2], train_views[0], device)
+            val_features = _in_chunks(learner[:2], val_inputs, device)
     model = model.to(device="cpu", memory_format=torch.contiguous_format)
     return TrainResult(
         model,
@@ -395,10 +400,20 @@ def _in_chunks(
     return torch.cat(outputs)
 
 
+class _Widen(nn.Module):
+    """float16 trunk activations to float32 (exact), batch by batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+
 def trunk_fn(model: CrackClassifier, trunk: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """The frozen trunk's activations of float RGB [0, 1] images, as float16: they are cached
     per image and view like features, and a trunk's maps are far larger than pooled features
-    (lite0 before its last unit: 320x8x8), so half precision halves the cache."""
+    (lite0 before its last unit: 320x8x8), so half precision halves the cache and the memory
+    the training views take. The tuned blocks see these rounded activations in training and
+    validation (best epoch, temperature, threshold, OOD model); the saved model computes in
+    float32, its features within ~1e-2 of them (tests/test_train.py)."""
 
     def activations(images: torch.Tensor) -> torch.Tensor:
         return trunk((images - model.mean) / model.std).half()

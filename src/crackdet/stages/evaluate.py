@@ -73,7 +73,7 @@ def run(root: Path) -> dict[str, Any]:
     )
     metrics = evaluation.metrics()
     probe_file = json.loads((root / TRAIN / "probe.json").read_text())
-    if probe_file:  # the baseline on the same frozen features, scored on the same test images
+    if probe_file:  # the baseline on the pretrained backbone's features, on the same images
         probe = Probe.from_dict(probe_file)
         pretrained = pretrained_features(
             model, features, images, rows, cache_root(root), params.evaluate.engine
