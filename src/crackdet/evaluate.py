@@ -169,8 +169,6 @@ def pretrained_features(
     """The pretrained backbone's features of ``rows``, which the probe baseline was fitted on:
     ``own_features`` (the model's) when its backbone is frozen; for a fine-tuned model those of
     the pretrained backbone it started from, rebuilt here (and cached as frozen runs cache it)."""
-    from crackdet.engine import feature_fn
-    from crackdet.features import FeatureCache, cache_key, features_for, onnx_dir
     from crackdet.models import build_classifier
 
     spec = model.spec
@@ -185,10 +183,8 @@ def pretrained_features(
             f"the pretrained weights here are {start.spec.weights}; the probe baseline needs "
             "the former (put them back, or rerun train)"
         )
-    cache = FeatureCache(cache_dir, cache_key(start, None, 0, engine)) if cache_dir else None
-    extract = feature_fn(start, engine, onnx_dir(cache_dir))
-    features, _ = features_for(start, images_dir, rows, 0, None, 0, cache, extract)
-    return features.numpy()
+    _, features = evaluate_classifier(start, images_dir, rows, cache_dir, engine=engine)
+    return features
 
 
 def _csv(header: list[str], rows: list[list[object]]) -> str:
