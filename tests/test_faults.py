@@ -247,6 +247,12 @@ def test_four_queued_experiments_two_at_a_time_share_the_store(tmp_path: Path) -
     for stage in ("predict_samples", "evaluate"):
         _without_stage(root / "dvc.yaml", stage)
     run_cmd(["git", "commit", "-qam", "fetch, split, train"], root)
+    # As the README says: record the stages the experiments share before starting parallel
+    # workers. Two workers that meet a stage the run cache lacks can fail each other
+    # (treeverse/dvc#10673: one lists the other's half-written entry and deletes it).
+    run_cmd(["dvc", "repro", "split"], root)
+    run_cmd(["git", "add", "dvc.lock"], root)
+    run_cmd(["git", "commit", "-qm", "fetch and split recorded"], root)
     for lr in ("0.001", "0.002", "0.003", "0.004"):
         run_cmd(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}"], root)
     run_cmd(["dvc", "queue", "start", "-j", "2"], root)
@@ -263,6 +269,12 @@ def test_four_queued_experiments_two_at_a_time_share_the_store(tmp_path: Path) -
         if "Failed" in line
     )
     assert table.count("Success") == 4, f"{table}\n{logs}"
+    tasks = [line.split()[0] for line in table.splitlines() if line.rstrip().endswith("Success")]
+    for task in tasks:
+        log = run_cmd(["dvc", "queue", "logs", task], root).stdout
+        assert "Running stage 'train'" in log, log
+        for shared in ("fetch", "split"):
+            assert f"Running stage '{shared}'" not in log, log
     db = root / "mlruns/mlflow.db"
     assert sorted(run_statuses(db).values()) == ["FINISHED"] * 4
     lrs = query(db, "SELECT value FROM params WHERE key = 'train.lr'")
