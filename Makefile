@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make repro   set up .venv (pinned), pull the embedded photos, run the DVC pipeline
-#   make test    set up .venv (pinned), lint, run the test suite
+#   make test    set up .venv (pinned), lint, import contracts, docs build, the whole test suite
+# While working: make test-fast (the tests not marked slow), make lint, make docs.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Stage commands are `python -m crackdet.stages.*`: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test lint ui clean-outputs
+.PHONY: install repro test test-fast lint docs ui clean-outputs
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,13 +23,19 @@ repro: install
 	@test -n "$$(ls data/photos 2>/dev/null)" || dvc pull data.dvc
 	dvc repro
 
-test: install
-	ruff check .
+test: lint docs
 	pytest
+
+test-fast: install
+	pytest -m "not slow"
 
 lint: install
 	ruff check .
 	ruff format --check .
+	lint-imports
+
+docs: install
+	mkdocs build --strict --quiet
 
 ui: install
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root mlruns/artifacts --host 127.0.0.1 --port 5000

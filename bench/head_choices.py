@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from crackdet.data import ManifestRow, read_manifest
-from crackdet.evaluate import evaluate_classifier, pretrained_features
-from crackdet.features import cache_root
-from crackdet.params import Params, load_params
-from crackdet.probe import Probe, fit_probe
-from crackdet.stages.train import calibrate_on_val
-from crackdet.train import TrainResult, targets_of, train_model
+from crackdet.core.layout import Layout
+from crackdet.core.params import Params, load_params
+from crackdet.data.manifest import ManifestRow, read_manifest
+from crackdet.model.evaluation import evaluate_classifier, pretrained_features
+from crackdet.model.inputs import targets_of
+from crackdet.model.probe import Probe, fit_probe
+from crackdet.model.train import TrainResult, calibrate_on_val, train_model
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -75,10 +75,18 @@ def grouped_folds(rows: list[ManifestRow], group_of: dict[str, str], k: int) -> 
 
 
 def train_as_stage(
-    variant: Params, images: Path, train: list, val: list, cache: Path
+    variant: Params, images: Path, train: list, val: list, layout: Layout
 ) -> TrainResult:
     """What the train stage trains: best epoch on ``val``, temperature and threshold fit there."""
-    result = train_model(variant, images, train, val, cache_dir=cache)
+    result = train_model(
+        variant.train,
+        variant.base.seed,
+        images,
+        train,
+        val,
+        features_cache=layout.features_cache,
+        graph_cache=layout.graph_cache,
+    )
     calibrate_on_val(result, images, val)
     return result
 
@@ -99,13 +107,13 @@ def probe_of(result: TrainResult, train: list, seed: int) -> Probe:
     return fit_probe(result.probe_inputs[0].numpy(), targets_of(train).numpy(), seed)
 
 
-def cross_validate(params: Params, variants: dict[str, dict], root: Path, k: int) -> None:
-    images = root / "outputs/fetch/images"
-    pool = [r for n in ("train", "val") for r in read_manifest(root / f"outputs/split/{n}.csv")]
-    with open(root / "outputs/split/groups.csv", newline="") as handle:
+def cross_validate(params: Params, variants: dict[str, dict], layout: Layout, k: int) -> None:
+    images = layout.fetch.images
+    pool = [r for n in ("train", "val") for r in read_manifest(layout.split.manifest(n))]
+    with open(layout.split.groups, newline="") as handle:
         group_of = {line["path"]: line["group"] for line in csv.DictReader(handle)}
     folds = grouped_folds(pool, group_of, k)
-    cache = cache_root(root)
+    cache, graphs = layout.features_cache, layout.graph_cache
     print(
         f"grouped {k}-fold CV over train + val: {len(pool)} images, folds of "
         f"{', '.join(str(len(f)) for f in folds)}; engine {params.train.engine}"
@@ -120,16 +128,21 @@ def cross_validate(params: Params, variants: dict[str, dict], root: Path, k: int
         for f in range(k):
             val = folds[(f + 1) % k]
             train = [r for g in range(k) if g not in (f, (f + 1) % k) for r in folds[g]]
-            result = train_as_stage(variant, images, train, val, cache)
+            result = train_as_stage(variant, images, train, val, layout)
             scored, features = evaluate_classifier(
-                result.model, images, folds[f], cache, engine=variant.train.engine
+                result.model,
+                images,
+                folds[f],
+                cache,
+                engine=variant.train.engine,
+                graph_cache=graphs,
             )
             per_fold.append(errors(scored.predictions, scored.targets))
             wrong_here = wrong_paths(folds[f], scored.predictions, scored.targets)
             if index == 0 and result.probe_inputs is not None:
                 probe = probe_of(result, train, params.base.seed)
                 pretrained = pretrained_features(
-                    result.model, features, images, folds[f], cache, variant.train.engine
+                    result.model, features, images, folds[f], cache, variant.train.engine, graphs
                 )
                 probe_predictions = probe.crack_probability(pretrained) >= 0.5
                 probe_errors += errors(probe_predictions, scored.targets)
@@ -147,10 +160,10 @@ def cross_validate(params: Params, variants: dict[str, dict], root: Path, k: int
     print(f"wrong in every variant and the probe: {' '.join(sorted(wrong_everywhere or ()))}")
 
 
-def score_val_and_test(params: Params, variants: dict[str, dict], root: Path) -> None:
-    images = root / "outputs/fetch/images"
-    rows = {n: read_manifest(root / f"outputs/split/{n}.csv") for n in ("train", "val", "test")}
-    cache = cache_root(root)
+def score_val_and_test(params: Params, variants: dict[str, dict], layout: Layout) -> None:
+    images = layout.fetch.images
+    rows = {n: read_manifest(layout.split.manifest(n)) for n in ("train", "val", "test")}
+    cache, graphs = layout.features_cache, layout.graph_cache
     print(
         f"split: {len(rows['train'])} train / {len(rows['val'])} val / {len(rows['test'])} test "
         f"({params.split.strategy}), seed {params.base.seed}, engine {params.train.engine}"
@@ -159,12 +172,22 @@ def score_val_and_test(params: Params, variants: dict[str, dict], root: Path) ->
     probe_line = None
     for name, overrides in variants.items():
         variant = with_train(params, overrides)
-        result = train_as_stage(variant, images, rows["train"], rows["val"], cache)
+        result = train_as_stage(variant, images, rows["train"], rows["val"], layout)
         val, _ = evaluate_classifier(
-            result.model, images, rows["val"], cache, engine=variant.train.engine
+            result.model,
+            images,
+            rows["val"],
+            cache,
+            engine=variant.train.engine,
+            graph_cache=graphs,
         )
         test, test_features = evaluate_classifier(
-            result.model, images, rows["test"], cache, engine=variant.train.engine
+            result.model,
+            images,
+            rows["test"],
+            cache,
+            engine=variant.train.engine,
+            graph_cache=graphs,
         )
         test_errors = errors(test.predictions, test.targets)
         print(
@@ -179,7 +202,13 @@ def score_val_and_test(params: Params, variants: dict[str, dict], root: Path) ->
                 targets_of(rows["val"]).numpy(),
             )
             pretrained = pretrained_features(
-                result.model, test_features, images, rows["test"], cache, variant.train.engine
+                result.model,
+                test_features,
+                images,
+                rows["test"],
+                cache,
+                variant.train.engine,
+                graphs,
             )
             probe_test = errors(probe.crack_probability(pretrained) >= 0.5, test.targets)
             probe_line = (
@@ -210,9 +239,9 @@ def main() -> None:
             parser.error(f"--only: unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
         variants = {name: VARIANTS[name] for name in chosen}
     if args.folds:
-        cross_validate(params, variants, Path.cwd(), args.folds)
+        cross_validate(params, variants, Layout(Path.cwd()), args.folds)
     else:
-        score_val_and_test(params, variants, Path.cwd())
+        score_val_and_test(params, variants, Layout(Path.cwd()))
 
 
 if __name__ == "__main__":

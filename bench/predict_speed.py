@@ -2,7 +2,7 @@
 one-tile-at-a-time loop, on one 12-megapixel photo.
 
 Prints, on this machine and in one run:
-- seconds of ``crackdet.predict.crack_map`` (scale 1, 50 % overlap, params.yaml
+- seconds of ``crackdet.maps.crackmap.crack_map`` (scale 1, 50 % overlap, params.yaml
   ``predict.batch_size``) with the default engine (params.yaml ``predict.engine``), then with
   each other engine (OpenVINO, ONNX Runtime, PyTorch), tiles, tiles/s and megapixels/s;
 - end to end for one JPEG as ``crackdet predict`` runs it (read, map, write all outputs);
@@ -35,17 +35,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from crackdet.data import CLASSES, PATCH_SIZE
-from crackdet.engine import engine_label, ensure_graph, feature_fn
-from crackdet.models import CrackClassifier, build_classifier, load_checkpoint
-from crackdet.params import ENGINES, load_params
-from crackdet.predict import crack_map
+from crackdet.core.params import ENGINES, load_params
+from crackdet.data.images import CLASSES, PATCH_SIZE
+from crackdet.maps.crackmap import crack_map
+from crackdet.maps.mapping import map_photos
+from crackdet.model.classifier import CrackClassifier, build_classifier, load_checkpoint
+from crackdet.model.engines import engine_label, ensure_graph, feature_fn
 
 WIDTH, HEIGHT = 4032, 3024  # a 12 MP phone photo
 
 
 def render() -> np.ndarray:
-    from crackdet.synthetic import render_photo
+    from crackdet.data.synthetic import render_photo
 
     image, _ = render_photo(np.random.default_rng(0), WIDTH, HEIGHT, 3)
     return image
@@ -109,20 +110,18 @@ def blog_way(model_dir: str, photo: np.ndarray, n_tiles: int, repeats: int) -> d
 def end_to_end(model: CrackClassifier, photo: np.ndarray, predict: Any) -> None:
     """What ``crackdet predict`` does for one JPEG: read, map, and write the overlay, heatmaps,
     mask and JSON (params.yaml ``predict.*``, default engine)."""
-    from crackdet.stages.predict_samples import map_photos
-
     with tempfile.TemporaryDirectory(prefix="crackdet-bench-") as tmp:
         jpeg = Path(tmp) / "photo.jpg"
         Image.fromarray(photo).save(jpeg, quality=92)
         graphs = Path(tmp) / "onnx"
         ensure_graph(model, graphs)  # as after train: the graph is exported once, not per photo
         clock = time.perf_counter()
-        summaries, _ = map_photos(model, [jpeg], Path(tmp) / "out", predict, onnx_cache=graphs)
+        mapped = map_photos(model, [jpeg], Path(tmp) / "out", predict, graph_cache=graphs)
         seconds = time.perf_counter() - clock
     print(
         f"end to end (read JPEG, map, write overlay/heatmaps/mask/JSON; engine "
         f"{predict.engine}, scale {predict.scale}, overlap {predict.overlap}): {seconds:.1f} s "
-        f"({summaries[0]['seconds']:.1f} s of it mapping)"
+        f"({mapped.summaries[0].seconds:.1f} s of it mapping)"
     )
 
 

@@ -8,7 +8,8 @@ Prints, on this machine and in one run:
   alone, no other engine's threads);
 - the projected wall time of fetch + train + evaluate's forward passes on the full 40,000-image
   set from the measured per-image costs;
-- for reference, the cold train time with the backbone run by each other engine (crackdet.engine).
+- for reference, the cold train time with the backbone run by each other engine
+  (crackdet.model.engines).
 
 Usage (from the repo root, venv active):
     python bench/train_speed.py [--data ../shared/data/ozgenel-4k.zip] [--images 1200]
@@ -28,11 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from crackdet.data import CLASSES, PATCH_SIZE, read_manifest
-from crackdet.fetch import fetch
-from crackdet.params import ENGINES, load_params
-from crackdet.split import run_split
-from crackdet.train import augment_image, load_images, set_determinism, targets_of, train_model
+from crackdet.core.layout import Layout
+from crackdet.core.params import ENGINES, load_params
+from crackdet.data.fetch import fetch
+from crackdet.data.images import CLASSES, PATCH_SIZE
+from crackdet.data.manifest import read_manifest
+from crackdet.data.split import run_split
+from crackdet.model.augment import augment_image
+from crackdet.model.inputs import load_images, targets_of
+from crackdet.model.train import set_determinism, train_model
 
 FULL_SET = 40_000
 
@@ -40,7 +45,7 @@ FULL_SET = 40_000
 def blog_recipe(params, images_dir: Path, train_rows, val_rows) -> float:
     """The blog's loop: per epoch, augment every train image afresh, run the frozen backbone and
     train the head batch by batch, then run the backbone over val. Returns seconds."""
-    from crackdet.models import build_classifier
+    from crackdet.model.classifier import build_classifier
 
     cfg = params.train
     set_determinism(params.base.seed)
@@ -85,17 +90,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="crackdet-bench-") as tmp:
         root = Path(tmp)
         (root / "dvc.yaml").write_text("stages: {}\n")
+        layout = Layout(root)
         fetch_params = dataclasses.replace(
             params.fetch, source="archive", archive=str(Path(args.data).resolve())
         )
         clock = time.perf_counter()
-        summary = fetch(fetch_params, params.base.seed, root)
+        summary = fetch(fetch_params, params.base.seed, layout)
         fetch_s = time.perf_counter() - clock
-        run_split(params.split, params.base.seed, root)
-        images = root / "outputs/fetch/images"
-        rows = {
-            name: read_manifest(root / f"outputs/split/{name}.csv") for name in ("train", "val")
-        }
+        run_split(params.split, params.base.seed, layout)
+        images = layout.fetch.images
+        rows = {name: read_manifest(layout.split.manifest(name)) for name in ("train", "val")}
         share = min(1.0, args.images / summary.count)
         train_rows = rows["train"][:: max(1, round(1 / share))]
         val_rows = rows["val"][:: max(1, round(1 / share))]
@@ -113,12 +117,13 @@ def main() -> None:
             blog_s = pool.submit(blog_recipe, params, images, train_rows, val_rows).result()
         # Each engine gets its own cache folder (and so its own graph folder beside it): every
         # cold run pays its own export, as a first run would.
-        cache = root / engine / "features"
+        seed = params.base.seed
+        cache, graphs = root / engine / "features", root / engine / "onnx"
         clock = time.perf_counter()
-        cold = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+        cold = train_model(params.train, seed, images, train_rows, val_rows, None, cache, graphs)
         cold_s = time.perf_counter() - clock
         clock = time.perf_counter()
-        warm = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+        warm = train_model(params.train, seed, images, train_rows, val_rows, None, cache, graphs)
         warm_s = time.perf_counter() - clock
         assert warm.timings["forward_passes"] == 0
         print(
@@ -130,12 +135,12 @@ def main() -> None:
         for other in ENGINES:  # the same recipe with the other engines, for reference
             if other == engine:
                 continue
-            other_params = dataclasses.replace(
-                params, train=dataclasses.replace(params.train, engine=other)
-            )
+            other_train = dataclasses.replace(params.train, engine=other)
             clock = time.perf_counter()
-            other_cache = root / other / "features"
-            train_model(other_params, images, train_rows, val_rows, cache_dir=other_cache)
+            other_cache, other_graphs = root / other / "features", root / other / "onnx"
+            train_model(
+                other_train, seed, images, train_rows, val_rows, None, other_cache, other_graphs
+            )
             other_s = time.perf_counter() - clock
             print(f"crackdet cold cache, engine {other}: {other_s:.1f} s, {n / other_s:.1f} img/s")
         print(

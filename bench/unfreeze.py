@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crackdet.data import read_manifest
-from crackdet.evaluate import evaluate_classifier
-from crackdet.params import load_params
-from crackdet.train import pick_device, train_model
+from crackdet.core.layout import Layout
+from crackdet.core.params import load_params
+from crackdet.data.manifest import read_manifest
+from crackdet.model.evaluation import evaluate_classifier
+from crackdet.model.train import pick_device, train_model
 
 
 def main() -> None:
@@ -38,8 +39,9 @@ def main() -> None:
     args = parser.parse_args()
     root = Path.cwd()
     params = load_params(args.params)
-    images = root / "outputs/fetch/images"
-    rows = {n: read_manifest(root / f"outputs/split/{n}.csv") for n in ("train", "val", "test")}
+    layout = Layout(root)
+    images = layout.fetch.images
+    rows = {n: read_manifest(layout.split.manifest(n)) for n in ("train", "val", "test")}
     device = pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     train = params.train
@@ -53,11 +55,10 @@ def main() -> None:
         train = dataclasses.replace(
             params.train, unfreeze=blocks, finetune=finetune, engine="torch"
         )
-        variant = dataclasses.replace(params, train=train)
         if device.type == "cuda":
             torch.cuda.synchronize()
         clock = time.perf_counter()
-        result = train_model(variant, images, rows["train"], rows["val"], cache_dir=None)
+        result = train_model(train, params.base.seed, images, rows["train"], rows["val"])
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - clock

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from crackdet.params import Params, parse_params
+from crackdet.core.params import Params, parse_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -73,7 +73,7 @@ def make_repo(path: Path, params_tree: dict[str, Any], n_photos: int = 1) -> Pat
         shutil.copy2(PROJECT / name, path / name)
     shutil.copytree(PROJECT / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     (path / "params.yaml").write_text(yaml.safe_dump(params_tree, sort_keys=False))
-    from crackdet.synthetic import write_photo_set
+    from crackdet.data.synthetic import write_photo_set
 
     write_photo_set(path / "data" / "photos", n_photos, seed=3, width=480, height=360)
     run_cmd(["git", "init", "-q", "-b", "main"], path)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from crackdet.archive import download, extract, sha256_file
-from crackdet.errors import CrackdetError
+from crackdet.core.errors import CrackdetError
+from crackdet.core.io import sha256_file
+from crackdet.data.archive import download, extract
 
 # Deterministic, incompressible payload, large enough to span several read chunks.
 PAYLOAD = random.Random(1234).randbytes(2 * 1024 * 1024 + 12345)

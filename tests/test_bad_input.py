@@ -307,9 +307,9 @@ def _disk_full(r: Repo) -> None:
 def _pickled_checkpoint(r: Repo) -> None:
     import torch
 
-    from crackdet.data import CLASSES
-    from crackdet.io import write_json
-    from crackdet.models import build_classifier
+    from crackdet.core.io import write_json
+    from crackdet.data.images import CLASSES
+    from crackdet.model.classifier import build_classifier
 
     model = build_classifier("efficientnet_lite0", False, 8, 0.0, 227, CLASSES)
     write_json(r.root / "outputs/train/model.json", model.spec.to_dict())
@@ -676,7 +676,8 @@ ACCEPTED = {
 
 @pytest.mark.parametrize("extra", ACCEPTED.values(), ids=list(ACCEPTED))
 def test_unusual_images_are_accepted(extra: dict[str, bytes], repo: Repo) -> None:
-    from crackdet.data import load_rgb, read_manifest
+    from crackdet.data.images import load_rgb
+    from crackdet.data.manifest import read_manifest
 
     repo.archive("set.zip", {**layout(), **extra})
     result = run_stage(repo, "fetch")

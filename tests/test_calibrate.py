@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from crackdet.calibrate import expected_calibration_error, f1_optimal_threshold, fit_temperature
+from crackdet.model.calibrate import (
+    expected_calibration_error,
+    f1_optimal_threshold,
+    fit_temperature,
+)
 
 
 def _overconfident(n: int = 4000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

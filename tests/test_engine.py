@@ -9,20 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import crackdet.engine
-from crackdet.data import CLASSES
-from crackdet.engine import (
-    GRAPH_ENGINES,
-    OnnxFeatures,
-    effective_engine,
-    feature_fn,
-    openvino_precision,
-)
-from crackdet.errors import CrackdetError
-from crackdet.features import FeatureCache, cache_key
-from crackdet.models import build_classifier
-from crackdet.params import ENGINES
-from crackdet.predict import crack_map
+import crackdet.model.engines
+from crackdet.core.errors import CrackdetError
+from crackdet.core.params import ENGINES, GRAPH_ENGINES
+from crackdet.data.images import CLASSES
+from crackdet.maps.crackmap import crack_map
+from crackdet.model.classifier import build_classifier
+from crackdet.model.engines import OnnxFeatures, effective_engine, feature_fn, openvino_precision
+from crackdet.model.features import FeatureCache, cache_key
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +45,8 @@ def openvino_arithmetic(request, monkeypatch) -> str:
     """Run a test with the precision this CPU gets (bf16 where it has it) and forced to f32,
     so both branches run on a bf16 machine too. Returns the precision in force."""
     if request.param == "f32":
-        monkeypatch.setattr(crackdet.engine, "openvino_precision", lambda: "f32")
-    return crackdet.engine.openvino_precision()
+        monkeypatch.setattr(crackdet.model.engines, "openvino_precision", lambda: "f32")
+    return crackdet.model.engines.openvino_precision()
 
 
 def test_openvino_features_match_pytorch_and_do_not_depend_on_the_batch(
@@ -94,8 +88,8 @@ def test_engines_agree_on_a_crack_map(model, tmp_path: Path) -> None:
     by_onnx = crack_map(
         model, photo, overlap=0.5, batch_size=4, extract=feature_fn(model, "onnxruntime", tmp_path)
     )
-    p_torch = np.array([t["p"] for t in by_torch.tiles])
-    p_onnx = np.array([t["p"] for t in by_onnx.tiles])
+    p_torch = np.array([t.p for t in by_torch.tiles])
+    p_onnx = np.array([t.p for t in by_onnx.tiles])
     assert len(p_torch) == len(p_onnx) > 4
     assert np.ptp(p_torch) > 1e-4  # the tiles differ, so agreement means something
     np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
@@ -103,7 +97,7 @@ def test_engines_agree_on_a_crack_map(model, tmp_path: Path) -> None:
     by_openvino = crack_map(
         model, photo, overlap=0.5, batch_size=4, extract=feature_fn(model, "openvino", tmp_path)
     )
-    p_openvino = np.array([t["p"] for t in by_openvino.tiles])
+    p_openvino = np.array([t.p for t in by_openvino.tiles])
     atol = 1e-4 if openvino_precision() == "f32" else 0.02  # bf16: see the test above
     np.testing.assert_allclose(p_openvino, p_torch, atol=atol)
 
@@ -157,7 +151,7 @@ def test_openvino_cache_key_names_its_arithmetic(model, tmp_path: Path, monkeypa
     AVX2 kernels round differently): each gets its own cache folder."""
     folders = {}
     for precision in ("f32", "bf16-amx", "bf16-avx512"):
-        monkeypatch.setattr(crackdet.engine, "openvino_precision", lambda p=precision: p)
+        monkeypatch.setattr(crackdet.model.engines, "openvino_precision", lambda p=precision: p)
         key = cache_key(model, None, 0, "openvino")
         assert key["engine"].startswith("openvino-") and key["engine"].endswith(f"-{precision}")
         folders[precision] = FeatureCache(tmp_path, key).folder
@@ -178,8 +172,8 @@ def _save_checkpoint(model, folder: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("engine", GRAPH_ENGINES)
 def test_checkpoint_loads_around_its_exported_graph(model, tmp_path: Path, engine) -> None:
-    from crackdet.engine import ensure_graph
-    from crackdet.models import OnnxClassifier, load_checkpoint
+    from crackdet.model.classifier import OnnxClassifier, load_checkpoint
+    from crackdet.model.engines import ensure_graph
 
     checkpoint, spec = _save_checkpoint(model, tmp_path / "train")
     graphs = tmp_path / "onnx"
@@ -216,14 +210,14 @@ def test_light_checkpoint_load_imports_neither_timm_nor_torchvision(
     import subprocess
     import sys
 
-    from crackdet.engine import ensure_graph
+    from crackdet.model.engines import ensure_graph
 
     checkpoint, spec = _save_checkpoint(model, tmp_path / "train")
     ensure_graph(model, tmp_path / "onnx")
     script = (
         "import sys, torch\n"
         "from pathlib import Path\n"
-        "from crackdet.models import load_checkpoint\n"
+        "from crackdet.model.classifier import load_checkpoint\n"
         "import crackdet.stages.evaluate, crackdet.stages.predict_samples\n"
         f"m = load_checkpoint(Path({str(checkpoint)!r}), Path({str(spec)!r}), {engine!r},"
         f" Path({str(tmp_path / 'onnx')!r}))\n"
@@ -242,7 +236,7 @@ def test_a_backbone_onnx_cannot_express_fails_in_one_line_and_leaves_nothing(
 ) -> None:
     from torch import nn
 
-    from crackdet.models import CrackClassifier, ModelSpec
+    from crackdet.model.classifier import CrackClassifier, ModelSpec
 
     class SingularValues(nn.Module):  # aten::linalg_svdvals has no ONNX (opset 17) form
         def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from crackdet.evaluate import Evaluation, compare_with_baseline, mcnemar_exact, wilson_interval
+from crackdet.model.evaluation import (
+    Evaluation,
+    compare_with_baseline,
+    mcnemar_exact,
+    wilson_interval,
+)
 
 
 @pytest.mark.parametrize(("successes", "n"), [(598, 600), (600, 600), (0, 10), (57, 120), (1, 1)])

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from crackdet.tracking import _retrying
+from crackdet.tracking.store import _retrying
 from tests.conftest import make_repo, run_cmd, tiny_params_tree, tool_env
 
 
@@ -89,10 +89,10 @@ _RUNNER = textwrap.dedent(
     import os, signal, sys, time
     from pathlib import Path
     import mlflow
-    from crackdet import tracking
+    from crackdet.tracking import runs
 
     root, action = Path(sys.argv[1]), sys.argv[2]
-    run = tracking.start_pipeline_run(root)
+    run = runs.start_pipeline_run(root)
     print(run.info.run_id, flush=True)
     if action == "hang":
         time.sleep(600)
@@ -218,7 +218,7 @@ def test_kill_9_during_fetch_and_train_then_repro_completes(tmp_path: Path) -> N
     assert json.loads(status.stdout) == {}
     run_id = json.loads((root / "outputs/train/run.json").read_text())["run_id"]
     assert statuses[run_id] == "FINISHED"
-    from crackdet.models import load_checkpoint
+    from crackdet.model.classifier import load_checkpoint
 
     load_checkpoint(root / "outputs/train/model.pt", root / "outputs/train/model.json")
     # The same run is checked for the machine's folders in what it logged.
@@ -318,11 +318,11 @@ _FULL_DISK = textwrap.dedent(
     """
     import resource, sys
     import mlflow
-    from crackdet import tracking
     from crackdet.stages._common import run_stage
+    from crackdet.tracking import runs
 
-    def body(root):
-        tracking.start_pipeline_run(root)
+    def body(layout):
+        runs.start_pipeline_run(layout.root)
         try:
             # From here on no file may grow past byte 1: the disk is "full" (EFBIG, as ENOSPC).
             resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))

@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crackdet.data import decode_image, read_manifest, to_rgb
-from crackdet.errors import CrackdetError
-from crackdet.fetch import fetch
-from crackdet.params import FetchParams
+from crackdet.core.errors import CrackdetError
+from crackdet.core.layout import Layout
+from crackdet.core.params import FetchParams
+from crackdet.data.fetch import fetch
+from crackdet.data.images import decode_image, to_rgb
+from crackdet.data.manifest import read_manifest
 from tests.conftest import OZGENEL_4K, needs_real_sample
 
 
@@ -56,7 +58,7 @@ def _layout(prefix: str = "", n: int = 3) -> dict[str, bytes]:
 
 
 def test_synthetic_fetch_writes_images_and_manifest(chdir_tmp: Path, tiny_params) -> None:
-    summary = fetch(tiny_params().fetch, seed=1, root=chdir_tmp)
+    summary = fetch(tiny_params().fetch, seed=1, layout=Layout(chdir_tmp))
     out = chdir_tmp / "outputs/fetch"
     rows = read_manifest(out / "manifest.csv")
     assert summary.count == len(rows) == 48
@@ -72,15 +74,15 @@ def test_synthetic_fetch_writes_images_and_manifest(chdir_tmp: Path, tiny_params
 
 
 def test_synthetic_fetch_is_deterministic(chdir_tmp: Path, tiny_params) -> None:
-    first = fetch(tiny_params().fetch, seed=5, root=chdir_tmp).manifest_sha256
-    again = fetch(tiny_params().fetch, seed=5, root=chdir_tmp).manifest_sha256
-    other = fetch(tiny_params().fetch, seed=6, root=chdir_tmp).manifest_sha256
+    first = fetch(tiny_params().fetch, seed=5, layout=Layout(chdir_tmp)).manifest_sha256
+    again = fetch(tiny_params().fetch, seed=5, layout=Layout(chdir_tmp)).manifest_sha256
+    other = fetch(tiny_params().fetch, seed=6, layout=Layout(chdir_tmp)).manifest_sha256
     assert first == again != other
 
 
 def test_archive_fetch_finds_nested_layout(chdir_tmp: Path, tiny_params) -> None:
     archive = _zip(chdir_tmp / "set.zip", _layout("concrete/"))
-    summary = fetch(_params(tiny_params, source="archive", archive="set.zip"), 1, chdir_tmp)
+    summary = fetch(_params(tiny_params, source="archive", archive="set.zip"), 1, Layout(chdir_tmp))
     assert summary.per_class == {"Negative": 3, "Positive": 3}
     assert summary.archive_sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
     paths = [r.path for r in read_manifest(chdir_tmp / "outputs/fetch/manifest.csv")]
@@ -92,19 +94,21 @@ def test_folder_fetch(chdir_tmp: Path, tiny_params) -> None:
         (chdir_tmp / "src-folder" / name).parent.mkdir(parents=True, exist_ok=True)
         (chdir_tmp / "src-folder" / name).write_bytes(data)
     (chdir_tmp / "src-folder/Positive/.DS_Store").write_bytes(b"junk")
-    summary = fetch(_params(tiny_params, source="archive", archive="src-folder"), 1, chdir_tmp)
+    summary = fetch(
+        _params(tiny_params, source="archive", archive="src-folder"), 1, Layout(chdir_tmp)
+    )
     assert summary.count == 6
 
 
 def test_corrupt_image_stops_fetch_and_keeps_previous_output(chdir_tmp: Path, tiny_params) -> None:
-    fetch(tiny_params().fetch, seed=1, root=chdir_tmp)
+    fetch(tiny_params().fetch, seed=1, layout=Layout(chdir_tmp))
     manifest = chdir_tmp / "outputs/fetch/manifest.csv"
     before = manifest.read_bytes()
     files = _layout()
     files["Positive/00001.jpg"] = files["Positive/00001.jpg"][:300]  # truncated JPEG
     _zip(chdir_tmp / "bad.zip", files)
     with pytest.raises(CrackdetError, match=r"bad.zip: Positive/00001.jpg: not a readable image"):
-        fetch(_params(tiny_params, source="archive", archive="bad.zip"), 1, chdir_tmp)
+        fetch(_params(tiny_params, source="archive", archive="bad.zip"), 1, Layout(chdir_tmp))
     assert manifest.read_bytes() == before
     assert sorted(p.name for p in (chdir_tmp / "outputs").iterdir()) == ["fetch"]
 
@@ -115,7 +119,7 @@ def test_corrupt_image_skipped_when_asked(chdir_tmp: Path, tiny_params) -> None:
     files["Negative/00003.jpg"] = b""
     _zip(chdir_tmp / "bad.zip", files)
     params = _params(tiny_params, source="archive", archive="bad.zip", on_bad_image="skip")
-    summary = fetch(params, 1, chdir_tmp)
+    summary = fetch(params, 1, Layout(chdir_tmp))
     assert summary.skipped == ["Negative/00002.jpg", "Negative/00003.jpg"]
     assert summary.per_class == {"Negative": 2, "Positive": 3}
     assert not (chdir_tmp / "outputs/fetch/images/Negative/00002.jpg").exists()
@@ -124,17 +128,19 @@ def test_corrupt_image_skipped_when_asked(chdir_tmp: Path, tiny_params) -> None:
 def test_wrong_layout_is_named(chdir_tmp: Path, tiny_params) -> None:
     _zip(chdir_tmp / "flat.zip", {"cracks/a.jpg": _jpeg((1, 2, 3))})
     with pytest.raises(CrackdetError, match=r"flat.zip: expected folders Positive/ and Negative/"):
-        fetch(_params(tiny_params, source="archive", archive="flat.zip"), 1, chdir_tmp)
+        fetch(_params(tiny_params, source="archive", archive="flat.zip"), 1, Layout(chdir_tmp))
     files = {k: v for k, v in _layout().items() if k.startswith("Positive")}
     files["Negative/readme.txt"] = b"x"
     _zip(chdir_tmp / "empty-class.zip", files)
     with pytest.raises(CrackdetError, match=r"Negative/readme.txt: not a readable image"):
-        fetch(_params(tiny_params, source="archive", archive="empty-class.zip"), 1, chdir_tmp)
+        fetch(
+            _params(tiny_params, source="archive", archive="empty-class.zip"), 1, Layout(chdir_tmp)
+        )
 
 
 def test_missing_archive_is_named(chdir_tmp: Path, tiny_params) -> None:
     with pytest.raises(CrackdetError, match=r"fetch.archive: nowhere.zip does not exist"):
-        fetch(_params(tiny_params, source="archive", archive="nowhere.zip"), 1, chdir_tmp)
+        fetch(_params(tiny_params, source="archive", archive="nowhere.zip"), 1, Layout(chdir_tmp))
 
 
 @pytest.fixture
@@ -159,23 +165,23 @@ def test_mendeley_source_downloads_pins_and_records(
     _zip(served / "file_downloaded", _layout("Concrete Crack Images/"))
     # The real check: a 3+3 fixture is not the 20,000 + 20,000 public set.
     with pytest.raises(CrackdetError, match=r"not the public set as published"):
-        fetch(_params(tiny_params, source="mendeley", url=url), 1, chdir_tmp)
-    monkeypatch.setattr("crackdet.fetch.PUBLIC_PER_CLASS", 3)  # the fixture stands in for it
+        fetch(_params(tiny_params, source="mendeley", url=url), 1, Layout(chdir_tmp))
+    monkeypatch.setattr("crackdet.data.fetch.PUBLIC_PER_CLASS", 3)  # the fixture stands in for it
     archive = served / "file_downloaded"
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     params = _params(tiny_params, source="mendeley", url=f"{base}/file_downloaded", sha256=digest)
-    summary = fetch(params, 1, chdir_tmp)
+    summary = fetch(params, 1, Layout(chdir_tmp))
     assert summary.archive_sha256 == digest
     assert summary.count == 6
     wrong = _params(tiny_params, source="mendeley", url=f"{base}/file_downloaded", sha256="0" * 64)
     with pytest.raises(CrackdetError, match="0" * 64):
-        fetch(wrong, 1, chdir_tmp)
+        fetch(wrong, 1, Layout(chdir_tmp))
 
 
 def test_mendeley_offline_message(chdir_tmp: Path, tiny_params) -> None:
     params = _params(tiny_params, source="mendeley", url="http://127.0.0.1:9/file_downloaded")
     with pytest.raises(CrackdetError, match=r"Offline\? Set fetch.source: synthetic"):
-        fetch(params, 1, chdir_tmp)
+        fetch(params, 1, Layout(chdir_tmp))
 
 
 @pytest.mark.parametrize(
@@ -217,7 +223,7 @@ def test_decode_refuses_oversize_and_empty() -> None:
 @needs_real_sample()
 def test_real_sample_fetches_in_public_layout(chdir_tmp: Path, tiny_params) -> None:
     params = _params(tiny_params, source="archive", archive=str(OZGENEL_4K))
-    summary = fetch(params, 1, chdir_tmp)
+    summary = fetch(params, 1, Layout(chdir_tmp))
     assert summary.per_class == {"Negative": 2000, "Positive": 2000}
     assert summary.archive_sha256 == (
         "a45923238134f260a5c2ee79a66f58c69b471e32c71bc5a6b5fcfe28a93031fb"
@@ -233,7 +239,9 @@ def test_duplicates_are_found_and_reported(chdir_tmp: Path, tiny_params) -> None
     Image.open(io.BytesIO(files["Negative/00002.jpg"])).save(buf, format="JPEG", quality=70)
     files["Negative/00008.jpg"] = buf.getvalue()  # re-encoded: same picture, other bytes
     _zip(chdir_tmp / "dups.zip", files)
-    summary = fetch(_params(tiny_params, source="archive", archive="dups.zip"), 1, chdir_tmp)
+    summary = fetch(
+        _params(tiny_params, source="archive", archive="dups.zip"), 1, Layout(chdir_tmp)
+    )
     assert summary.duplicates["groups_with_identical_bytes"] >= 1
     report = (chdir_tmp / "outputs/fetch/duplicates.csv").read_text()
     assert "Positive/00001.jpg" in report and "Positive/00009.jpg" in report

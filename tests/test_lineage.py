@@ -179,11 +179,12 @@ def test_champion_rescored_on_the_split_and_predicts(
 ) -> None:
     import mlflow
 
-    from crackdet.registry import split_reevaluator
+    from crackdet.core.layout import Layout
+    from crackdet.workflows.evaluation import split_reevaluator
 
     mlflow.set_tracking_uri(server)
     version = client(server).get_model_version(NAME, "1")
-    scored = split_reevaluator(repo, NAME, 8)(version)
+    scored = split_reevaluator(Layout(repo), NAME, 8)(version)
     assert {k: f"{v:.6f}" for k, v in scored.items()} == {
         k: version.tags[f"test_{k}"] for k in scored
     }

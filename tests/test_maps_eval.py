@@ -13,20 +13,21 @@ import pytest
 import torch
 from PIL import Image
 
-from crackdet.data import CLASSES
-from crackdet.errors import CrackdetError
-from crackdet.maps_eval import (
+from crackdet.core.errors import CrackdetError
+from crackdet.data.images import CLASSES
+from crackdet.data.synthetic import render_photo
+from crackdet.maps.crackmap import Tile, window_starts
+from crackdet.maps.scoring import (
     CLEAN,
     CRACK,
     IGNORED,
+    MapSettings,
     evaluate_maps,
     planking_windows,
     score_windows,
     window_labels,
 )
-from crackdet.models import build_classifier
-from crackdet.predict import window_starts
-from crackdet.synthetic import render_photo
+from crackdet.model.classifier import build_classifier
 
 from .conftest import PROJECT
 
@@ -34,8 +35,8 @@ SIZE = 454  # 3 x 3 windows of 227 px at 50 % overlap
 PLANK_BOX = (slice(0, 120), slice(300, SIZE))  # planking pixels in photo "b" (y, x)
 
 
-def _tile(x: int, y: int, size: int = 100) -> dict[str, float | int]:
-    return {"x": x, "y": y, "size": size, "p": 0.5}
+def _tile(x: int, y: int, size: int = 100) -> Tile:
+    return Tile(x, y, size, 0.5)
 
 
 def test_window_labels_crack_clean_ignored() -> None:
@@ -158,16 +159,10 @@ def _pair_auroc(labels: list[int], scores: list[float]) -> float:
 
 def _maps(model, data: Path, threshold: float = 0.5, photos: str = "*"):
     """evaluate_maps at the settings every test here uses (scale 1, overlap 0.5)."""
-    return evaluate_maps(
-        data,
-        model,
-        scale=1.0,
-        overlap=0.5,
-        batch_size=8,
-        threshold=threshold,
-        max_pixels=10**7,
-        photos=photos,
+    settings = MapSettings(
+        scale=1.0, overlap=0.5, batch_size=8, threshold=threshold, engine="torch", max_pixels=10**7
     )
+    return evaluate_maps(data, model, settings, photos=photos)
 
 
 def _run(model, data: Path, threshold: float = 0.5) -> dict:
@@ -187,15 +182,15 @@ def test_evaluate_maps_matches_independent_scoring(model, dataset: Path) -> None
     metrics = result.metrics
     assert metrics["photos"] == 2 and metrics["photos_with_planking_mask"] == 1
     assert len(result.windows) == 18
-    assert [w["label"] for w in result.windows] == [
+    assert [w.label for w in result.windows] == [
         {CRACK: "crack", CLEAN: "clean", IGNORED: "ignored"}[lab] for lab in labels
     ]
-    assert [w["planking"] for w in result.windows] == planking
+    assert [w.planking for w in result.windows] == planking
     assert metrics["windows_crack"] == labels.count(CRACK)
     assert metrics["windows_clean"] == labels.count(CLEAN)
     assert metrics["windows_ignored"] == labels.count(IGNORED)
     assert metrics["windows_planking"] == sum(planking)
-    assert [w["p"] for w in result.windows] == pytest.approx(scores, abs=1e-5)
+    assert [w.p for w in result.windows] == pytest.approx(scores, abs=1e-5)
     assert metrics["auroc"] == pytest.approx(_pair_auroc(labels, scores), abs=1e-9)
     truth = np.array(labels)
     flagged = np.array(scores) >= threshold
@@ -205,7 +200,7 @@ def test_evaluate_maps_matches_independent_scoring(model, dataset: Path) -> None
         assert metrics["precision"] == pytest.approx(tp / int((flagged & (truth != IGNORED)).sum()))
     plank_flags = flagged[np.array(planking)]
     assert metrics["planking_fpr"] == pytest.approx(plank_flags.mean())
-    from crackdet.calibrate import f1_optimal_threshold
+    from crackdet.model.calibrate import f1_optimal_threshold
 
     scored = truth != IGNORED
     expected = f1_optimal_threshold(np.array(scores)[scored], (truth[scored] == CRACK).astype(int))
@@ -275,7 +270,7 @@ def test_cli_logs_an_mlflow_run(
 ) -> None:
     import mlflow
 
-    from crackdet.cli import main
+    from crackdet.cli.main import main
 
     (chdir_tmp / "dvc.yaml").write_text("stages: {}\n")
     shutil.copy2(PROJECT / "params.yaml", chdir_tmp / "params.yaml")
@@ -312,9 +307,9 @@ def test_photos_pattern_scores_only_matching_photos(model, dataset: Path) -> Non
     whole = _maps(model, dataset)
     only_b = _maps(model, dataset, photos="b.*")
     assert only_b.metrics["photos"] == 1 and only_b.metrics["photos_pattern"] == "b.*"
-    assert {w["photo"] for w in only_b.windows} == {"b.png"}
-    assert [w["p"] for w in only_b.windows] == pytest.approx(
-        [w["p"] for w in whole.windows if w["photo"] == "b.png"], abs=1e-6
+    assert {w.photo for w in only_b.windows} == {"b.png"}
+    assert [w.p for w in only_b.windows] == pytest.approx(
+        [w.p for w in whole.windows if w.photo == "b.png"], abs=1e-6
     )
     with pytest.raises(CrackdetError, match=r"--photos 'val_\*': matches none of the photos"):
         _maps(model, dataset, photos="val_*")

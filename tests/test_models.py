@@ -8,14 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from crackdet.data import CLASSES
-from crackdet.errors import CrackdetError
-from crackdet.models import (
-    build_classifier,
-    lite0_weights_file,
-    load_checkpoint,
-    torchvision_cache_file,
-)
+from crackdet.core.errors import CrackdetError
+from crackdet.data.images import CLASSES
+from crackdet.model.backbones import lite0_weights_file, torchvision_cache_file
+from crackdet.model.classifier import build_classifier, load_checkpoint
 
 
 def test_lite0_loads_packaged_imagenet_weights_offline() -> None:
@@ -108,7 +104,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
 def test_trunk_then_tail_is_the_backbone_for_every_unit_count(name: str) -> None:
-    from crackdet.models import backbone_units, split_backbone
+    from crackdet.model.backbones import backbone_units, split_backbone
 
     torch.manual_seed(0)
     backbone = build_classifier(name, False, 8, 0.0, 227, CLASSES).backbone.eval()
@@ -124,7 +120,7 @@ def test_trunk_then_tail_is_the_backbone_for_every_unit_count(name: str) -> None
 
 
 def test_split_of_an_unknown_backbone_names_the_params_key() -> None:
-    from crackdet.models import split_backbone
+    from crackdet.model.backbones import split_backbone
 
     backbone = build_classifier("mobilenet_v3_large", False, 8, 0.0, 227, CLASSES).backbone
     with pytest.raises(CrackdetError, match="set train.finetune: online") as info:
@@ -134,7 +130,7 @@ def test_split_of_an_unknown_backbone_names_the_params_key() -> None:
 
 @pytest.mark.parametrize("units", [0, 9])
 def test_split_refuses_a_block_count_the_backbone_does_not_have(units: int) -> None:
-    from crackdet.models import split_backbone
+    from crackdet.model.backbones import split_backbone
 
     backbone = build_classifier("efficientnet_lite0", False, 8, 0.0, 227, CLASSES).backbone
     with pytest.raises(CrackdetError, match=f"train.unfreeze is {units}; the backbone has 8"):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crackdet.errors import CrackdetError
-from crackdet.params import load_params, parse_params
+from crackdet.core.errors import CrackdetError
+from crackdet.core.params import load_params, parse_params
 from tests.conftest import PROJECT, default_params_tree
 
 

@@ -46,7 +46,7 @@ def _runs(repo: Path):
 def assert_probe_comparison_adds_up(metrics: dict) -> None:
     """Images only the model gets wrong minus those only the probe gets wrong is the difference
     of their error counts, and the McNemar p-value is that of those counts."""
-    from crackdet.evaluate import mcnemar_exact
+    from crackdet.model.evaluation import mcnemar_exact
 
     probe = metrics["probe"]
     model_wrong = metrics["fp"] + metrics["fn"]
@@ -127,7 +127,7 @@ def test_registered_model_loads_and_predicts(repo: Path) -> None:
     import mlflow.pytorch
     import torch
 
-    from crackdet.models import load_checkpoint
+    from crackdet.model.classifier import load_checkpoint
 
     _client(repo)
     model = mlflow.pytorch.load_model("models:/crack-classifier/1")
@@ -188,7 +188,7 @@ def test_changing_only_predict_params_reruns_only_predict_samples(repo: Path) ->
 def test_eval_command_scores_a_model_on_another_data_set(repo: Path, tmp_path: Path) -> None:
     import shutil
 
-    from crackdet.synthetic import write_patch_set
+    from crackdet.data.synthetic import write_patch_set
 
     write_patch_set(tmp_path / "other" / "set", 10, seed=99)
     archive = shutil.make_archive(str(tmp_path / "other-set"), "zip", tmp_path / "other")
@@ -228,7 +228,7 @@ def test_logged_model_holds_no_absolute_paths_of_this_machine(repo: Path) -> Non
 def test_fine_tuned_run_keeps_the_probe_baseline_and_an_ood_model(repo: Path) -> None:
     """train.unfreeze with the cached trunk: evaluate rebuilds the pretrained backbone so the
     probe scored next to the tuned model is the very one a frozen run scores."""
-    from crackdet.ood import OODModel
+    from crackdet.model.ood import OODModel
 
     _, before = _runs(repo)
     frozen = before[0]

@@ -7,10 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from crackdet.data import CLASSES
-from crackdet.errors import CrackdetError
-from crackdet.models import build_classifier
-from crackdet.predict import crack_map, overlay_image, read_photo, window_starts
+from crackdet.core.errors import CrackdetError
+from crackdet.data.images import CLASSES
+from crackdet.maps.crackmap import crack_map, window_starts
+from crackdet.maps.photos import read_photo
+from crackdet.maps.render import overlay_image
+from crackdet.model.classifier import build_classifier
 
 
 @pytest.mark.parametrize("length", [227, 228, 300, 454, 1000, 1601])
@@ -46,10 +48,10 @@ def test_map_tile_equals_classifier_on_same_rgb_crop(model) -> None:
     result = crack_map(model, photo, overlap=0.0, batch_size=4)
     with torch.inference_mode():
         for tile in result.tiles[:3]:
-            y, x = tile["y"], tile["x"]
+            y, x = tile.y, tile.x
             crop = torch.from_numpy(photo[y : y + 227, x : x + 227].copy()).permute(2, 0, 1)
             p = torch.softmax(model(crop[None].float() / 255.0), 1)[0, 1].item()
-            assert tile["p"] == pytest.approx(p, abs=1e-5)
+            assert tile.p == pytest.approx(p, abs=1e-5)
             swapped = crop[[2, 1, 0]]
             p_bgr = torch.softmax(model(swapped[None].float() / 255.0), 1)[0, 1].item()
             assert abs(p_bgr - p) > 1e-4, "test photo cannot tell RGB from BGR"
@@ -59,16 +61,16 @@ def test_heatmap_averages_overlapping_windows(model) -> None:
     photo = np.random.default_rng(1).integers(0, 256, size=(240, 454, 3), dtype=np.uint8)
     result = crack_map(model, photo, overlap=0.5, batch_size=16)
     assert result.heatmap.shape == (240, 454)
-    xs = sorted({t["x"] for t in result.tiles})
+    xs = sorted({t.x for t in result.tiles})
     assert xs == window_starts(454, 227, 0.5)
     # A pixel covered by exactly the first window carries that window's probability.
-    first = next(t for t in result.tiles if t["x"] == 0 and t["y"] == 0)
-    assert result.heatmap[0, 0] == pytest.approx(first["p"], abs=1e-6)
+    first = next(t for t in result.tiles if t.x == 0 and t.y == 0)
+    assert result.heatmap[0, 0] == pytest.approx(first.p, abs=1e-6)
     # A pixel inside two windows carries their mean.
-    second = next(t for t in result.tiles if t["x"] == xs[1] and t["y"] == 0)
+    second = next(t for t in result.tiles if t.x == xs[1] and t.y == 0)
     mid_x = xs[1] + 1
-    covering = [t["p"] for t in result.tiles if t["x"] <= mid_x < t["x"] + 227 and t["y"] == 0]
-    assert len(covering) == 2 and second["p"] in covering
+    covering = [t.p for t in result.tiles if t.x <= mid_x < t.x + 227 and t.y == 0]
+    assert len(covering) == 2 and second.p in covering
     assert result.heatmap[0, mid_x] == pytest.approx(np.mean(covering), abs=1e-5)
 
 
@@ -106,8 +108,8 @@ def test_scale_maps_back_to_photo_pixels(model) -> None:
     photo = np.random.default_rng(2).integers(0, 256, size=(600, 800, 3), dtype=np.uint8)
     half = crack_map(model, photo, overlap=0.5, batch_size=16, scale=0.5)
     assert half.heatmap.shape == (600, 800)
-    assert {t["size"] for t in half.tiles} == {454}
-    assert max(t["x"] + t["size"] for t in half.tiles) == 800
+    assert {t.size for t in half.tiles} == {454}
+    assert max(t.x + t.size for t in half.tiles) == 800
     full = crack_map(model, photo, overlap=0.5, batch_size=16)
     assert len(half.tiles) < len(full.tiles)
 
@@ -122,8 +124,8 @@ def test_exif_orientation_is_honoured(tmp_path) -> None:
 
 
 def test_ood_signal_separates_concrete_from_something_else(model) -> None:
-    from crackdet.ood import fit_ood
-    from crackdet.synthetic import patch_rng, render_patch, render_photo
+    from crackdet.data.synthetic import patch_rng, render_patch, render_photo
+    from crackdet.model.ood import fit_ood
 
     def features(images: list[np.ndarray]) -> np.ndarray:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255

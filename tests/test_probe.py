@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import crackdet.probe as probe_module
-from crackdet.probe import fit_probe, fit_probe_cached
+import crackdet.model.probe as probe_module
+from crackdet.model.probe import fit_probe, fit_probe_cached
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from crackdet.tracking import redact, safe_params, source_name
+from crackdet.tracking.redact import redact, safe_params, source_name
 
 ROOT = Path("/srv/work/crackdet")
 

@@ -8,18 +8,11 @@ from typing import Any
 
 import pytest
 
-from crackdet.cli import main
-from crackdet.errors import CrackdetError
-from crackdet.params import PromoteParams
-from crackdet.registry import (
-    CHALLENGER,
-    CHAMPION,
-    alias_holder,
-    auto_promote,
-    judge,
-    manual_promote,
-    read_log,
-)
+from crackdet.cli.main import main
+from crackdet.core.errors import CrackdetError
+from crackdet.core.params import PromoteParams
+from crackdet.tracking.promotion import auto_promote, judge, manual_promote
+from crackdet.tracking.registry import CHALLENGER, CHAMPION, alias_holder, read_log
 
 NAME = "crack-classifier"
 GATES = PromoteParams(min_accuracy=0.9, min_f1=0.9, max_regression=0.01)

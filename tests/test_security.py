@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from crackdet.errors import CrackdetError
+from crackdet.core.errors import CrackdetError
 
 
 def test_registry_model_in_pickle_format_is_refused(chdir_tmp: Path) -> None:
@@ -14,7 +14,7 @@ def test_registry_model_in_pickle_format_is_refused(chdir_tmp: Path) -> None:
     import mlflow.pytorch
     import torch
 
-    from crackdet.registry import load_registry_model
+    from crackdet.tracking.registry import load_registry_model
 
     mlflow.set_tracking_uri(f"sqlite:///{chdir_tmp / 'mlflow.db'}")
     mlflow.set_experiment("pickled")  # an earlier test's active experiment is not in this store

@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from crackdet.data import ManifestRow
-from crackdet.errors import CrackdetError
-from crackdet.params import SplitParams
-from crackdet.split import split_rows
+from crackdet.core.errors import CrackdetError
+from crackdet.core.params import SplitParams
+from crackdet.data.manifest import ManifestRow
+from crackdet.data.split import split_rows
 
 PARAMS = SplitParams(strategy="random", groups=458, train=0.7, val=0.15, test=0.15)
 
@@ -87,7 +87,7 @@ def test_grouped_split_keeps_groups_whole_and_balanced() -> None:
 
 
 def test_hardest_examples_are_the_highest_loss() -> None:
-    from crackdet.report import hardest
+    from crackdet.model.report import hardest
 
     rows = _rows(2, 2)  # Positive 0, 1 then Negative 0, 1
     targets = np.array([1, 1, 0, 0])

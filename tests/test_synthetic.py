@@ -13,8 +13,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from crackdet.synthetic import (
-    PATCH_SIZE,
+from crackdet.data.images import PATCH_SIZE
+from crackdet.data.synthetic import (
     patch_rng,
     render_patch,
     render_photo,

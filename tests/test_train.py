@@ -9,16 +9,33 @@ import numpy as np
 import pytest
 import torch
 
-from crackdet.data import read_manifest
-from crackdet.errors import CrackdetError
-from crackdet.fetch import fetch
-from crackdet.split import run_split
-from crackdet.train import train_model
+from crackdet.core.errors import CrackdetError
+from crackdet.core.layout import Layout
+from crackdet.data.fetch import fetch
+from crackdet.data.manifest import read_manifest
+from crackdet.data.split import run_split
+from crackdet.model.train import TrainResult, train_model
+
+
+def train(params, images, train_rows, val_rows, cache: Path | None = None, **kw) -> TrainResult:
+    """The train stage's call: ``params.train`` and the seed, features cached in ``cache`` and
+    exported graphs beside it."""
+    graphs = cache.parent / "onnx" if cache is not None else None
+    return train_model(
+        params.train,
+        params.base.seed,
+        images,
+        train_rows,
+        val_rows,
+        features_cache=cache,
+        graph_cache=graphs,
+        **kw,
+    )
 
 
 def _data(root: Path, params) -> tuple[Path, list, list]:
-    fetch(params.fetch, params.base.seed, root)
-    run_split(params.split, params.base.seed, root)
+    fetch(params.fetch, params.base.seed, Layout(root))
+    run_split(params.split, params.base.seed, Layout(root))
     split = root / "outputs/split"
     return (
         root / "outputs/fetch/images",
@@ -31,8 +48,8 @@ def test_training_is_deterministic_and_picks_best_val_epoch(chdir_tmp: Path, tin
     params = tiny_params(**{"train.epochs": 3})
     images, train_rows, val_rows = _data(chdir_tmp, params)
     seen = []
-    first = train_model(params, images, train_rows, val_rows, on_epoch=seen.append)
-    second = train_model(params, images, train_rows, val_rows)
+    first = train(params, images, train_rows, val_rows, on_epoch=seen.append)
+    second = train(params, images, train_rows, val_rows)
     assert [h.__dict__ | {"seconds": 0} for h in first.history] == [
         h.__dict__ | {"seconds": 0} for h in second.history
     ]
@@ -47,19 +64,17 @@ def test_training_is_deterministic_and_picks_best_val_epoch(chdir_tmp: Path, tin
 def test_other_seed_gives_other_model(chdir_tmp: Path, tiny_params) -> None:
     params = tiny_params(**{"train.epochs": 1})
     images, train_rows, val_rows = _data(chdir_tmp, params)
-    a = train_model(params, images, train_rows, val_rows)
-    b = train_model(
-        tiny_params(**{"train.epochs": 1, "base.seed": 7}), images, train_rows, val_rows
-    )
+    a = train(params, images, train_rows, val_rows)
+    b = train(tiny_params(**{"train.epochs": 1, "base.seed": 7}), images, train_rows, val_rows)
     assert not torch.equal(a.model.head[0].weight, b.model.head[0].weight)
 
 
 def test_backbone_stays_frozen(chdir_tmp: Path, tiny_params) -> None:
     params = tiny_params(**{"train.epochs": 1})
     images, train_rows, val_rows = _data(chdir_tmp, params)
-    result = train_model(params, images, train_rows, val_rows)
-    from crackdet.data import CLASSES
-    from crackdet.models import build_classifier
+    result = train(params, images, train_rows, val_rows)
+    from crackdet.data.images import CLASSES
+    from crackdet.model.classifier import build_classifier
 
     fresh = build_classifier("efficientnet_lite0", True, 128, 0.4, 227, CLASSES)
     trained = result.model.backbone.state_dict()
@@ -72,46 +87,36 @@ def test_feature_cache_reuse_and_invalidation(chdir_tmp: Path, tiny_params) -> N
     images, train_rows, val_rows = _data(chdir_tmp, params)
     cache = chdir_tmp / "cache"
     n_train, n_val = len(train_rows), len(val_rows)
-    uncached = train_model(params, images, train_rows, val_rows)
-    cold = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    uncached = train(params, images, train_rows, val_rows)
+    cold = train(params, images, train_rows, val_rows, cache=cache)
     assert cold.timings["forward_passes"] == 2 * n_train + n_val
-    warm = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    warm = train(params, images, train_rows, val_rows, cache=cache)
     assert warm.timings["forward_passes"] == 0
     for result in (cold, warm):
         assert [h.val_loss for h in result.history] == [h.val_loss for h in uncached.history]
     # Head and optimiser params do not touch the features…
     head_change = tiny_params(**{"train.epochs": 3, "train.hidden": 32, "train.lr": 0.01})
     assert (
-        train_model(head_change, images, train_rows, val_rows, cache_dir=cache).timings[
-            "forward_passes"
-        ]
-        == 0
+        train(head_change, images, train_rows, val_rows, cache=cache).timings["forward_passes"] == 0
     )
     # …augmentation params invalidate the augmented view only, the seed too.
     aug_change = tiny_params(**{"train.epochs": 2, "train.augment.rotation": 5.0})
     assert (
-        train_model(aug_change, images, train_rows, val_rows, cache_dir=cache).timings[
-            "forward_passes"
-        ]
+        train(aug_change, images, train_rows, val_rows, cache=cache).timings["forward_passes"]
         == n_train
     )
     one_view = tiny_params(**{"train.epochs": 2, "train.augment.views": 1})
-    assert (
-        train_model(one_view, images, train_rows, val_rows, cache_dir=cache).timings[
-            "forward_passes"
-        ]
-        == 0
-    )
+    assert train(one_view, images, train_rows, val_rows, cache=cache).timings["forward_passes"] == 0
 
 
 def test_torn_cache_file_is_recomputed(chdir_tmp: Path, tiny_params) -> None:
     params = tiny_params(**{"train.epochs": 1, "train.augment.views": 1})
     images, train_rows, val_rows = _data(chdir_tmp, params)
     cache = chdir_tmp / "cache"
-    first = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    first = train(params, images, train_rows, val_rows, cache=cache)
     victim = next(cache.rglob(f"{train_rows[0].sha256}.npy"))
     victim.write_bytes(victim.read_bytes()[:40])  # as a killed writer without atomic rename would
-    again = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    again = train(params, images, train_rows, val_rows, cache=cache)
     assert again.timings["forward_passes"] == 1
     assert [h.val_loss for h in again.history] == [h.val_loss for h in first.history]
 
@@ -129,9 +134,9 @@ def test_fine_tuning_last_block_changes_only_that_block(
         }
     )
     images, train_rows, val_rows = _data(chdir_tmp, params)
-    result = train_model(params, images, train_rows[:16], val_rows[:8])
-    from crackdet.data import CLASSES
-    from crackdet.models import build_classifier
+    result = train(params, images, train_rows[:16], val_rows[:8])
+    from crackdet.data.images import CLASSES
+    from crackdet.model.classifier import build_classifier
 
     fresh = build_classifier("efficientnet_lite0", True, 128, 0.4, 227, CLASSES).backbone
     trained = result.model.backbone
@@ -144,17 +149,17 @@ def test_fine_tuning_last_block_changes_only_that_block(
 def test_cached_fine_tuning_trains_on_cached_trunk_activations(
     chdir_tmp: Path, tiny_params
 ) -> None:
-    from crackdet.evaluate import pretrained_features
-    from crackdet.features import features_for
+    from crackdet.model.evaluation import pretrained_features
+    from crackdet.model.features import features_for
 
     params = tiny_params(**{"train.epochs": 2, "train.unfreeze": 1})
     images, train_rows, val_rows = _data(chdir_tmp, params)
     cache = chdir_tmp / "cache"
     n_train, n_val = len(train_rows), len(val_rows)
-    cold = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    cold = train(params, images, train_rows, val_rows, cache=cache)
     # the pretrained features for the probe (train + val), then the trunk: 2 train views + val
     assert cold.timings["forward_passes"] == (n_train + n_val) + (2 * n_train + n_val)
-    warm = train_model(params, images, train_rows, val_rows, cache_dir=cache)
+    warm = train(params, images, train_rows, val_rows, cache=cache)
     assert warm.timings["forward_passes"] == 0
     assert [h.val_loss for h in warm.history] == [h.val_loss for h in cold.history]
     for key, value in cold.model.state_dict().items():
@@ -167,7 +172,7 @@ def test_cached_fine_tuning_trains_on_cached_trunk_activations(
     # The probe's inputs are the pretrained backbone's features: a frozen run finds them cached
     # and computes only its augmented view.
     frozen_params = tiny_params(**{"train.epochs": 2})
-    frozen = train_model(frozen_params, images, train_rows, val_rows, cache_dir=cache)
+    frozen = train(frozen_params, images, train_rows, val_rows, cache=cache)
     assert frozen.timings["forward_passes"] == n_train
     assert cold.probe_inputs is not None and frozen.probe_inputs is not None
     assert torch.equal(cold.probe_inputs[0], frozen.probe_inputs[0])
@@ -185,8 +190,8 @@ def test_cached_fine_tuning_trains_on_cached_trunk_activations(
 def test_checkpoint_bytes_depend_only_on_the_weights(tmp_path: Path) -> None:
     """Written atomically through a temporary name, a checkpoint must not carry that name:
     equal weights give an equal md5 in dvc.lock."""
-    from crackdet.io import write_with
-    from crackdet.stages.train import save_state
+    from crackdet.core.io import write_with
+    from crackdet.model.classifier import save_state
 
     state = {"head.0.weight": torch.arange(6.0).reshape(2, 3), "temperature": torch.tensor(1.5)}
     for name in ("a", "b"):
@@ -206,6 +211,6 @@ def test_cached_fine_tuning_of_a_backbone_without_a_known_split_fails_before_any
     images, train_rows, val_rows = _data(chdir_tmp, params)
     cache = chdir_tmp / "cache"
     with pytest.raises(CrackdetError, match="set train.finetune: online") as info:
-        train_model(params, images, train_rows, val_rows, cache_dir=cache)
+        train(params, images, train_rows, val_rows, cache=cache)
     assert "\n" not in str(info.value)
     assert not list(cache.rglob("*.npy")) and not list(cache.parent.rglob("*.onnx"))

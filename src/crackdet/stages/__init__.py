@@ -1,0 +1,1 @@
+"""Thin DVC stage entry points: read params, call a workflow, exit 2 on a one-line error."""

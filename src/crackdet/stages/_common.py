@@ -1,29 +1,25 @@
-"""What every stage entry point shares: params from the repo root and one-line errors."""
+"""What every stage entry point shares: params from the workspace and one-line errors."""
 
 from __future__ import annotations
 
-import errno
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from crackdet.errors import CrackdetError
-from crackdet.params import Params, load_params
-from crackdet.tracking import repo_root
-
-# Out of space, over quota, over the file size limit, read-only file system.
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+from crackdet.core.errors import CrackdetError
+from crackdet.core.io import STORAGE_ERRNOS
+from crackdet.core.layout import Layout, repo_root
+from crackdet.core.params import Params, load_params
 
 
-def stage_params(root: Path) -> Params:
-    return load_params(root / "params.yaml")
+def stage_params(layout: Layout) -> Params:
+    return load_params(layout.params)
 
 
-def run_stage(name: str, run: Callable[[Path], Any]) -> int:
-    """Run a stage at the repo root; a CrackdetError becomes one line on stderr and exit 2."""
+def run_stage(name: str, run: Callable[[Layout], Any]) -> int:
+    """Run a stage in the workspace; a CrackdetError becomes one line on stderr and exit 2."""
     try:
-        run(repo_root())
+        run(Layout(repo_root()))
     except CrackdetError as exc:
         print(f"crackdet {name}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,20 +1,19 @@
-"""DVC stage ``split``: ``python -m crackdet.stages.split``."""
+"""DVC stage ``split``: ``python -m crackdet.stages.split`` (params: base, split)."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from crackdet.split import SplitResult, run_split
+from crackdet.core.layout import Layout
+from crackdet.data.split import run_split
 from crackdet.stages._common import run_stage, stage_params
 
 
-def run(root: Path) -> SplitResult:
-    params = stage_params(root)
-    result = run_split(params.split, params.base.seed, root)
+def run(layout: Layout) -> None:
+    params = stage_params(layout)
+    result, summary = run_split(params.split, params.base.seed, layout)
     sizes = ", ".join(f"{name} {len(rows)}" for name, rows in result.splits.items())
-    print(f"split: {sizes}; fingerprint {result.fingerprint[:12]}")
-    return result
+    print(f"split: {sizes}; fingerprint {summary.fingerprint[:12]}")
 
 
 def main() -> int:

@@ -1,0 +1,153 @@
+"""``crackdet``'s argument parser and dispatch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from crackdet import __version__
+from crackdet.core.errors import CrackdetError
+from crackdet.core.layout import Layout
+
+STAGES = ("fetch", "split", "train", "evaluate", "predict_samples")
+DEFAULT_MODEL = "crack-classifier"
+HERE = Layout(Path())  # defaults as the user types them: relative to the repo root
+
+
+def _model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=str(HERE.train.dir),
+        help="checkpoint folder (model.pt + model.json) or models:/crack-classifier@champion",
+    )
+
+
+def _pipeline_commands(sub: argparse._SubParsersAction) -> None:
+    for name in STAGES:
+        stage = sub.add_parser(
+            name.replace("_", "-"), help=f"run the {name} stage (as `dvc repro` does)"
+        )
+        stage.set_defaults(handler="pipeline:run_stage", stage=name)
+    check = sub.add_parser("check-params", help="validate params.yaml against the schema")
+    check.add_argument("--params", default="params.yaml")
+    check.set_defaults(handler="pipeline:check_params")
+    render = sub.add_parser("render-photos", help="render synthetic full-size concrete photos")
+    render.add_argument("--out", default="data/photos")
+    render.add_argument("--count", type=int, default=3)
+    render.add_argument("--seed", type=int, default=7)
+    render.add_argument("--width", type=int, default=1600)
+    render.add_argument("--height", type=int, default=1200)
+    render.add_argument("--quality", type=int, default=70, help="JPEG quality")
+    render.set_defaults(handler="render:render_photos")
+
+
+def _maps_commands(sub: argparse._SubParsersAction) -> None:
+    predict = sub.add_parser("predict", help="crack maps for photos or folders of photos")
+    predict.add_argument("photos", nargs="+", metavar="PHOTO")
+    _model_option(predict)
+    predict.add_argument("--out", default="predictions")
+    predict.add_argument(
+        "--params", default="params.yaml", help="predict.* settings come from here"
+    )
+    predict.set_defaults(handler="maps:predict")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a model on any labelled folder/archive (Positive/, Negative/)"
+    )
+    evaluate.add_argument("data", metavar="DATA", help="folder or .zip/.tar*/.rar archive")
+    _model_option(evaluate)
+    evaluate.add_argument("--out", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--params", default="params.yaml", help="limits and batch size")
+    evaluate.set_defaults(handler="maps:evaluate")
+    maps = sub.add_parser(
+        "eval-maps", help="score crack maps against pixel masks (images/, masks/, masks_planking/)"
+    )
+    maps.add_argument("data", metavar="DIR_OR_ZIP", help="folder or .zip/.tar*/.rar archive")
+    _model_option(maps)
+    maps.add_argument("--scale", type=float, help="default: params.yaml predict.scale")
+    maps.add_argument("--overlap", type=float, help="default: params.yaml predict.overlap")
+    maps.add_argument("--threshold", type=float, help="default: the model's, else predict.*")
+    maps.add_argument(
+        "--photos",
+        default="*",
+        help="score only photos whose file name matches this glob (e.g. 'val_*' for a held-out "
+        "part when scale/threshold were chosen on 'train_*')",
+    )
+    maps.add_argument("--out", help="also write the metrics to this JSON file")
+    maps.add_argument("--params", default="params.yaml", help="predict.* defaults and limits")
+    maps.add_argument("-v", "--verbose", action="store_true", help="one line per photo")
+    maps.set_defaults(handler="maps:eval_maps")
+
+
+def _registry_commands(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="registered versions, aliases and test metrics")
+    models.add_argument("--name", default=DEFAULT_MODEL)
+    models.add_argument("--log", action="store_true", help="print the promotion log instead")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler="registry:models")
+    log = sub.add_parser("promotion-log", help="the append-only log of alias moves")
+    log.add_argument("--name", default=DEFAULT_MODEL)
+    log.add_argument("--json", action="store_true")
+    log.set_defaults(handler="registry:promotion_log")
+    promote = sub.add_parser(
+        "promote", help="move an alias to a version by hand (gated unless --force)"
+    )
+    promote.add_argument("version")
+    promote.add_argument("--alias", default="champion")
+    promote.add_argument("--reason", required=True, help="why; recorded in the promotion log")
+    promote.add_argument("--force", action="store_true", help="skip the promote.* gates")
+    promote.add_argument("--name", default=DEFAULT_MODEL)
+    promote.add_argument("--params", default="params.yaml", help="promote.* gates come from here")
+    promote.set_defaults(handler="registry:promote")
+    trace = sub.add_parser(
+        "trace", help="lineage of a run id, models:/NAME@ALIAS or models:/NAME/VERSION"
+    )
+    trace.add_argument("target")
+    trace.add_argument("--json", action="store_true")
+    trace.set_defaults(handler="registry:trace")
+    reproduce = sub.add_parser(
+        "reproduce", help="replay a run at its commit, params and data; compare metrics"
+    )
+    reproduce.add_argument("run_id")
+    reproduce.add_argument("--keep", action="store_true", help="keep the temporary worktree")
+    reproduce.set_defaults(handler="registry:reproduce")
+    ci = sub.add_parser("ci-check", help="validate params, diff params/metrics against REV")
+    ci.add_argument("--base", required=True, metavar="REV")
+    ci.add_argument("--report", default=HERE.ci_report, type=Path)
+    ci.add_argument(
+        "--rerun",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="auto: rerun the pipeline when params or code changed",
+    )
+    ci.set_defaults(handler="registry:ci_check")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crackdet",
+        description="Concrete crack classifier pipeline (DVC stages, MLflow tracking).",
+    )
+    parser.add_argument("--version", action="version", version=f"crackdet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _pipeline_commands(sub)
+    _maps_commands(sub)
+    _registry_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, function = args.handler.split(":")
+    try:
+        # The subcommand's module only: torch and MLflow load for the commands that use them.
+        handler = getattr(importlib.import_module(f"crackdet.cli.{module}"), function)
+        return handler(args)
+    except CrackdetError as exc:
+        print(f"crackdet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

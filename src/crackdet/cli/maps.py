@@ -1,0 +1,54 @@
+"""``crackdet predict``, ``crackdet eval`` and ``crackdet eval-maps``: a model on data of yours."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from crackdet.core.layout import Layout, repo_root
+from crackdet.core.params import load_params
+from crackdet.workflows.external_eval import evaluate_dataset
+from crackdet.workflows.maps_eval import run_eval_maps, summary_line
+from crackdet.workflows.photo_maps import predict as predict_photos
+
+
+def predict(args: argparse.Namespace) -> int:
+    cfg = load_params(args.params).predict
+    out = Path(args.out)
+    photos = [Path(p) for p in args.photos]
+    mapped = predict_photos(photos, args.model, out, cfg, Layout(repo_root()))
+    total = len(mapped.summaries) + len(mapped.errors)
+    print(f"predict: {len(mapped.summaries)} of {total} photos mapped into {out}")
+    return 1 if mapped.errors else 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    out = Path(args.out) if args.out else None
+    metrics = evaluate_dataset(
+        Path(args.data), args.model, params.evaluate, params.fetch, Layout(repo_root()), out
+    )
+    print(
+        f"eval {args.data}: accuracy {metrics['accuracy']:.4f} precision "
+        f"{metrics['precision']:.4f} recall {metrics['recall']:.4f} f1 {metrics['f1']:.4f} "
+        f"roc_auc {metrics['roc_auc']:.4f} on {metrics['n']} images "
+        f"(tn {metrics['tn']} fp {metrics['fp']} fn {metrics['fn']} tp {metrics['tp']})"
+    )
+    return 0
+
+
+def eval_maps(args: argparse.Namespace) -> int:
+    metrics = run_eval_maps(
+        Path(args.data),
+        args.model,
+        load_params(args.params),
+        Layout(repo_root()),
+        scale=args.scale,
+        overlap=args.overlap,
+        threshold=args.threshold,
+        out=Path(args.out) if args.out else None,
+        progress=args.verbose,
+        photos=args.photos,
+    )
+    print(summary_line(metrics))
+    return 0

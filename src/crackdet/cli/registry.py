@@ -1,0 +1,85 @@
+"""``crackdet models|promotion-log|promote|trace|reproduce|ci-check``: the registry, lineage and
+the CI gate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from crackdet.cli.format import format_log, format_table
+from crackdet.core.layout import Layout, repo_root
+from crackdet.core.params import load_params
+from crackdet.tracking.ci_check import ci_check as run_ci_check
+from crackdet.tracking.ci_check import markdown, write_report
+from crackdet.tracking.lineage import format_trace
+from crackdet.tracking.lineage import trace as trace_run
+from crackdet.tracking.promotion import manual_promote
+from crackdet.tracking.registry import get_version, list_versions, read_log
+from crackdet.tracking.replay import reproduce as replay_run
+from crackdet.tracking.store import client_for
+from crackdet.workflows.evaluation import workspace_reevaluator
+
+
+def models(args: argparse.Namespace) -> int:
+    client = client_for(repo_root())
+    if args.log:
+        print(format_log(read_log(client, args.name)))
+        return 0
+    rows = list_versions(client, args.name)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def promotion_log(args: argparse.Namespace) -> int:
+    entries = read_log(client_for(repo_root()), args.name)
+    print(json.dumps(entries, indent=2) if args.json else format_log(entries))
+    return 0
+
+
+def promote(args: argparse.Namespace) -> int:
+    layout = Layout(repo_root())
+    params = load_params(layout.root / args.params)
+    client = client_for(layout.root)
+    candidate = get_version(client, args.name, args.version)
+    rescore = workspace_reevaluator(layout, candidate, params.evaluate.batch_size)
+    entry = manual_promote(
+        client,
+        args.name,
+        args.version,
+        args.alias,
+        args.reason,
+        params.promote,
+        force=args.force,
+        reevaluate=rescore,
+    )
+    source = f"v{entry['from']}" if entry["from"] is not None else "nobody"
+    print(
+        f"promote: {args.name} @{args.alias}: {source} -> v{entry['to']} "
+        f"[{entry['mode']}] (log #{entry['seq']})"
+    )
+    return 0
+
+
+def trace(args: argparse.Namespace) -> int:
+    root = repo_root()
+    info = trace_run(client_for(root), args.target, root)
+    print(json.dumps(info, indent=2, default=str) if args.json else format_trace(info))
+    return 0
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    root = repo_root()
+    replay = replay_run(client_for(root), args.run_id, root, keep=args.keep)
+    print(replay.report())
+    if replay.worktree is not None:
+        print(f"reproduce: worktree kept at {replay.worktree} (git worktree remove it when done)")
+    return 1 if replay.mismatches else 0
+
+
+def ci_check(args: argparse.Namespace) -> int:
+    root = repo_root()
+    result = run_ci_check(root, args.base, rerun=args.rerun)
+    report = write_report(result, root / args.report)
+    print(markdown(result))
+    print(f"ci-check: {'PASS' if result.ok else 'FAIL'}; report in {report}")
+    return 0 if result.ok else 1

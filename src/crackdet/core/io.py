@@ -1,0 +1,160 @@
+"""Atomic writes (every output appears whole or not at all) and file digests.
+
+Files are written to a temporary sibling and renamed over the target (rename is atomic on one
+file system), so a killed stage never leaves a half-written file that a later stage would trust.
+Temporary names carry the writer's pid (``.<name>.<pid>-<random>.tmp``): a stage killed with
+SIGKILL cannot clean up, so the next writer of the same target removes siblings whose pid is gone.
+A write that fails for lack of space or permission becomes a one-line CrackdetError.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crackdet.core.errors import CrackdetError, first_line
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Delete temporary siblings of ``target`` left by writers that no longer run."""
+    removed = []
+    try:
+        siblings = list(target.parent.glob(f".{target.name}.*-*.tmp"))
+    except OSError:
+        return removed
+    for path in siblings:
+        pid = path.name[len(target.name) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+# Out of space, over quota, over the file size limit, read-only file system.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _write_error(target: Path, exc: OSError) -> CrackdetError:
+    return CrackdetError(
+        f"{target}: cannot write ({first_line(exc)}); free disk space or make "
+        f"{target.parent} writable, then rerun"
+    )
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}-"
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary file path next to ``target``; rename it onto ``target`` on success."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _write_error(target, exc) from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, 0o644)
+            os.replace(tmp_path, target)
+        except OSError as exc:
+            # Disk full, read-only or vanished folder: say so in one line, keep the old target.
+            raise _write_error(target, exc) from None
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(target: Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(target: Path, text: str) -> None:
+    write_bytes(target, text.encode())
+
+
+def write_json(target: Path, obj: Any) -> None:
+    write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_with(target: Path, writer: Callable[[Path], None]) -> None:
+    """Atomic write through any library function that takes a path (torch.save, PIL save…)."""
+    with atomic_path(target) as tmp:
+        writer(tmp)
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to ``target``; swap it in for ``target`` on success."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise _write_error(target, exc) from None
+    try:
+        try:
+            yield tmp
+        except OSError as exc:
+            # The body may read inputs too: only storage failures are reported as ours.
+            if exc.errno in STORAGE_ERRNOS:
+                raise _write_error(target, exc) from None
+            raise
+        try:
+            os.chmod(tmp, 0o755)
+            if target.exists():
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        except OSError as exc:
+            raise _write_error(target, exc) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    """``np.save`` through a handle: given a path, numpy appends ``.npy`` to a temporary name."""
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

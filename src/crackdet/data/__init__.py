@@ -1,0 +1,1 @@
+"""Data in: fetching labelled patches from any source, decoding, manifests, signatures, split."""

@@ -1,0 +1,106 @@
+"""Compact image signatures: duplicates and likely source-photo groups.
+
+The public set holds byte-identical images under different names and near-identical
+re-encodings, and its 40,000 patches were cut from only 458 photos, whose ids are not in the file
+names. Fetch computes, while it decodes every image once anyway:
+
+- a 64-bit difference hash (dHash) per image, to find exact and near duplicates;
+- a small colour/texture signature (channel means and standard deviations, a 4x4 grey layout),
+  so that split can cluster patches that likely come from one photo.
+
+Checked on the real 4,000-image sample: positives with consecutive file numbers are much closer
+in this signature than random pairs (median distance 0.055 vs 0.155 at a number gap < 5), while
+negatives' numbers carry no such order (0.135 vs 0.142), so grouping clusters signatures rather
+than trusting file numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from crackdet.core.io import write_with
+
+SIGNATURE_SIZE = 22
+
+
+def dhash(image: Image.Image) -> int:
+    """64-bit difference hash: brightness increases between horizontal neighbours on a 9x8 grid."""
+    grey = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BILINEAR), np.int16)
+    bits = (grey[:, 1:] > grey[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def signature(image: Image.Image) -> np.ndarray:
+    """Channel means and stds of a 16x16 thumbnail plus its 4x4 grey layout (22 floats)."""
+    small = np.asarray(image.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR), np.float32)
+    small /= 255.0
+    grey = small.mean(axis=2)
+    layout = grey.reshape(4, 4, 4, 4).mean(axis=(1, 3)).flatten()
+    return np.concatenate([small.mean(axis=(0, 1)), small.std(axis=(0, 1)), layout]).astype(
+        np.float32
+    )
+
+
+def save_signatures(
+    path: Path, paths: list[str], hashes: list[int], sigs: list[np.ndarray]
+) -> None:
+    def _write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                paths=np.array(paths),
+                dhash=np.array(hashes, dtype=np.uint64),
+                signature=np.stack(sigs) if sigs else np.zeros((0, SIGNATURE_SIZE), np.float32),
+            )
+
+    write_with(path, _write)
+
+
+def load_signatures(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        return [str(p) for p in data["paths"]], data["dhash"], data["signature"]
+
+
+class UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def labels(self) -> list[int]:
+        return [self.find(i) for i in range(len(self.parent))]
+
+
+def duplicate_groups(shas: list[str], hashes: np.ndarray, max_bits: int) -> list[list[int]]:
+    """Groups (size >= 2) of identical bytes or dHash within ``max_bits`` bits, as index lists."""
+    n = len(shas)
+    groups = UnionFind(n)
+    first: dict[str, int] = {}
+    for i, sha in enumerate(shas):
+        groups.union(first.setdefault(sha, i), i)
+    if max_bits >= 0 and n > 1:
+        hashes = np.asarray(hashes, dtype=np.uint64)
+        chunk = 512  # bounds memory: chunk x n uint64 distances at a time
+        for start in range(0, n, chunk):
+            block = hashes[start : start + chunk]
+            distance = np.bitwise_count(block[:, None] ^ hashes[None, :])
+            rows, cols = np.nonzero(distance <= max_bits)
+            for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+                if start + r < c:
+                    groups.union(start + r, c)
+    members: dict[int, list[int]] = {}
+    for i, label in enumerate(groups.labels()):
+        members.setdefault(label, []).append(i)
+    return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])

@@ -1,0 +1,198 @@
+"""The split stage: seeded train/val/test manifests that do not leak.
+
+Two strategies (``split.strategy``):
+
+- ``grouped`` (default): patches are clustered into ``split.groups`` groups of similar colour and
+  texture signature (likely the same source photo: the public set's 40,000 patches come from 458
+  photos, ~87 each, and a random patch split puts crops of one wall on both sides), and whole
+  groups are assigned to splits, balancing each class towards the fractions.
+- ``random``: stratified per image, as the blog did (but seeded).
+
+Under both, duplicate groups found by fetch (identical bytes or near-identical dHash) are kept on
+one side. The test split is read only by evaluate: no choice is ever made on it. The fingerprint
+(sha256 over the three sorted manifests) ties every metric to the exact images it was measured on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crackdet.core.errors import CrackdetError
+from crackdet.core.io import atomic_dir, write_text
+from crackdet.core.layout import Layout
+from crackdet.core.params import SplitParams, flatten
+from crackdet.data.images import CLASSES, LABEL_INDEX
+from crackdet.data.manifest import ManifestRow, manifest_digest, read_manifest, write_manifest
+from crackdet.data.records import SplitSummary
+from crackdet.data.signatures import UnionFind, load_signatures
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    splits: dict[str, list[ManifestRow]]
+    fingerprint: str
+    group_of: dict[str, int]  # path -> group id (singletons when nothing groups an image)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {label: sum(r.label == label for r in rows) for label in CLASSES}
+            for name, rows in self.splits.items()
+        }
+
+
+def read_duplicate_groups(path: Path) -> list[list[str]]:
+    """Path lists from fetch's duplicates.csv (absent: no duplicates known)."""
+    if not path.exists():
+        return []
+    groups: dict[str, list[str]] = {}
+    with open(path, newline="") as handle:
+        for record in csv.DictReader(handle):
+            groups.setdefault(record["group"], []).append(record["path"])
+    return list(groups.values())
+
+
+def cluster_signatures(signatures: np.ndarray, n_groups: int, seed: int) -> np.ndarray:
+    """Cluster label per image: k-means on standardised signatures (k capped at n/2)."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # ~0.9 s: only the grouped strategy
+
+    k = max(2, min(n_groups, len(signatures) // 2))
+    scaled = (signatures - signatures.mean(0)) / (signatures.std(0) + 1e-6)
+    if len(signatures) > 20_000:  # full public set: the minibatch variant keeps this to seconds
+        model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=4096)
+    else:
+        model = KMeans(n_clusters=k, random_state=seed, n_init=1)
+    return model.fit_predict(scaled)
+
+
+def _groups(
+    rows: list[ManifestRow],
+    strategy: str,
+    n_groups: int,
+    seed: int,
+    duplicates: list[list[str]],
+    signatures: np.ndarray | None,
+) -> list[int]:
+    index = {row.path: i for i, row in enumerate(rows)}
+    union = UnionFind(len(rows))
+    for members in duplicates:
+        present = [index[p] for p in members if p in index]
+        for other in present[1:]:
+            union.union(present[0], other)
+    if strategy == "grouped":
+        assert signatures is not None
+        labels = cluster_signatures(signatures, n_groups, seed)
+        first: dict[int, int] = {}
+        for i, label in enumerate(labels.tolist()):
+            union.union(first.setdefault(label, i), i)
+    return union.labels()
+
+
+def _assign(
+    rows: list[ManifestRow], group_ids: list[int], params: SplitParams, seed: int
+) -> dict[str, list[ManifestRow]]:
+    """Assign whole groups: biggest first (ties in seeded random order), each to the split whose
+    per-class shortfall against its target fraction the group reduces most."""
+    members: dict[int, list[int]] = {}
+    for i, group in enumerate(group_ids):
+        members.setdefault(group, []).append(i)
+    rng = np.random.default_rng([seed, 7])
+    order = list(members)
+    tiebreak = rng.permutation(len(order))
+    order = [
+        g
+        for _, _, g in sorted(zip([-len(members[g]) for g in order], tiebreak, order, strict=True))
+    ]
+    fractions = np.array([params.train, params.val, params.test])
+    class_totals = np.bincount([LABEL_INDEX[r.label] for r in rows], minlength=len(CLASSES))
+    targets = fractions[:, None] * class_totals[None, :]
+    filled = np.zeros_like(targets)
+    assignment: dict[str, list[ManifestRow]] = {name: [] for name in SPLITS}
+    for group in order:
+        composition = np.bincount(
+            [LABEL_INDEX[rows[i].label] for i in members[group]], minlength=len(CLASSES)
+        )
+        shortfall = (targets - filled) / np.maximum(targets, 1.0)
+        gain = (np.clip(shortfall, 0, None) * composition[None, :]).sum(1)
+        choice = (
+            int(np.argmax(gain))
+            if gain.max() > 0
+            else int(np.argmin(filled.sum(1) / targets.sum(1)))
+        )
+        filled[choice] += composition
+        assignment[SPLITS[choice]] += [rows[i] for i in members[group]]
+    return assignment
+
+
+def split_rows(
+    rows: list[ManifestRow],
+    params: SplitParams,
+    seed: int,
+    duplicates: list[list[str]] | None = None,
+    signatures: np.ndarray | None = None,
+) -> SplitResult:
+    """Split ``rows`` (signatures: one per row, same order; needed for ``grouped``)."""
+    ordered = sorted(range(len(rows)), key=lambda i: rows[i].path)
+    rows = [rows[i] for i in ordered]  # the result depends on the data and seed, not listing order
+    if signatures is not None:
+        signatures = signatures[ordered]
+    if params.strategy == "grouped" and signatures is None:
+        raise CrackdetError(
+            "split: grouped strategy needs outputs/fetch/signatures.npz; rerun fetch"
+        )
+    group_ids = _groups(rows, params.strategy, params.groups, seed, duplicates or [], signatures)
+    splits = _assign(rows, group_ids, params, seed)
+    for name in SPLITS:
+        for label in CLASSES:
+            if not any(r.label == label for r in splits[name]):
+                raise CrackdetError(
+                    f"split: {name} has no {label} images (too few images or groups for "
+                    f"split.train/val/test = {params.train}/{params.val}/{params.test})"
+                )
+        splits[name].sort(key=lambda r: r.path)
+    fingerprint = hashlib.sha256(
+        "".join(f"{name}:{manifest_digest(splits[name])}\n" for name in SPLITS).encode()
+    ).hexdigest()
+    return SplitResult(
+        splits, fingerprint, {r.path: g for r, g in zip(rows, group_ids, strict=True)}
+    )
+
+
+def run_split(params: SplitParams, seed: int, layout: Layout) -> tuple[SplitResult, SplitSummary]:
+    """Split fetch's manifest into ``outputs/split`` (three manifests, groups, summary)."""
+    fetched = layout.fetch
+    rows = read_manifest(fetched.manifest)
+    signatures = None
+    if fetched.signatures.exists():
+        paths, _, sigs = load_signatures(fetched.signatures)
+        by_path = dict(zip(paths, sigs, strict=True))
+        signatures = np.stack([by_path[r.path] for r in rows])
+    duplicates = read_duplicate_groups(fetched.duplicates)
+    result = split_rows(rows, params, seed, duplicates, signatures)
+    split_of = {r.path: name for name, members in result.splits.items() for r in members}
+    summary = SplitSummary(
+        strategy=params.strategy,
+        fingerprint=result.fingerprint,
+        test_fingerprint=manifest_digest(result.splits["test"]),
+        groups=len(set(result.group_of.values())),
+        counts=result.counts(),
+        seed=seed,
+        params=flatten({"base": {"seed": seed}, "split": asdict(params)}),
+    )
+    with atomic_dir(layout.split.dir) as out:
+        written = type(layout.split)(out)
+        for name, members in result.splits.items():
+            write_manifest(written.manifest(name), members)
+        write_text(
+            written.groups,
+            "path,group,split\n"
+            + "".join(f"{p},{g},{split_of[p]}\n" for p, g in sorted(result.group_of.items())),
+        )
+        summary.write(written.summary)
+    return result, summary

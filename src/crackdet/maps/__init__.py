@@ -1,0 +1,1 @@
+"""Crack maps of full-size photos: windows, heatmaps, overlays, and scoring maps against masks."""

@@ -1,0 +1,121 @@
+"""Out-of-distribution signal: how far a tile's backbone features are from the training data.
+
+Models trained only on concrete patches fire on things that are not concrete (painted walls,
+furniture, sky). A crack map should say where it does not know: the training features (plain
+view) are projected on their top principal components, and a tile's score combines its whitened
+distance in that space (a Mahalanobis distance with a diagonal covariance after PCA) with its
+distance from the subspace, normalised by what held-out validation features show. The
+threshold is the 99th percentile of the validation images' scores, so about 1 % of in-distribution
+patches are flagged. Stored as ``outputs/train/ood.npz`` (plain arrays, no pickle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crackdet.core.errors import CrackdetError
+from crackdet.core.io import write_with
+
+COMPONENTS = 64
+QUANTILE = 0.99
+
+
+@dataclass(frozen=True)
+class OODModel:
+    mean: np.ndarray  # (F,)
+    components: np.ndarray  # (k, F), orthonormal rows
+    scale: np.ndarray  # (k,) standard deviation of the training projections
+    residual_scale: float  # typical distance of held-out features from the PCA subspace
+    threshold: float
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Whitened distance inside the PCA subspace plus the normalised distance outside it
+        (what the subspace cannot represent at all is the clearest sign of novelty)."""
+        centred = np.asarray(features, np.float64) - self.mean
+        projected = centred @ self.components.T
+        residual = _residual(centred, projected)
+        inside = np.mean((projected / self.scale) ** 2, axis=1)
+        return np.sqrt((inside + (residual / self.residual_scale) ** 2) / 2)
+
+    def is_ood(self, features: np.ndarray) -> np.ndarray:
+        return self.score(features) > self.threshold
+
+    def save(self, path: Path) -> None:
+        def _write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(
+                    handle,
+                    mean=self.mean,
+                    components=self.components,
+                    scale=self.scale,
+                    residual_scale=np.array(self.residual_scale),
+                    threshold=np.array(self.threshold),
+                )
+
+        write_with(path, _write)
+
+    @classmethod
+    def load(cls, path: Path) -> OODModel | None:
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            if "mean" not in data:
+                return None
+            missing = {"components", "scale", "residual_scale", "threshold"} - set(data.files)
+            if missing:
+                raise CrackdetError(
+                    f"{path}: OOD model lacks {', '.join(sorted(missing))} (written by another "
+                    "crackdet version); rerun train"
+                )
+            return cls(
+                data["mean"],
+                data["components"],
+                data["scale"],
+                float(data["residual_scale"]),
+                float(data["threshold"]),
+            )
+
+
+def fit_ood(train_features: np.ndarray, val_features: np.ndarray) -> OODModel:
+    """PCA on the training features; threshold from the validation scores."""
+    features = np.asarray(train_features, np.float64)
+    mean = features.mean(axis=0)
+    # Principal axes from the F x F scatter matrix (eigh) rather than an SVD of the N x F data:
+    # the same axes, at a cost linear in N (0.3 s instead of 1.3 s for 2,800 x 1,280 here).
+    centred_train = features - mean
+    eigenvalues, eigenvectors = np.linalg.eigh(centred_train.T @ centred_train)
+    order = np.argsort(eigenvalues)[::-1]
+    singular = np.sqrt(np.maximum(eigenvalues[order], 0.0))
+    vt = eigenvectors[:, order].T
+    # Few training images give near-zero trailing variances that would blow the whitened
+    # distance up: keep at most a quarter as many components as images.
+    k = max(1, min(COMPONENTS, len(features) // 4, len(singular)))
+    components = vt[:k]
+    scale = singular[:k] / np.sqrt(max(len(features) - 1, 1))
+    scale = np.maximum(scale, 1e-3 * scale[0] + 1e-12)
+    centred = np.asarray(val_features, np.float64) - mean
+    residual = _residual(centred, centred @ components.T)
+    residual_scale = max(float(np.median(residual)), 1e-6)
+    model = OODModel(mean, components, scale, residual_scale, threshold=float("inf"))
+    threshold = float(np.quantile(model.score(val_features), QUANTILE))
+    return OODModel(mean, components, scale, residual_scale, threshold)
+
+
+def _residual(centred: np.ndarray, projected: np.ndarray) -> np.ndarray:
+    """Distance from the PCA subspace. The components are orthonormal, so
+    |residual|^2 = |centred|^2 - |projected|^2: no reconstruction in feature space needed."""
+    squared = np.einsum("ij,ij->i", centred, centred) - np.einsum("ij,ij->i", projected, projected)
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
+def save_empty(path: Path) -> None:
+    """No OOD model (e.g. fine-tuning without frozen features): an empty, valid file."""
+
+    def _write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle)
+
+    write_with(path, _write)

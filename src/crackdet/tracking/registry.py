@@ -1,0 +1,170 @@
+"""The MLflow model registry as crackdet uses it: versions, aliases, the promotion log, and
+loading a registered (pt2) model with the spec crackdet's predict and evaluate expect.
+
+The registry keeps no alias history, so every alias move is appended to a log kept twice in
+MLflow: as a registered-model tag ``promotion_log.<seq>`` (JSON, never overwritten) and as an
+artifact ``promotions/<seq>.json`` in the run that produced the version.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crackdet.core.errors import CrackdetError, first_line
+from crackdet.model.classifier import ModelSpec
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+KEY_METRICS = ("f1", "accuracy", "roc_auc")  # order = tie-break order of "beats or ties"
+LOG_PREFIX = "promotion_log."
+DIGITS = 6  # version tags hold metrics with 6 decimals; compare at that precision
+
+
+def _mlflow_error() -> type[Exception]:
+    """MLflow's exception type: MLflow (~1.3 s to import) loads only once the registry is used."""
+    from mlflow.exceptions import MlflowException  # see above
+
+    return MlflowException
+
+
+def register(model_uri: str, name: str, tags: dict[str, str]) -> int:
+    """A new version of ``name`` in the MLflow model registry, tagged with its lineage."""
+    import mlflow  # ~1.3 s to import: only where the registry is used
+
+    return int(mlflow.register_model(model_uri, name, tags=tags).version)
+
+
+def version_metrics(version: Any) -> dict[str, float]:
+    """Test metrics from a version's ``test_*`` tags; a version without them cannot be judged."""
+    try:
+        return {k: round(float(version.tags[f"test_{k}"]), DIGITS) for k in KEY_METRICS}
+    except (KeyError, ValueError):
+        raise CrackdetError(
+            f"model version {version.name} v{version.version}: missing test_* metric tags "
+            "(registered outside the evaluate stage?)"
+        ) from None
+
+
+def alias_holder(client: Any, name: str, alias: str) -> Any | None:
+    """The version holding ``alias``, or None."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except _mlflow_error():
+        return None
+
+
+def get_version(client: Any, name: str, version: str | int) -> Any:
+    try:
+        return client.get_model_version(name, str(version))
+    except _mlflow_error() as exc:
+        raise CrackdetError(
+            f"model {name} v{version}: not in the registry ({first_line(exc)})"
+        ) from None
+
+
+def read_log(client: Any, name: str) -> list[dict[str, Any]]:
+    """The promotion log, oldest first."""
+    try:
+        tags = client.get_registered_model(name).tags
+    except _mlflow_error():
+        raise CrackdetError(f"model {name}: not in the registry (run the pipeline first)") from None
+    entries = [json.loads(v) for k, v in tags.items() if k.startswith(LOG_PREFIX)]
+    return sorted(entries, key=lambda e: e["seq"])
+
+
+def append_log(client: Any, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append one entry (tag + artifact); existing entries are never rewritten."""
+    seq = max((e["seq"] for e in read_log(client, name)), default=0) + 1
+    entry = {"seq": seq, **entry}
+    text = json.dumps(entry, sort_keys=True)
+    client.set_registered_model_tag(name, f"{LOG_PREFIX}{seq:06d}", text)
+    version = get_version(client, name, entry["to"])
+    if version.run_id:
+        client.log_text(version.run_id, text, f"promotions/{seq:06d}.json")
+    return entry
+
+
+def list_versions(client: Any, name: str) -> list[dict[str, Any]]:
+    """Versions newest first with aliases and key metrics (for ``crackdet models``)."""
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        raise CrackdetError(f"model {name}: no versions in the registry (run the pipeline first)")
+    # search_model_versions leaves aliases empty; the registered model has the mapping.
+    aliases: dict[str, list[str]] = {}
+    for alias, number in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(number), []).append(alias)
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        rows.append(
+            {
+                "version": int(v.version),
+                "aliases": ",".join(sorted(aliases.get(str(v.version), []))) or "-",
+                "accuracy": v.tags.get("test_accuracy", "-"),
+                "f1": v.tags.get("test_f1", "-"),
+                "roc_auc": v.tags.get("test_roc_auc", "-"),
+                "validation": v.tags.get("validation_status", "-"),
+                "split": v.tags.get("data.split_fingerprint", "")[:12] or "-",
+                "commit": v.tags.get("git.commit", "")[:10] or "-",
+                "run_id": v.run_id or "-",
+            }
+        )
+    return rows
+
+
+class RegistryClassifier(nn.Module):
+    """A registry (pt2) model with the ``.spec`` that crackdet's predict and evaluate expect.
+
+    Exported pt2 modules refuse ``.eval()``/``.train()``; they are inference-only already, so the
+    module is kept outside the submodule tree where those calls would reach it.
+    """
+
+    def __init__(self, exported: Any, spec: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "_exported", exported)
+        self.spec = spec
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._exported(images)
+
+
+@dataclass(frozen=True)
+class _MinimalSpec:
+    patch_size: int
+
+
+def load_registry_model(uri: str) -> RegistryClassifier:
+    """Load ``models:/name@alias`` or ``models:/name/version`` (offline) with its patch size."""
+    # MLflow's model loaders (~1.3 s to import): only when a registry model is asked for.
+    import mlflow.artifacts
+    import mlflow.models
+    import mlflow.pytorch
+
+    try:
+        info = mlflow.models.get_model_info(uri)
+        local = Path(mlflow.artifacts.download_artifacts(uri))
+        # MLflow's "pickle" format runs arbitrary code when loaded: only pt2 is accepted.
+        if not (local / "data" / "model.pt2").is_file():
+            raise CrackdetError(
+                f"{uri}: not stored in the pickle-free pt2 format (loading it would unpickle "
+                "code); re-log it with serialization_format='pt2', as crackdet train does"
+            )
+        exported = mlflow.pytorch.load_model(str(local))
+    except _mlflow_error() as exc:
+        raise CrackdetError(f"{uri}: cannot load from the registry ({first_line(exc)})") from None
+    meta = (info.metadata or {}).get("crackdet_spec")
+    if meta:
+        spec: Any = ModelSpec.from_dict(meta)
+    else:
+        # Versions logged before the spec metadata existed: the signature's NCHW shape says it.
+        try:
+            shape = info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]
+            spec = _MinimalSpec(int(shape[-1]))
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            raise CrackdetError(f"{uri}: no crackdet_spec metadata or input signature") from None
+    return RegistryClassifier(exported, spec)

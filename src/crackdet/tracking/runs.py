@@ -1,0 +1,171 @@
+"""The pipeline's MLflow run: train creates it, evaluate and predict_samples resume it.
+
+One pipeline execution = one MLflow run: ``train`` creates it and writes its id to a DVC-tracked
+file (:class:`RunInfo`); ``evaluate`` and ``predict_samples`` resume it from that file. A run
+records the pid and host that own it; a run left RUNNING by a process killed with SIGKILL is
+marked KILLED by the next run start on that host (:func:`mark_orphaned_runs`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from crackdet.core.errors import CrackdetError, first_line
+from crackdet.core.io import write_json
+from crackdet.core.layout import Layout
+from crackdet.core.params import flatten
+from crackdet.tracking.redact import redact, source_name
+from crackdet.tracking.store import init_store, tracking_uri
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """``outputs/train/run.json``: the pipeline run train created and the model it logged."""
+
+    run_id: str
+    model_uri: str
+
+    def write(self, path: Path) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def read(cls, layout: Layout) -> RunInfo:
+        path = layout.train.run
+        try:
+            data = json.loads(path.read_text())
+            return cls(str(data["run_id"]), str(data["model_uri"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CrackdetError(
+                f"{path.relative_to(layout.root)}: missing or unreadable; run the train stage first"
+            ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# run ownership: a SIGKILLed process cannot end its run, so the next run start does it
+# --------------------------------------------------------------------------------------------
+
+PID_TAG = "crackdet.pid"
+HOST_TAG = "crackdet.host"
+START_TAG = "crackdet.pid_start"
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot): tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may hold spaces, so count from its closing paren.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that owns the active run (checked by mark_orphaned_runs)."""
+    pid = os.getpid()
+    return {PID_TAG: str(pid), HOST_TAG: socket.gethostname(), START_TAG: _process_start(pid) or ""}
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    current = _process_start(pid)
+    return not (start and current is not None and current != start)
+
+
+def mark_orphaned_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark KILLED every RUNNING run of this host whose owning process is gone; return ids."""
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=1000,
+    )
+    killed = []
+    for run in runs:
+        tags = run.data.tags
+        try:
+            pid = int(tags.get(PID_TAG, ""))
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid, tags.get(START_TAG, "")):
+            continue
+        client.set_tag(run.info.run_id, "crackdet.killed_reason", f"owner pid {pid} vanished")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        killed.append(run.info.run_id)
+    return killed
+
+
+def start_pipeline_run(root: Path, run_name: str | None = None) -> Any:
+    """Create the run that train, evaluate and predict_samples of this execution share."""
+    import mlflow  # ~1.3 s to import: only where a run is logged
+
+    experiment_id = init_store(root)
+    for run_id in mark_orphaned_runs(mlflow.MlflowClient(), experiment_id):
+        print(f"MLflow run {run_id} was left RUNNING by a killed process: marked KILLED")
+    name = run_name or os.environ.get("DVC_EXP_NAME") or None
+    tags = {"crackdet.stage": "pipeline", **owner_tags()}
+    tags["mlflow.source.name"] = source_name(root)
+    return mlflow.start_run(run_name=name, tags=tags)
+
+
+@contextmanager
+def resume_pipeline_run(layout: Layout) -> Iterator[tuple[Any, RunInfo]]:
+    """Reopen the run named in ``outputs/train/run.json`` (written by train); yields the active
+    run and that file's record."""
+    import mlflow  # ~1.3 s to import: only where a run is logged
+
+    info = RunInfo.read(layout)
+    run_id = info.run_id
+    root = layout.root
+    init_store(root)
+    try:
+        # Take ownership before the run turns RUNNING again, so no sweep sees a dead owner.
+        client = mlflow.MlflowClient()
+        for key, value in owner_tags().items():
+            client.set_tag(run_id, key, value)
+        run = mlflow.start_run(run_id=run_id)
+    except Exception as exc:  # MLflow raises its own types for a run it doesn't know
+        raise CrackdetError(
+            f"{layout.train.run.relative_to(root)}: run {run_id} is not in the MLflow store "
+            f"{tracking_uri(root)} "
+            f"({first_line(exc)}); rerun train (dvc repro --force train)"
+        ) from None
+    try:
+        yield run, info
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+
+
+def log_stage_params(root: Path, section: str, values: dict[str, Any]) -> None:
+    """Log a later stage's params section into the resumed run.
+
+    MLflow params are immutable. When evaluate or predict_samples reruns alone with changed
+    params, the value train logged stays and the new one is recorded as tag ``params.<key>``.
+    """
+    import mlflow  # ~1.3 s to import: only where a run is logged
+
+    active = mlflow.active_run()
+    assert active is not None, "log_stage_params needs an active run"
+    logged = mlflow.get_run(active.info.run_id).data.params
+    fresh = {}
+    for key, value in flatten({section: values}).items():
+        value = redact(value, root)
+        if key not in logged:
+            fresh[key] = value
+        elif logged[key] != str(value):
+            mlflow.set_tag(f"params.{key}", str(value))
+    if fresh:
+        mlflow.log_params(fresh)

@@ -1,0 +1,198 @@
+"""The train stage's work: train, calibrate on val, fit the probe and the OOD model, write the
+checkpoint and its description, and log it all into a new pipeline run in MLflow."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from dataclasses import asdict
+
+from crackdet.core.errors import CrackdetError
+from crackdet.core.io import write_json, write_text, write_with
+from crackdet.core.layout import Layout
+from crackdet.core.params import BaseParams, TrainParams, flatten
+from crackdet.data.manifest import ManifestRow, read_manifest
+from crackdet.data.records import FetchSummary, SplitSummary
+from crackdet.model.classifier import save_state
+from crackdet.model.engines import GRAPH_ENGINES, effective_engine, ensure_graph
+from crackdet.model.inputs import load_images, targets_of
+from crackdet.model.ood import fit_ood, save_empty
+from crackdet.model.probe import fit_probe_cached
+from crackdet.model.train import EpochRecord, TrainResult, calibrate_on_val, train_model
+from crackdet.tracking.model_log import log_data_input, log_model
+from crackdet.tracking.provenance import data_lineage, lineage_tags
+from crackdet.tracking.redact import safe_params
+from crackdet.tracking.runs import RunInfo, start_pipeline_run
+
+
+def history_csv(history: list[EpochRecord]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"])
+    for r in history:
+        writer.writerow(
+            [
+                r.epoch,
+                f"{r.train_loss:.6f}",
+                f"{r.train_acc:.6f}",
+                f"{r.val_loss:.6f}",
+                f"{r.val_acc:.6f}",
+                f"{r.lr:.8f}",
+            ]
+        )
+    return buf.getvalue()
+
+
+def upstream_params(layout: Layout) -> dict[str, object]:
+    """The fetch and split params that made this run's data, as their stages recorded them."""
+    return {
+        **FetchSummary.read(layout.fetch.summary).params,
+        **SplitSummary.read(layout.split.summary).params,
+    }
+
+
+def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
+    """Run the train stage: outputs in ``outputs/train``, a new pipeline run in MLflow."""
+    import mlflow  # ~1.3 s to import: only in the stages that log
+
+    train_rows = read_manifest(layout.split.manifest("train"))
+    val_rows = read_manifest(layout.split.manifest("val"))
+    images = layout.fetch.images
+    lineage = data_lineage(layout)
+    run = start_pipeline_run(layout.root)
+    try:
+        logged = {
+            **upstream_params(layout),
+            **flatten({"base": asdict(base), "train": asdict(cfg)}),
+        }
+        mlflow.log_params(safe_params(logged, layout.root))  # no local paths
+        mlflow.set_tags({**lineage_tags(layout.root, ("fetch", "split")), **lineage})
+        log_data_input(layout, lineage)
+
+        def log_epoch(record: EpochRecord) -> None:
+            mlflow.log_metrics(
+                {
+                    "train_loss": record.train_loss,
+                    "train_acc": record.train_acc,
+                    "val_loss": record.val_loss,
+                    "val_acc": record.val_acc,
+                    "lr": record.lr,
+                    "epoch_seconds": record.seconds,
+                },
+                step=record.epoch,
+            )
+            print(
+                f"train: epoch {record.epoch}/{cfg.epochs} "
+                f"train_loss {record.train_loss:.4f} train_acc {record.train_acc:.4f} "
+                f"val_loss {record.val_loss:.4f} val_acc {record.val_acc:.4f}",
+                flush=True,
+            )
+
+        result = train_model(
+            cfg,
+            base.seed,
+            images,
+            train_rows,
+            val_rows,
+            on_epoch=log_epoch,
+            features_cache=layout.features_cache,
+            graph_cache=layout.graph_cache,
+        )
+        metrics = _fit_companions(layout, result, base.seed, train_rows, val_rows)
+        _write_outputs(layout, result, metrics)
+        _export_graph(layout, result)
+        example = load_images(images, val_rows[:2]).float() / 255.0
+        model_uri = log_model(layout, result.model, example)
+        RunInfo(run.info.run_id, model_uri).write(layout.train.run)
+        best = result.best
+        print(
+            f"train: best epoch {result.best_epoch} val_acc {best.val_acc:.4f}; "
+            f"MLflow run {run.info.run_id}"
+        )
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+    return result
+
+
+def _fit_companions(
+    layout: Layout,
+    result: TrainResult,
+    seed: int,
+    train_rows: list[ManifestRow],
+    val_rows: list[ManifestRow],
+) -> dict[str, object]:
+    """Calibration, the probe baseline and the OOD model, fitted beside the trained model;
+    their files are written and the deterministic figures returned for ``metrics.json``."""
+    import mlflow  # ~1.3 s to import: only in the stages that log
+
+    calibration = calibrate_on_val(result, layout.fetch.images, val_rows)
+    probe_val_acc, probe_json = None, {}
+    if result.probe_inputs is not None:
+        probe_train, probe_val = (f.numpy() for f in result.probe_inputs)
+        probe = fit_probe_cached(
+            probe_train, targets_of(train_rows).numpy(), seed, layout.probe_cache
+        )
+        hits = (probe.crack_probability(probe_val) >= 0.5) == targets_of(val_rows).numpy()
+        probe_val_acc = float(hits.mean())
+        probe_json = probe.to_dict()
+    # {} when a randomly initialised backbone is fine-tuned: no pretrained features
+    write_json(layout.train.probe, probe_json)
+    if result.train_features is not None and result.val_features is not None:
+        ood = fit_ood(result.train_features.numpy(), result.val_features.numpy())
+        ood.save(layout.train.ood)
+        mlflow.log_metric("ood_threshold", ood.threshold)
+    else:  # finetune: online computes no features of the tuned backbone
+        save_empty(layout.train.ood)
+    best = result.best
+    mlflow.log_metrics(
+        {
+            "best_epoch": result.best_epoch,
+            "best_val_acc": best.val_acc,
+            "best_val_loss": best.val_loss,
+            **calibration,
+            **({"probe_val_acc": probe_val_acc} if probe_val_acc is not None else {}),
+            **{k: round(v, 3) for k, v in result.timings.items()},
+        }
+    )
+    # metrics.json is versioned in git (DVC metrics): only deterministic figures go there;
+    # timings go to MLflow only.
+    return {
+        "best_epoch": result.best_epoch,
+        "val_acc": best.val_acc,
+        "val_loss": best.val_loss,
+        "probe_val_acc": probe_val_acc,
+        **calibration,
+        "train_images": len(train_rows),
+        "val_images": len(val_rows),
+    }
+
+
+def _write_outputs(layout: Layout, result: TrainResult, metrics: dict[str, object]) -> None:
+    """The checkpoint, its description, the history (DVC plots) and metrics; logged to MLflow."""
+    import mlflow  # ~1.3 s to import: only in the stages that log
+
+    out = layout.train
+    write_with(out.model, lambda p: save_state(result.model.state_dict(), p))
+    write_json(out.spec, result.model.spec.to_dict())
+    write_text(out.history, history_csv(result.history))
+    write_json(out.metrics, metrics)
+    for path in (out.spec, out.history):
+        mlflow.log_artifact(str(path), artifact_path="train")
+    for path in (layout.split.groups, layout.fetch.duplicates, layout.split.summary):
+        mlflow.log_artifact(str(path), artifact_path="data")
+
+
+def _export_graph(layout: Layout, result: TrainResult) -> None:
+    """Export the backbone's ONNX graph, so evaluate and predict_samples run it without building
+    the backbone in PyTorch; a frozen backbone's graph is exported once and found from then on.
+    A backbone that cannot be exported is said on one line: stages whose engine is torch still
+    work, the others stop with the exporter's reason."""
+    if effective_engine(result.model, GRAPH_ENGINES[0]) not in GRAPH_ENGINES:
+        return  # not on the CPU: the graph engines do not apply
+    try:
+        ensure_graph(result.model, layout.graph_cache)
+    except CrackdetError as exc:
+        print(f"train: warning: {exc}", file=sys.stderr)
