@@ -316,6 +316,46 @@ def _pickled_checkpoint(r: Repo) -> None:
     torch.save({"evil": _Payload()}, r.root / "outputs/train/model.pt")
 
 
+def _checkpoint(r: Repo) -> None:
+    """A real (random-init) checkpoint and one photo: predict_samples gets past the model."""
+    import torch
+
+    from crackdet.core.io import write_json
+    from crackdet.data.images import CLASSES
+    from crackdet.model.classifier import build_classifier
+
+    model = build_classifier("efficientnet_lite0", False, 8, 0.0, 227, CLASSES)
+    write_json(r.root / "outputs/train/model.json", model.spec.to_dict())
+    torch.save(model.state_dict(), r.root / "outputs/train/model.pt")
+    (r.root / "data/photos").mkdir(parents=True)
+    Image.open(io.BytesIO(jpeg(120, size=300))).save(r.root / "data/photos/a.jpg")
+
+
+def _ood_file(data: bytes | None = None, pickled: bool = False) -> Callable[[Repo], None]:
+    def setup(r: Repo) -> None:
+        _checkpoint(r)
+        target = r.root / "outputs/train/ood.npz"
+        if pickled:  # an object array: np.load must refuse it, not unpickle it
+            with open(target, "wb") as handle:
+                np.savez(handle, mean=np.array([_Payload()], dtype=object))
+        else:
+            buf = io.BytesIO()
+            np.savez(buf, mean=np.zeros(4), components=np.eye(4))
+            target.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+    return setup
+
+
+def _random_checkpoint(r: Repo) -> None:
+    _checkpoint(r)
+    (r.root / "outputs/train/model.pt").write_bytes(np.random.default_rng(3).bytes(4096))
+
+
+def _dangling_link(r: Repo) -> None:
+    _folder(layout())(r)
+    (r.root / "set" / "Positive" / "ghost.jpg").symlink_to("/nonexistent/ghost.jpg")
+
+
 class _Payload:
     """Unpickling this would run a shell command that leaves a marker file."""
 
@@ -572,6 +612,50 @@ CATALOGUE: list[Case] = [
         absent=("outputs/split",),
     ),
     Case(
+        "params-seed-beyond-2-to-the-32",
+        "split",
+        _set(base__seed=2**32),
+        "crackdet split: error: params.yaml: base.seed must be <= 4294967295; got 4294967296",
+    ),
+    Case(
+        "params-duplicate-key",
+        "fetch",
+        _params_file("base:\n  seed: 1\ntrain:\n  epochs: 6\n  epochs: 60\n"),
+        "crackdet fetch: error: params.yaml: duplicate key train.epochs at lines 4 and 5; keep one",
+    ),
+    Case(
+        "folder-with-a-broken-link",
+        "fetch",
+        _dangling_link,
+        "crackdet fetch: error: {root}/set: Positive/ghost.jpg: broken link to "
+        "/nonexistent/ghost.jpg; remove it or put the file it names there",
+    ),
+    Case(
+        "truncated-ood-model",
+        "predict_samples",
+        _ood_file(),
+        "crackdet predict_samples: error: {root}/outputs/train/ood.npz: damaged or not a "
+        "plain-array .npz (",
+        prefix=True,
+    ),
+    Case(
+        "ood-model-holding-a-pickle",
+        "predict_samples",
+        _ood_file(pickled=True),
+        "crackdet predict_samples: error: {root}/outputs/train/ood.npz: damaged or not a "
+        "plain-array .npz (Object arrays cannot be loaded when allow_pickle=False); rerun train "
+        "(dvc repro -f train)",
+        absent=("PWNED",),
+    ),
+    Case(
+        "checkpoint-of-random-bytes",
+        "predict_samples",
+        _random_checkpoint,
+        "crackdet predict_samples: error: {root}/outputs/train/model.pt: not a checkpoint (not "
+        "the zip archive torch.save writes); rerun the train stage, or point --model at a "
+        "folder holding model.pt and model.json",
+    ),
+    Case(
         "checkpoint-with-pickled-code",
         "predict_samples",
         _pickled_checkpoint,
@@ -690,3 +774,30 @@ def test_unusual_images_are_accepted(extra: dict[str, bytes], repo: Repo) -> Non
     if "Positive/000.jpg" in extra:  # one picture under both labels: reported, not hidden
         report = (out / "duplicates.csv").read_text()
         assert "Positive/000.jpg" in report and "Negative/000.jpg" in report
+
+
+def test_links_and_litter_in_a_folder_source_are_left_out_and_named(repo: Repo) -> None:
+    """Nothing is skipped silently: a link to a parent folder is not followed (no tree copied
+    into itself), OS litter and files beside the class folders are left out, and each is named
+    in the stage's output and in summary.json; a link to an image is read as that image."""
+    import json
+
+    _folder(layout())(repo)
+    source = repo.root / "set"
+    (source / "Positive" / "loop").symlink_to("..")
+    (source / "Positive" / "alias.jpg").symlink_to(source / "Positive" / "000.jpg")
+    (source / "Negative" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (source / "README.txt").write_text("where these came from\n")
+    result = run_stage(repo, "fetch")
+    assert result.returncode == 0, result.stderr
+    left_out = [
+        "README.txt (not a class folder)",
+        "Positive/loop/ (linked folder, not followed)",
+        "Negative/.DS_Store (hidden)",
+    ]
+    summary = json.loads((repo.root / "outputs/fetch/summary.json").read_text())
+    assert summary["left_out"] == left_out
+    assert f"fetch: left out 3: {'; '.join(left_out)}" in result.stdout
+    paths = [line.split(",")[0] for line in (repo.root / "outputs/fetch/manifest.csv").open()]
+    assert "Positive/alias.jpg" in paths
+    assert not any("loop" in p for p in paths)

@@ -232,6 +232,93 @@ def test_reproduce_reports_a_forced_mismatch(repo: Path, server: str, run_id: st
     assert row.split()[1:] == [f"{recorded + 0.125:.10g}", f"{recorded:.10g}"]
 
 
+@pytest.fixture(scope="module")
+def archive_store(repo: Path) -> str:
+    """A store of its own for the archive run, so the server's runs stay the two below."""
+    return f"sqlite:///{repo.parent / 'archive-store' / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def archive_run(repo: Path, archive_store: str) -> tuple[str, Path, Path]:
+    """A run on an archive outside the repository, named relative to it, as the docs show
+    (``-S fetch.archive=../elsewhere/set.zip``): real patches when the shared sample is here.
+    It runs in a clone (sharing the repo's DVC cache), so the workspace the other tests use is
+    left as it is. Returns the run id, the archive and the clone."""
+    clone = repo.parent / "clone"
+    run_cmd(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
+    run_cmd(["dvc", "cache", "dir", "--local", str(repo / ".dvc" / "cache")], clone)
+    run_cmd(["dvc", "checkout", "data.dvc"], clone)
+    archive = repo.parent / "elsewhere" / "set.zip"
+    archive.parent.mkdir()
+    (repo.parent / "archive-store").mkdir()
+    _sample_archive(archive)
+    result = run_cmd(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            "fetch.source=archive",
+            "-S",
+            "fetch.archive=../elsewhere/set.zip",
+        ],
+        clone,
+        env_for(archive_store, clone),
+    )
+    assert "Running stage 'train'" in result.stdout
+    run = json.loads((clone / "outputs/train/run.json").read_text())["run_id"]
+    return run, archive, clone
+
+
+def _sample_archive(path: Path, per_class: int = 24) -> None:
+    import zipfile
+
+    from tests.conftest import OZGENEL_4K
+
+    with zipfile.ZipFile(path, "w") as out:
+        if OZGENEL_4K.exists():
+            with zipfile.ZipFile(OZGENEL_4K) as sample:
+                for label in ("Negative", "Positive"):
+                    names = sorted(n for n in sample.namelist() if n.startswith(f"{label}/"))
+                    for name in names[1 : per_class + 1]:
+                        out.writestr(name, sample.read(name))
+        else:  # the rendered stand-in, when the shared sample is not on this machine
+            from crackdet.data.synthetic import write_patch_set
+
+            folder = path.parent / "rendered"
+            write_patch_set(folder, per_class, seed=5)
+            for image in sorted(folder.rglob("*.jpg")):
+                out.write(image, image.relative_to(folder).as_posix())
+
+
+def test_reproduce_finds_an_archive_outside_the_repo_and_checks_it(
+    archive_store: str, archive_run: tuple[str, Path, Path]
+) -> None:
+    run_id, archive, repo = archive_run
+    expected = client(archive_store).get_run(run_id).data.tags["data.archive_sha256"]
+    result = crackdet(repo, archive_store, "reproduce", run_id)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert f"identical to run {run_id}" in result.stdout
+    moved = archive.with_name("moved.zip")
+    archive.rename(moved)
+    try:
+        result = crackdet(repo, archive_store, "reproduce", run_id)
+        assert result.returncode == 2
+        assert result.stderr == (
+            f"crackdet reproduce: error: fetch.archive ../elsewhere/set.zip: not found relative "
+            f"to {repo} nor in DVC's cache or remote (run {run_id} used sha256 {expected}); "
+            "pass a copy with --data PATH\n"
+        )
+        archive.write_bytes(moved.read_bytes()[:-100] + b"x" * 100)  # same name, other bytes
+        result = crackdet(repo, archive_store, "reproduce", run_id)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert result.stderr.startswith("crackdet reproduce: error: fetch.archive ../elsewhere/")
+        assert f"the run's is {expected}); pass the original with --data PATH" in result.stderr
+    finally:
+        archive.unlink(missing_ok=True)
+        moved.rename(archive)
+
+
 # --- ci-check --------------------------------------------------------------------------------
 
 

@@ -94,3 +94,40 @@ def test_stage_refuses_bad_params_before_any_work(tmp_path: Path) -> None:
         "crackdet fetch: error: params.yaml: train.epochs must be an integer, got 'many' (str)"
     ]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_float_written_the_way_people_write_it_is_a_float(tmp_path: Path) -> None:
+    """``lr: 1e-4`` is a string to YAML 1.1 (PyYAML) and a number to DVC's YAML 1.2: both mean
+    0.0001 here, while words stay refused."""
+    text = (PROJECT / "params.yaml").read_text().replace("lr: 0.001", "lr: 1e-4")
+    assert "lr: 1e-4" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert load_params(path).train.lr == pytest.approx(1e-4)
+    path.write_text(text.replace("lr: 1e-4", "lr: 1e-4x"))
+    with pytest.raises(CrackdetError, match=r"train.lr must be a number, got '1e-4x'"):
+        load_params(path)
+
+
+def test_check_params_refuses_a_duplicate_key_that_dvc_would_refuse(tmp_path: Path) -> None:
+    text = (PROJECT / "params.yaml").read_text().replace("  epochs: 6", "  epochs: 6\n  epochs: 60")
+    (tmp_path / "params.yaml").write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "crackdet.cli.main", "check-params"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if row.startswith("  epochs: 60"))
+    assert result.stderr == (
+        f"crackdet check-params: error: params.yaml: duplicate key train.epochs at lines "
+        f"{line - 1} and {line}; keep one\n"
+    )
+
+
+def test_seeds_numpy_and_scikit_learn_cannot_take_are_refused() -> None:
+    assert "base.seed must be <= 4294967295" in _error_for(lambda t: t["base"].update(seed=2**32))
+    tree = default_params_tree()
+    tree["base"]["seed"] = 2**32 - 1
+    assert parse_params(tree).base.seed == 2**32 - 1

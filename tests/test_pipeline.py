@@ -225,6 +225,38 @@ def test_logged_model_holds_no_absolute_paths_of_this_machine(repo: Path) -> Non
                 assert not any(p in data for p in machine_paths), f"{archive}: {name}"
 
 
+def test_a_forced_rerun_records_the_same_bytes(repo: Path) -> None:
+    """Same code, params and data give byte-identical DVC outputs: a forced rerun of every stage
+    (new MLflow run ids, new timings) leaves dvc.lock exactly as it was."""
+    before = (repo / "dvc.lock").read_text()
+    run_cmd(["dvc", "repro", "--force"], repo)
+    assert (repo / "dvc.lock").read_text() == before
+
+
+def test_a_bad_param_leaves_the_last_good_outputs(repo: Path) -> None:
+    """DVC runs the stage (and would have deleted its outputs) before the stage can refuse its
+    params: outputs persist, so a typo costs nothing."""
+    kept = {
+        name: (repo / name).read_bytes()
+        for name in (
+            "outputs/train/model.pt",
+            "outputs/train/metrics.json",
+            "outputs/train/ood.npz",
+        )
+    }
+    params = (repo / "params.yaml").read_text()
+    result = run_cmd(["dvc", "exp", "run", "-S", "train.epochs=0"], repo, check=False)
+    try:
+        assert result.returncode != 0
+        assert "crackdet train: error: params.yaml: train.epochs must be >= 1; got 0" in (
+            result.stdout + result.stderr
+        )
+        assert {name: (repo / name).read_bytes() for name in kept} == kept
+    finally:
+        (repo / "params.yaml").write_text(params)
+    assert "Data and pipelines are up to date" in run_cmd(["dvc", "status"], repo).stdout
+
+
 def test_fine_tuned_run_keeps_the_probe_baseline_and_an_ood_model(repo: Path) -> None:
     """train.unfreeze with the cached trunk: evaluate rebuilds the pretrained backbone so the
     probe scored next to the tuned model is the very one a frozen run scores."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,43 @@ def test_ood_signal_separates_concrete_from_something_else(model) -> None:
         overlay_image(other.astype(np.uint8), on_other.heatmap, 1.0, on_other.ood_map)
     )
     assert tuple(grey[200, 300]) == (128, 128, 128)
+
+
+def test_max_pixels_counts_the_pixels_that_are_mapped(tmp_path) -> None:
+    """predict.max_pixels bounds the photo as it is mapped, after predict.scale: a 500x500
+    photo at scale 8 would be mapped at 4000x4000."""
+    path = tmp_path / "small.png"
+    Image.new("RGB", (500, 500), (90, 90, 90)).save(path)
+    assert read_photo(path, 250_000).shape == (500, 500, 3)
+    with pytest.raises(CrackdetError) as info:
+        read_photo(path, 250_000, scale=8.0)
+    assert str(info.value) == (
+        f"{path}: 500x500 at predict.scale 8 is mapped at 4000x4000 = 16000000 pixels, over "
+        "predict.max_pixels (250000); lower predict.scale or raise the limit"
+    )
+    assert read_photo(path, 250_000, scale=0.5).shape == (500, 500, 3)
+
+
+def test_photos_sharing_a_name_get_outputs_of_their_own(model, tmp_path, capsys) -> None:
+    """``a/x.jpg``, ``a/x.png`` and ``b/x.jpg`` map to three output sets, named apart, and the
+    renaming is said."""
+    import json
+
+    from crackdet.core.params import parse_params
+    from crackdet.maps.mapping import map_photos, output_stems
+    from tests.conftest import tiny_params_tree
+
+    photos = []
+    for folder, name, shade in (("a", "x.jpg", 60), ("a", "x.png", 120), ("b", "x.jpg", 180)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.new("RGB", (240, 240), (shade, shade, shade)).save(tmp_path / folder / name)
+        photos.append(tmp_path / folder / name)
+    assert list(output_stems(photos).values()) == ["a-x.jpg", "x.png", "b-x.jpg"]
+    assert output_stems([tmp_path / "a" / "x.jpg"]) == {tmp_path / "a" / "x.jpg": "x"}
+    cfg = dataclasses.replace(parse_params(tiny_params_tree()).predict, engine="torch")
+    mapped = map_photos(model, photos, tmp_path / "out", cfg, "test", command="predict")
+    assert [s.outputs for s in mapped.summaries] == ["a-x.jpg", "x.png", "b-x.jpg"]
+    for stem in ("a-x.jpg", "x.png", "b-x.jpg"):
+        assert (tmp_path / "out" / f"{stem}_overlay.png").is_file()
+        assert json.loads((tmp_path / "out" / f"{stem}.json").read_text())["outputs"] == stem
+    assert "predict: photos share a file name; outputs named apart:" in capsys.readouterr().out

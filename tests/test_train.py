@@ -191,11 +191,11 @@ def test_checkpoint_bytes_depend_only_on_the_weights(tmp_path: Path) -> None:
     """Written atomically through a temporary name, a checkpoint must not carry that name:
     equal weights give an equal md5 in dvc.lock."""
     from crackdet.core.io import write_with
-    from crackdet.model.classifier import save_state
+    from crackdet.model.classifier import checkpoint_bytes
 
     state = {"head.0.weight": torch.arange(6.0).reshape(2, 3), "temperature": torch.tensor(1.5)}
     for name in ("a", "b"):
-        write_with(tmp_path / name / "model.pt", lambda p: save_state(state, p))
+        write_with(tmp_path / name / "model.pt", lambda p: p.write_bytes(checkpoint_bytes(state)))
     first, second = ((tmp_path / n / "model.pt").read_bytes() for n in ("a", "b"))
     assert first == second
     loaded = torch.load(tmp_path / "a" / "model.pt", weights_only=True)

@@ -111,6 +111,11 @@ def _registry_commands(sub: argparse._SubParsersAction) -> None:
     )
     reproduce.add_argument("run_id")
     reproduce.add_argument("--keep", action="store_true", help="keep the temporary worktree")
+    reproduce.add_argument(
+        "--data",
+        type=Path,
+        help="the run's archive, if it is no longer where the run read it (checked by sha256)",
+    )
     reproduce.set_defaults(handler="registry:reproduce")
     ci = sub.add_parser("ci-check", help="validate params, diff params/metrics against REV")
     ci.add_argument("--base", required=True, metavar="REV")

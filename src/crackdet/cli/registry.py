@@ -69,7 +69,7 @@ def trace(args: argparse.Namespace) -> int:
 
 def reproduce(args: argparse.Namespace) -> int:
     root = repo_root()
-    replay = replay_run(client_for(root), args.run_id, root, keep=args.keep)
+    replay = replay_run(client_for(root), args.run_id, root, keep=args.keep, data=args.data)
     print(replay.report())
     if replay.worktree is not None:
         print(f"reproduce: worktree kept at {replay.worktree} (git worktree remove it when done)")

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,8 +154,48 @@ def save_npy(array: np.ndarray, path: Path) -> None:
 
 def sha256_file(path: Path) -> str:
     """The sha256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    return file_digests(path)[0]
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """(sha256, md5) of a file in one read: sha256 names data in crackdet's records, md5 is the
+    name DVC's cache and remotes store a file under."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            sha256.update(block)
+            md5.update(block)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+# Every entry stamped 1980-01-01 (the zip epoch): equal arrays give equal bytes, so DVC records
+# the same md5 for the same result on every run and machine.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def write_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An ``.npz`` of plain arrays (no pickles), byte-identical for equal arrays, written
+    atomically."""
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+            for name in sorted(arrays):
+                entry = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+                with archive.open(entry, "w", force_zip64=True) as handle:
+                    np.lib.format.write_array(handle, np.asarray(arrays[name]), allow_pickle=False)
+
+    write_with(target, write)
+
+
+def read_npz(path: Path, shown: str | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``; a truncated, foreign or pickle-holding file is one
+    CrackdetError line naming it (``shown``: how to name it, default the path)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise CrackdetError(
+            f"{shown or path}: damaged or not a plain-array .npz ({first_line(exc)})"
+        ) from None

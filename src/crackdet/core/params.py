@@ -8,6 +8,7 @@ work starts: unknown keys, missing keys, wrong types and out-of-range values all
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,8 @@ def _rule(
 
 @dataclass(frozen=True)
 class BaseParams:
-    seed: int = _rule(ge=0)
+    # numpy's legacy RandomState and scikit-learn take seeds below 2**32.
+    seed: int = _rule(ge=0, le=2**32 - 1)
 
 
 @dataclass(frozen=True)
@@ -170,9 +172,16 @@ def _type_name(tp: Any) -> str:
     )
 
 
+# A number as a person writes it: YAML 1.1 (PyYAML) reads ``1e-4`` as a string, because its
+# floats need a dot; DVC's YAML 1.2 reads it as a number. Both must mean the same here.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _check_value(key: str, tp: Any, value: Any, meta: typing.Mapping[str, Any]) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
+    if tp is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        value = float(value)
     # bool is an int subclass in Python; YAML `true` must never pass as a count.
     ok = (
         isinstance(value, bool)
@@ -247,17 +256,40 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; raise CrackdetError naming the key on any problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        _refuse_duplicate_keys(yaml.compose(text), "")
+        raw = yaml.safe_load(text)
     except FileNotFoundError:
         raise CrackdetError(f"{_display(path)}: not found (run from the repository root)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise CrackdetError(f"{_display(path)}: not valid YAML{where}") from None
+    except CrackdetError as exc:
+        raise CrackdetError(f"{_display(path)}: {exc}") from None
     try:
         return parse_params(raw)
     except CrackdetError as exc:
         raise CrackdetError(str(exc).replace("params.yaml", _display(path), 1)) from None
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None, prefix: str) -> None:
+    """PyYAML keeps the last of two equal keys without a word, DVC refuses the file: a
+    duplicate is an error here too, naming the key and both lines."""
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise CrackdetError(
+                    f"duplicate key {key} at lines {first_line[key]} and {line}; keep one"
+                )
+            first_line[key] = line
+            _refuse_duplicate_keys(value_node, f"{key}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, prefix)
 
 
 def _display(path: Path) -> str:

@@ -10,6 +10,7 @@ only when complete.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import atomic_dir, sha256_file, write_text
+from crackdet.core.io import atomic_dir, file_digests, sha256_file, write_text
 from crackdet.core.layout import FetchOutputs, Layout
 from crackdet.core.params import FetchParams, flatten
 from crackdet.data.archive import download, extract
@@ -48,14 +49,26 @@ def find_class_root(folder: Path, origin: str) -> Path:
     )
 
 
-def _class_files(class_root: Path, label: str) -> list[Path]:
-    # Dotfiles (.DS_Store, AppleDouble "._x.jpg") are OS litter, not data.
-    files = sorted(
-        p
-        for p in (class_root / label).rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(class_root).parts)
-    )
-    return files
+def _class_files(class_root: Path, label: str) -> tuple[list[Path], list[str]]:
+    """The files of one class folder, and what is left out of it, named: hidden entries
+    (``.DS_Store``, AppleDouble ``._x.jpg``: OS litter) and anything that is not a plain file."""
+    files, left_out = [], []
+    for folder, dirs, names in os.walk(class_root / label):
+        base = Path(folder)
+        for name in sorted(dirs):
+            if name.startswith("."):
+                left_out.append(f"{(base / name).relative_to(class_root).as_posix()}/ (hidden)")
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            path = base / name
+            rel = path.relative_to(class_root).as_posix()
+            if name.startswith("."):
+                left_out.append(f"{rel} (hidden)")
+            elif not path.is_file() or path.is_symlink():
+                left_out.append(f"{rel} (not a plain file)")
+            else:
+                files.append(path)
+    return sorted(files), left_out
 
 
 @dataclass
@@ -64,6 +77,7 @@ class IndexedImages:
     skipped: list[str]
     hashes: list[int]  # dHash per row
     signatures: list[np.ndarray]  # colour/texture signature per row
+    left_out: list[str]  # entries that are not images of a class, with why
 
 
 BAD_IMAGE_HINT = "; remove or replace it, or set fetch.on_bad_image: skip"
@@ -76,8 +90,10 @@ def index_images(images: Path, origin: str, on_bad_image: str, max_pixels: int) 
     skipped: list[str] = []
     hashes: list[int] = []
     sigs: list[np.ndarray] = []
+    left_out: list[str] = []
     for label in CLASSES:
-        files = _class_files(images, label)
+        files, hidden = _class_files(images, label)
+        left_out += hidden
         if not files:
             raise CrackdetError(
                 f"{origin}: class folder {label}/ holds no images; put the class's images in "
@@ -107,7 +123,7 @@ def index_images(images: Path, origin: str, on_bad_image: str, max_pixels: int) 
                 f"{origin}: no readable images left in {label}/; add readable images or fix the "
                 "skipped files"
             )
-    return IndexedImages(rows, skipped, hashes, sigs)
+    return IndexedImages(rows, skipped, hashes, sigs, left_out)
 
 
 def report_duplicates(indexed: IndexedImages, max_bits: int, out: Path) -> dict[str, int]:
@@ -142,30 +158,76 @@ def check_public_layout(rows: list[ManifestRow], origin: str) -> None:
         )
 
 
-def _copy_classes(class_root: Path, images: Path) -> None:
+def _copy_classes(class_root: Path, images: Path, origin: str) -> list[str]:
+    """Copy the class folders of a folder source; return what was left out, named. Links to
+    files are read as the files they point to; a broken link stops fetch (it names an image
+    that is not there); links to folders are not followed (a link to a parent folder would
+    copy the tree into itself)."""
+    left_out = []
     for label in CLASSES:
-        shutil.copytree(class_root / label, images / label)
+        for folder, dirs, names in os.walk(class_root / label):
+            base = Path(folder)
+            target = images / base.relative_to(class_root)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in sorted(dirs):
+                if (base / name).is_symlink():
+                    rel = (base / name).relative_to(class_root).as_posix()
+                    left_out.append(f"{rel}/ (linked folder, not followed)")
+            dirs[:] = sorted(d for d in dirs if not (base / d).is_symlink())
+            for name in sorted(names):
+                path = base / name
+                if path.is_symlink() and not path.exists():
+                    rel = path.relative_to(class_root).as_posix()
+                    raise CrackdetError(
+                        f"{origin}: {rel}: broken link to {os.readlink(path)}; remove it or "
+                        "put the file it names there"
+                    )
+                if path.is_file():
+                    shutil.copyfile(path, target / name)
+    return left_out
 
 
-def _from_archive_file(archive_path: Path, work: Path, images: Path, params: FetchParams) -> None:
+def _from_archive_file(
+    archive_path: Path, work: Path, images: Path, params: FetchParams
+) -> list[str]:
     extracted = work / "extracted"
     extract(archive_path, extracted, max_files=params.max_files, max_bytes=params.max_bytes)
     class_root = find_class_root(extracted, str(archive_path))
+    left_out = _beside_classes(class_root, extracted)
     images.mkdir()
     for label in CLASSES:
         (class_root / label).rename(images / label)
     shutil.rmtree(extracted)
+    return left_out
 
 
-def import_labelled(path: Path, images: Path, work: Path, params: FetchParams) -> str | None:
-    """Copy or extract a folder/archive in the public layout into ``images/{Positive,Negative}``;
-    return the archive's sha256 (None for a folder)."""
+def _beside_classes(class_root: Path, top: Path) -> list[str]:
+    """Entries next to ``Positive/`` and ``Negative/`` (left out: they are no class), named."""
+    return [
+        f"{p.relative_to(top).as_posix()}{'/' if p.is_dir() else ''} (not a class folder)"
+        for p in sorted(class_root.iterdir())
+        if p.name not in CLASSES
+    ]
+
+
+@dataclass(frozen=True)
+class Imported:
+    """A labelled source copied into ``images/``: its archive digest (None for a folder) and
+    what was left out of it, named."""
+
+    archive_sha256: str | None
+    left_out: list[str]
+    archive_md5: str | None = None
+
+
+def import_labelled(path: Path, images: Path, work: Path, params: FetchParams) -> Imported:
+    """Copy or extract a folder/archive in the public layout into ``images/{Positive,Negative}``."""
     if path.is_dir():
-        _copy_classes(find_class_root(path, str(path)), images)
-        return None
-    digest = sha256_file(path)
-    _from_archive_file(path, work, images, params)
-    return digest
+        class_root = find_class_root(path, str(path))
+        left_out = _beside_classes(class_root, path)
+        return Imported(None, left_out + _copy_classes(class_root, images, str(path)))
+    sha256, md5 = file_digests(path)
+    return Imported(sha256, _from_archive_file(path, work, images, params), md5)
 
 
 def resolve_archive(root: Path, archive: str) -> Path:
@@ -178,7 +240,7 @@ def resolve_archive(root: Path, archive: str) -> Path:
 
 def fetch(params: FetchParams, seed: int, layout: Layout) -> FetchSummary:
     """Run the fetch stage into ``outputs/fetch`` (images/, manifest.csv, summary.json)."""
-    archive_sha: str | None = None
+    imported = Imported(None, [])
     with atomic_dir(layout.fetch.dir) as folder:
         out = FetchOutputs(folder)
         work = folder / ".work"
@@ -188,13 +250,16 @@ def fetch(params: FetchParams, seed: int, layout: Layout) -> FetchSummary:
             origin = "synthetic"
         elif params.source == "archive":
             origin = params.archive
-            archive_sha = import_labelled(
+            imported = import_labelled(
                 resolve_archive(layout.root, params.archive), out.images, work, params
             )
         else:  # mendeley
-            archive_sha = _download_public(params, layout.downloads)
+            digest = _download_public(params, layout.downloads)
             origin = params.url
-            _from_archive_file(layout.downloads / PUBLIC_ARCHIVE, work, out.images, params)
+            left_out = _from_archive_file(
+                layout.downloads / PUBLIC_ARCHIVE, work, out.images, params
+            )
+            imported = Imported(digest, left_out)
         shutil.rmtree(work)
         indexed = index_images(out.images, origin, params.on_bad_image, params.max_pixels)
         rows = indexed.rows
@@ -208,8 +273,10 @@ def fetch(params: FetchParams, seed: int, layout: Layout) -> FetchSummary:
             per_class={label: sum(r.label == label for r in rows) for label in CLASSES},
             skipped=indexed.skipped,
             manifest_sha256=manifest_digest(rows),
-            archive_sha256=archive_sha,
+            archive_sha256=imported.archive_sha256,
+            archive_md5=imported.archive_md5,
             duplicates=report_duplicates(indexed, params.near_duplicate_bits, folder),
+            left_out=imported.left_out + indexed.left_out,
             params=flatten({"base": {"seed": seed}, "fetch": asdict(params)}),
         )
         summary.write(out.summary)

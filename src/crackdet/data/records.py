@@ -21,8 +21,10 @@ class FetchSummary:
     skipped: list[str]
     manifest_sha256: str
     archive_sha256: str | None
+    archive_md5: str | None  # the name DVC's cache would store the archive under
     duplicates: dict[str, int]
     params: dict[str, object]  # the base and fetch params that made it (logged by train)
+    left_out: list[str]  # entries of the source that are not images of a class, with why
 
     def write(self, path: Path) -> None:
         write_json(path, asdict(self))

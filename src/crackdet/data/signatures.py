@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from crackdet.core.io import write_with
+from crackdet.core.io import read_npz, write_npz
 
 SIGNATURE_SIZE = 22
 
@@ -47,21 +47,19 @@ def signature(image: Image.Image) -> np.ndarray:
 def save_signatures(
     path: Path, paths: list[str], hashes: list[int], sigs: list[np.ndarray]
 ) -> None:
-    def _write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                paths=np.array(paths),
-                dhash=np.array(hashes, dtype=np.uint64),
-                signature=np.stack(sigs) if sigs else np.zeros((0, SIGNATURE_SIZE), np.float32),
-            )
-
-    write_with(path, _write)
+    write_npz(
+        path,
+        {
+            "paths": np.array(paths),
+            "dhash": np.array(hashes, dtype=np.uint64),
+            "signature": np.stack(sigs) if sigs else np.zeros((0, SIGNATURE_SIZE), np.float32),
+        },
+    )
 
 
 def load_signatures(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    with np.load(path) as data:
-        return [str(p) for p in data["paths"]], data["dhash"], data["signature"]
+    data = read_npz(path)
+    return [str(p) for p in data["paths"]], data["dhash"], data["signature"]
 
 
 class UnionFind:

@@ -3,6 +3,7 @@ and rescaled so one window covers what a training patch covered."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ from crackdet.core.errors import CrackdetError, first_line
 from crackdet.data.images import is_image_file, to_rgb
 
 
-def read_photo(path: Path, max_pixels: int) -> np.ndarray:
-    """A photo as uint8 HxWx3 RGB; refuse oversize images before decoding their pixels."""
+def read_photo(path: Path, max_pixels: int, scale: float = 1.0) -> np.ndarray:
+    """A photo as uint8 HxWx3 RGB; refuse, before decoding its pixels, a photo that has more
+    than ``max_pixels`` pixels or would have at ``scale`` (the size it is mapped at)."""
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -21,6 +23,13 @@ def read_photo(path: Path, max_pixels: int) -> np.ndarray:
                 raise CrackdetError(
                     f"{path}: {width}x{height} = {width * height} pixels exceeds "
                     f"predict.max_pixels ({max_pixels}); downscale it or raise the limit"
+                )
+            mapped_w, mapped_h = max(1, round(width * scale)), max(1, round(height * scale))
+            if mapped_w * mapped_h > max_pixels:
+                raise CrackdetError(
+                    f"{path}: {width}x{height} at predict.scale {scale:g} is mapped at "
+                    f"{mapped_w}x{mapped_h} = {mapped_w * mapped_h} pixels, over "
+                    f"predict.max_pixels ({max_pixels}); lower predict.scale or raise the limit"
                 )
             image.load()
             return np.asarray(to_rgb(image), dtype=np.uint8)
@@ -41,7 +50,24 @@ def resize_photo(photo: np.ndarray, scale: float) -> np.ndarray:
     return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR))
 
 
-def list_photos(folder: Path) -> list[Path]:
+@dataclass(frozen=True)
+class PhotoFolder:
+    """The photos of a folder, and what in it is not a photo (left out, but named)."""
+
+    photos: list[Path]
+    left_out: list[Path]
+
+
+def list_photos(folder: Path) -> PhotoFolder:
     if not folder.is_dir():
         raise CrackdetError(f"{folder}: photo folder not found (dvc pull data.dvc, or add photos)")
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+    entries = sorted(folder.iterdir())
+    photos = [p for p in entries if is_image_file(p)]
+    return PhotoFolder(photos, [p for p in entries if p not in photos])
+
+
+def left_out_line(command: str, left_out: list[Path]) -> str:
+    """The one line that names what a command did not map (no file is skipped silently)."""
+    names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in left_out[:10])
+    more = f" and {len(left_out) - 10} more" if len(left_out) > 10 else ""
+    return f"{command}: left out {len(left_out)} entries that are not photos: {names}{more}"

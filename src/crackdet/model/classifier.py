@@ -8,8 +8,10 @@ dicts (``model.pt``) plus the :class:`ModelSpec` (``model.json``); nothing is un
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,6 +140,11 @@ def load_checkpoint(
         raise CrackdetError(
             f"{spec_file}: unreadable model description ({first_line(exc)})"
         ) from None
+    if checkpoint.is_file() and not zipfile.is_zipfile(checkpoint):
+        raise CrackdetError(
+            f"{checkpoint}: not a checkpoint (not the zip archive torch.save writes); rerun "
+            "the train stage, or point --model at a folder holding model.pt and model.json"
+        )
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if engine in GRAPH_ENGINES and onnx_cache is not None:
@@ -184,12 +191,13 @@ def _onnx_classifier(
     return model.eval()
 
 
-def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    """``torch.save`` through an open handle: given a path, torch names the archive's records
-    after the file, here a random temporary name, so equal weights gave a new md5 in dvc.lock
-    on every run."""
-    with open(path, "wb") as handle:
-        torch.save(state, handle)
+def checkpoint_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """The checkpoint file's bytes (``torch.save`` into memory). Through a handle, not a path:
+    given a path, torch names the archive's records after the file (through an atomic write, a
+    random temporary name), and equal weights would give a new md5 in dvc.lock on every run."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def operating_threshold(

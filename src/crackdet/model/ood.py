@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import write_with
+from crackdet.core.io import read_npz, write_npz
 
 COMPONENTS = 64
 QUANTILE = 0.99
@@ -44,39 +44,42 @@ class OODModel:
         return self.score(features) > self.threshold
 
     def save(self, path: Path) -> None:
-        def _write(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez(
-                    handle,
-                    mean=self.mean,
-                    components=self.components,
-                    scale=self.scale,
-                    residual_scale=np.array(self.residual_scale),
-                    threshold=np.array(self.threshold),
-                )
-
-        write_with(path, _write)
+        write_npz(
+            path,
+            {
+                "mean": self.mean,
+                "components": self.components,
+                "scale": self.scale,
+                "residual_scale": np.array(self.residual_scale),
+                "threshold": np.array(self.threshold),
+            },
+        )
 
     @classmethod
     def load(cls, path: Path) -> OODModel | None:
+        """The OOD model beside a checkpoint; None when there is none (no file, or the empty
+        file train writes when it has no features to fit one on)."""
         if not path.exists():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            if "mean" not in data:
-                return None
-            missing = {"components", "scale", "residual_scale", "threshold"} - set(data.files)
-            if missing:
-                raise CrackdetError(
-                    f"{path}: OOD model lacks {', '.join(sorted(missing))} (written by another "
-                    "crackdet version); rerun train"
-                )
-            return cls(
-                data["mean"],
-                data["components"],
-                data["scale"],
-                float(data["residual_scale"]),
-                float(data["threshold"]),
+        try:
+            data = read_npz(path)
+        except CrackdetError as exc:
+            raise CrackdetError(f"{exc}; rerun train (dvc repro -f train)") from None
+        if "mean" not in data:
+            return None
+        missing = {"components", "scale", "residual_scale", "threshold"} - set(data)
+        if missing:
+            raise CrackdetError(
+                f"{path}: OOD model lacks {', '.join(sorted(missing))} (written by another "
+                "crackdet version); rerun train"
             )
+        return cls(
+            data["mean"],
+            data["components"],
+            data["scale"],
+            float(data["residual_scale"]),
+            float(data["threshold"]),
+        )
 
 
 def fit_ood(train_features: np.ndarray, val_features: np.ndarray) -> OODModel:
@@ -113,9 +116,4 @@ def _residual(centred: np.ndarray, projected: np.ndarray) -> np.ndarray:
 
 def save_empty(path: Path) -> None:
     """No OOD model (e.g. fine-tuning without frozen features): an empty, valid file."""
-
-    def _write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez(handle)
-
-    write_with(path, _write)
+    write_npz(path, {})

@@ -66,7 +66,10 @@ def write_data_report(
         f"({', '.join(f'{k} {v}' for k, v in fetched.per_class.items())}); "
         f"manifest sha256 `{fetched.manifest_sha256}`"
         + (f"; archive sha256 `{fetched.archive_sha256}`" if fetched.archive_sha256 else ""),
-        f"Unreadable images left out: {len(fetched.skipped)}",
+        f"Unreadable images left out: {len(fetched.skipped)}"
+        + "".join(f"\n- {path}" for path in fetched.skipped),
+        f"Other entries left out: {len(fetched.left_out)}"
+        + "".join(f"\n- {entry}" for entry in fetched.left_out),
         "",
         "## Duplicates (fetch: identical bytes or near-identical dHash)",
         "",

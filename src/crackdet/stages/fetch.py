@@ -18,6 +18,8 @@ def run(layout: Layout) -> None:
         f"({', '.join(f'{k} {v}' for k, v in summary.per_class.items())}{skipped}); "
         f"manifest sha256 {summary.manifest_sha256[:12]}"
     )
+    if summary.left_out:
+        print(f"fetch: left out {len(summary.left_out)}: {'; '.join(summary.left_out)}")
 
 
 def main() -> int:

@@ -69,7 +69,11 @@ def data_lineage(layout: Layout) -> dict[str, str]:
         "data.split_strategy": split.strategy,
         "data.split_groups": str(split.groups),
         "data.duplicate_groups": str(fetched.duplicates["groups"]),
+        "data.skipped": str(len(fetched.skipped)),
+        "data.left_out": str(len(fetched.left_out)),
     }
     if fetched.archive_sha256:
         tags["data.archive_sha256"] = fetched.archive_sha256
+    if fetched.archive_md5:
+        tags["data.archive_md5"] = fetched.archive_md5
     return tags

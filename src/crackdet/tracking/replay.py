@@ -24,9 +24,11 @@ from typing import Any
 import yaml
 
 from crackdet.core.errors import CrackdetError
+from crackdet.core.io import sha256_file
 from crackdet.core.layout import Layout
+from crackdet.data.records import FetchSummary
 from crackdet.tracking.lineage import resolve_run, run_params
-from crackdet.tracking.runs import RunInfo
+from crackdet.tracking.store import EXPERIMENT_NAME
 
 # Figures that measure time, not the model: never compared by a replay.
 TIMING_SUFFIXES = ("_s", "_seconds")
@@ -116,8 +118,11 @@ def replay_env(worktree: Path) -> dict[str, str]:
     return env
 
 
-def reproduce(client: Any, run_id: str, root: Path, keep: bool = False) -> Replay:
-    """Rerun the pipeline of ``run_id`` at its commit, params and data; compare its metrics."""
+def reproduce(
+    client: Any, run_id: str, root: Path, keep: bool = False, data: Path | None = None
+) -> Replay:
+    """Rerun the pipeline of ``run_id`` at its commit, params and data; compare its metrics.
+    ``data``: where the run's archive is now, when it is no longer where the run read it."""
     import mlflow  # ~1.3 s to import: only when a run is replayed
 
     run, _ = resolve_run(client, run_id)
@@ -134,24 +139,37 @@ def reproduce(client: Any, run_id: str, root: Path, keep: bool = False) -> Repla
     worktree = tmp / "worktree"
     try:
         _run(["git", "worktree", "add", "--detach", str(worktree), commit], root)
-        missing = restore_params(worktree / "params.yaml", run_params(run))
-        if missing:
-            print(f"reproduce: params not in that commit's params.yaml, ignored: {missing}")
+        recorded = run_params(run)
         env = replay_env(worktree)
         # Share this repo's DVC cache: the data is usually there already, and no remote is needed.
         _run(["dvc", "config", "--local", "cache.dir", cache], worktree, env)
+        archive = locate_archive(run, root, worktree, env, data)
+        if archive is not None:
+            recorded["fetch.archive"] = str(archive)  # the verified copy, wherever it is now
+        missing = restore_params(worktree / "params.yaml", recorded)
+        if missing:
+            print(f"reproduce: params not in that commit's params.yaml, ignored: {missing}")
         try:
             _run(["dvc", "checkout", "data.dvc"], worktree, env)
         except CrackdetError:
             _run(["dvc", "pull", "data.dvc"], worktree, env)
         print(f"reproduce: replaying run {run_id} at {commit[:10]} in {worktree}", flush=True)
         # --force --no-run-cache: really rerun every stage instead of restoring cached outputs.
-        _run(["dvc", "repro", "--force", "--no-run-cache"], worktree, env, quiet=False)
+        # Fetch first, so data that differs from the run's stops the replay before training.
+        _run(["dvc", "repro", "--force", "--no-run-cache", "--single-item", "fetch"], worktree, env)
+        check_manifest(run, Layout(worktree))
+        _run(
+            ["dvc", "repro", "--force", "--no-run-cache", "--downstream", "split"],
+            worktree,
+            env,
+            quiet=False,
+        )
         replay_client = mlflow.MlflowClient(
             tracking_uri=f"sqlite:///{worktree / 'mlruns' / 'mlflow.db'}"
         )
-        replay_id = RunInfo.read(Layout(worktree)).run_id
-        replayed = comparable_metrics(replay_client.get_run(replay_id).data.metrics)
+        replayed = comparable_metrics(
+            replay_client.get_run(_replay_run_id(replay_client)).data.metrics
+        )
     finally:
         if not keep:
             subprocess.run(
@@ -160,6 +178,95 @@ def reproduce(client: Any, run_id: str, root: Path, keep: bool = False) -> Repla
                 capture_output=True,
             )
             shutil.rmtree(tmp, ignore_errors=True)
-    recorded = comparable_metrics(run.data.metrics)
-    rows = [(k, recorded[k], replayed.get(k)) for k in sorted(recorded)]
+    metrics = comparable_metrics(run.data.metrics)
+    rows = [(k, metrics[k], replayed.get(k)) for k in sorted(metrics)]
     return Replay(run.info.run_id, commit, rows, worktree if keep else None)
+
+
+def _replay_run_id(client: Any) -> str:
+    """The one pipeline run of the replay's throwaway store."""
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`crackdet.stage` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise CrackdetError("reproduce: the replay logged no pipeline run")
+    return runs[0].info.run_id
+
+
+def locate_archive(
+    run: Any, root: Path, worktree: Path, env: dict[str, str], override: Path | None
+) -> Path | None:
+    """The archive a run fetched (``fetch.source: archive``), found and checked by its sha256:
+    ``--data`` if given, else where the run read it (a relative ``fetch.archive`` is relative
+    to this repository, not to the replay's worktree), else DVC's cache or remote (by the md5
+    the run recorded). None for other sources; a folder source is checked by its manifest."""
+    params = run_params(run)
+    expected = run.data.tags.get("data.archive_sha256")
+    if params.get("fetch.source") != "archive" or not expected:
+        return None
+    recorded = params.get("fetch.archive", "")
+    where = override or _resolve(recorded, root)
+    if where.is_file():
+        found = sha256_file(where)
+        if found == expected:
+            return where.resolve()
+        shown = f"--data {override}" if override else f"fetch.archive {recorded}"
+        raise CrackdetError(
+            f"{shown}: not the archive run {run.info.run_id} used (sha256 {found[:12]}…, the "
+            f"run's is {expected}); pass the original with --data PATH"
+        )
+    if override is not None:
+        raise CrackdetError(
+            f"--data {override}: no such file (the run's archive has sha256 {expected})"
+        )
+    from_dvc = _archive_from_dvc(run.data.tags.get("data.archive_md5"), worktree, env)
+    if from_dvc is not None and sha256_file(from_dvc) == expected:
+        return from_dvc
+    raise CrackdetError(
+        f"fetch.archive {recorded}: not found relative to {root} nor in DVC's cache or remote "
+        f"(run {run.info.run_id} used sha256 {expected}); pass a copy with --data PATH"
+    )
+
+
+def _resolve(value: str, root: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _archive_from_dvc(md5: str | None, worktree: Path, env: dict[str, str]) -> Path | None:
+    """The file DVC stores under ``md5``, checked out of the cache or pulled from the remote
+    into the worktree through a throwaway ``.dvc`` file; None when DVC has no such file."""
+    if not md5:
+        return None
+    target = worktree / ".replay-data" / "archive"
+    (worktree / ".replay-archive.dvc").write_text(
+        yaml.safe_dump({"outs": [{"md5": md5, "path": ".replay-data/archive", "hash": "md5"}]})
+    )
+    for command in (
+        ["dvc", "checkout", ".replay-archive.dvc"],
+        ["dvc", "pull", ".replay-archive.dvc"],
+    ):
+        try:
+            _run(command, worktree, env)
+        except CrackdetError:
+            continue
+        if target.is_file():
+            return target
+    return None
+
+
+def check_manifest(run: Any, layout: Layout) -> None:
+    """The replay fetched the data the run trained on: same manifest digest, or one line."""
+    expected = run.data.tags.get("data.manifest_sha256")
+    if not expected:
+        return
+    found = FetchSummary.read(layout.fetch.summary).manifest_sha256
+    if found != expected:
+        raise CrackdetError(
+            f"reproduce: the replay fetched other data than run {run.info.run_id} (manifest "
+            f"sha256 {found[:12]}…, the run's is {expected}); restore the run's data and rerun"
+        )

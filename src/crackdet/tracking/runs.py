@@ -1,7 +1,12 @@
 """The pipeline's MLflow run: train creates it, evaluate and predict_samples resume it.
 
-One pipeline execution = one MLflow run: ``train`` creates it and writes its id to a DVC-tracked
-file (:class:`RunInfo`); ``evaluate`` and ``predict_samples`` resume it from that file. A run
+One pipeline execution = one MLflow run. ``train`` creates it and tags it with the sha256 of the
+checkpoint it wrote (``crackdet.model_sha256``) and the logged model's URI; ``evaluate`` and
+``predict_samples`` resume the run that made the checkpoint in front of them: the one
+``outputs/train/run.json`` names when its digest matches, else the newest run of the store
+tagged with that digest (a queued experiment's workspace, or a checkout whose model DVC
+restored from its cache). The run id is deliberately not a DVC output: it differs on every run,
+and DVC's outputs must be the same bytes for the same code, params and data. A run
 records the pid and host that own it; a run left RUNNING by a process killed with SIGKILL is
 marked KILLED by the next run start on that host (:func:`mark_orphaned_runs`).
 """
@@ -18,33 +23,68 @@ from pathlib import Path
 from typing import Any
 
 from crackdet.core.errors import CrackdetError, first_line
-from crackdet.core.io import write_json
+from crackdet.core.io import sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import flatten
 from crackdet.tracking.redact import redact, source_name
 from crackdet.tracking.store import init_store, tracking_uri
 
+MODEL_SHA_TAG = "crackdet.model_sha256"
+MODEL_URI_TAG = "crackdet.model_uri"
+
 
 @dataclass(frozen=True)
 class RunInfo:
-    """``outputs/train/run.json``: the pipeline run train created and the model it logged."""
+    """The pipeline run that trained a checkpoint (``outputs/train/run.json``, beside it)."""
 
     run_id: str
     model_uri: str
+    model_sha256: str
 
     def write(self, path: Path) -> None:
         write_json(path, asdict(self))
 
     @classmethod
-    def read(cls, layout: Layout) -> RunInfo:
-        path = layout.train.run
+    def read(cls, path: Path) -> RunInfo | None:
+        """The record, or None when the file is absent or unreadable (then the store is asked)."""
         try:
             data = json.loads(path.read_text())
-            return cls(str(data["run_id"]), str(data["model_uri"]))
+            return cls(str(data["run_id"]), str(data["model_uri"]), str(data["model_sha256"]))
         except (OSError, ValueError, KeyError, TypeError):
-            raise CrackdetError(
-                f"{path.relative_to(layout.root)}: missing or unreadable; run the train stage first"
-            ) from None
+            return None
+
+
+def model_tags(model_uri: str, model_sha256: str) -> dict[str, str]:
+    """What train tags its run with, so the run of a checkout's checkpoint can be found."""
+    return {MODEL_SHA_TAG: model_sha256, MODEL_URI_TAG: model_uri}
+
+
+def run_of_model(layout: Layout) -> RunInfo:
+    """The run that trained ``outputs/train/model.pt`` (see the module docstring)."""
+    import mlflow  # ~1.3 s to import: only where a run is logged
+
+    shown = layout.train.model.relative_to(layout.root)
+    try:
+        digest = sha256_file(layout.train.model)
+    except FileNotFoundError:
+        raise CrackdetError(f"{shown}: not found; run the train stage first") from None
+    recorded = RunInfo.read(layout.train.run)
+    if recorded is not None and recorded.model_sha256 == digest:
+        return recorded
+    experiment_id = init_store(layout.root)
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MODEL_SHA_TAG}` = '{digest}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise CrackdetError(
+            f"{shown}: no run in the MLflow store {tracking_uri(layout.root)} trained this "
+            f"checkpoint (sha256 {digest[:12]}); rerun train: dvc repro --force train"
+        )
+    tags = runs[0].data.tags
+    return RunInfo(runs[0].info.run_id, tags.get(MODEL_URI_TAG, ""), digest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,11 +161,11 @@ def start_pipeline_run(root: Path, run_name: str | None = None) -> Any:
 
 @contextmanager
 def resume_pipeline_run(layout: Layout) -> Iterator[tuple[Any, RunInfo]]:
-    """Reopen the run named in ``outputs/train/run.json`` (written by train); yields the active
-    run and that file's record."""
+    """Reopen the run that trained the checkpoint in ``outputs/train``; yields the active run
+    and its record."""
     import mlflow  # ~1.3 s to import: only where a run is logged
 
-    info = RunInfo.read(layout)
+    info = run_of_model(layout)
     run_id = info.run_id
     root = layout.root
     init_store(root)
@@ -137,9 +177,9 @@ def resume_pipeline_run(layout: Layout) -> Iterator[tuple[Any, RunInfo]]:
         run = mlflow.start_run(run_id=run_id)
     except Exception as exc:  # MLflow raises its own types for a run it doesn't know
         raise CrackdetError(
-            f"{layout.train.run.relative_to(root)}: run {run_id} is not in the MLflow store "
-            f"{tracking_uri(root)} "
-            f"({first_line(exc)}); rerun train (dvc repro --force train)"
+            f"run {run_id} of {layout.train.model.relative_to(root)} cannot be resumed in the "
+            f"MLflow store {tracking_uri(root)} ({first_line(exc)}); rerun train: "
+            "dvc repro --force train"
         ) from None
     try:
         yield run, info

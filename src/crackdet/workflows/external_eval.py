@@ -49,8 +49,11 @@ def evaluate_dataset(
     with tempfile.TemporaryDirectory(prefix="crackdet-eval-") as tmp:
         images, work = Path(tmp) / "images", Path(tmp) / "work"
         work.mkdir()
-        archive_sha = import_labelled(data, images, work, fetch_params)
+        imported = import_labelled(data, images, work, fetch_params)
         indexed = index_images(images, str(data), "error", fetch_params.max_pixels)
+        left_out = imported.left_out + indexed.left_out
+        if left_out:
+            print(f"eval: left out {len(left_out)} entries of {data}: {'; '.join(left_out)}")
         features_fn = classifier_features(model, cfg.engine, layout.graph_cache)
         # The operating threshold chosen on val travels with a checkpoint (as in evaluate).
         threshold = operating_threshold(model, 0.5)
@@ -65,7 +68,12 @@ def evaluate_dataset(
                     "eval.data": data.name,
                     "eval.model": model_ref,
                     "data.manifest_sha256": manifest_digest(indexed.rows),
-                    **({"data.archive_sha256": archive_sha} if archive_sha else {}),
+                    **(
+                        {"data.archive_sha256": imported.archive_sha256}
+                        if imported.archive_sha256
+                        else {}
+                    ),
+                    "data.left_out": str(len(left_out)),
                     **git_state(layout.root),
                 }
             )

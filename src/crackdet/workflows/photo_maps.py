@@ -8,7 +8,7 @@ from pathlib import Path
 from crackdet.core.layout import Layout
 from crackdet.core.params import PredictParams
 from crackdet.maps.mapping import MappedPhotos, map_photos
-from crackdet.maps.photos import list_photos
+from crackdet.maps.photos import left_out_line, list_photos
 from crackdet.model.ood import OODModel
 from crackdet.workflows.models import REGISTRY_SCHEMES, load_model
 
@@ -26,7 +26,15 @@ def predict(
         else OODModel.load(Path(model_ref) / "ood.npz")
     )
     files: list[Path] = []
+    left_out: list[Path] = []
     for item in photos:
-        files.extend(list_photos(item) if item.is_dir() else [item])
+        if item.is_dir():
+            folder = list_photos(item)
+            files += folder.photos
+            left_out += folder.left_out
+        else:
+            files.append(item)
+    if left_out:
+        print(left_out_line("predict", left_out))
     # Exported graphs are cached where the pipeline keeps them (run from the repo root).
     return map_photos(model, files, out, cfg, model_ref, ood, layout.graph_cache, "predict")

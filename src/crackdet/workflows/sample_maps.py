@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import atomic_dir, write_json
+from crackdet.core.io import atomic_dir, sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import PredictParams
 from crackdet.maps.mapping import MappedPhotos, map_photos
-from crackdet.maps.photos import list_photos
+from crackdet.maps.photos import left_out_line, list_photos
 from crackdet.model.classifier import load_checkpoint
 from crackdet.model.ood import OODModel
-from crackdet.tracking.runs import RunInfo, log_stage_params, resume_pipeline_run
+from crackdet.tracking.runs import log_stage_params, resume_pipeline_run
 
 
 def predict_samples(layout: Layout, cfg: PredictParams) -> MappedPhotos:
@@ -21,27 +21,38 @@ def predict_samples(layout: Layout, cfg: PredictParams) -> MappedPhotos:
     import mlflow  # ~1.3 s to import: only in the stages that log
 
     model = load_checkpoint(layout.train.model, layout.train.spec, cfg.engine, layout.graph_cache)
-    photos = list_photos(layout.photos)
-    if not photos:
+    folder = list_photos(layout.photos)
+    if folder.left_out:
+        print(left_out_line("predict_samples", folder.left_out))
+    if not folder.photos:
         raise CrackdetError(
             f"{layout.photos.relative_to(layout.root)}: no photos to map (add some and "
             "`dvc add data`)"
         )
     ood = OODModel.load(layout.train.ood)
-    run_id = RunInfo.read(layout).run_id
+    # The weights' digest, not the MLflow run id: outputs must be the same bytes on every run.
+    model_ref = (
+        f"{layout.train.model.relative_to(layout.root)} sha256:{sha256_file(layout.train.model)}"
+    )
     with atomic_dir(layout.predict) as out:
-        mapped = map_photos(model, photos, out, cfg, f"run {run_id}", ood, layout.graph_cache)
+        mapped = map_photos(model, folder.photos, out, cfg, model_ref, ood, layout.graph_cache)
         if mapped.errors:
             raise CrackdetError(
-                f"{len(mapped.errors)} of {len(photos)} photos could not be read (named above); "
-                "fix or remove them and rerun"
+                f"{len(mapped.errors)} of {len(folder.photos)} photos could not be read (named "
+                "above); fix or remove them and rerun"
             )
-        write_json(out / "summary.json", {"photos": [s.to_dict() for s in mapped.summaries]})
+        summaries = [s.to_dict() for s in mapped.summaries]
+        left_out = [p.name for p in folder.left_out]
+        write_json(out / "summary.json", {"photos": summaries, "left_out": left_out})
     with resume_pipeline_run(layout):
         log_stage_params(layout.root, "predict", asdict(cfg))
         mlflow.log_artifacts(str(layout.predict), artifact_path="predict_samples")
-        mlflow.log_metric(
-            "predict_mean_crack_fraction",
-            sum(s.crack_area_fraction for s in mapped.summaries) / len(mapped.summaries),
+        mlflow.log_metrics(
+            {
+                "predict_mean_crack_fraction": sum(s.crack_area_fraction for s in mapped.summaries)
+                / len(mapped.summaries),
+                "predict_seconds": sum(mapped.seconds),
+                "predict_left_out": len(folder.left_out),
+            }
         )
     return mapped

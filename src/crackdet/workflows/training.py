@@ -4,26 +4,27 @@ checkpoint and its description, and log it all into a new pipeline run in MLflow
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import write_json, write_text, write_with
+from crackdet.core.io import write_bytes, write_json, write_text
 from crackdet.core.layout import Layout
 from crackdet.core.params import BaseParams, TrainParams, flatten
 from crackdet.data.manifest import ManifestRow, read_manifest
 from crackdet.data.records import FetchSummary, SplitSummary
-from crackdet.model.classifier import save_state
+from crackdet.model.classifier import checkpoint_bytes
 from crackdet.model.engines import GRAPH_ENGINES, effective_engine, ensure_graph
 from crackdet.model.inputs import load_images, targets_of
-from crackdet.model.ood import fit_ood, save_empty
-from crackdet.model.probe import fit_probe_cached
+from crackdet.model.ood import OODModel, fit_ood, save_empty
+from crackdet.model.probe import Probe, fit_probe_cached
 from crackdet.model.train import EpochRecord, TrainResult, calibrate_on_val, train_model
 from crackdet.tracking.model_log import log_data_input, log_model
 from crackdet.tracking.provenance import data_lineage, lineage_tags
 from crackdet.tracking.redact import safe_params
-from crackdet.tracking.runs import RunInfo, start_pipeline_run
+from crackdet.tracking.runs import RunInfo, model_tags, start_pipeline_run
 
 
 def history_csv(history: list[EpochRecord]) -> str:
@@ -99,12 +100,14 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
             features_cache=layout.features_cache,
             graph_cache=layout.graph_cache,
         )
-        metrics = _fit_companions(layout, result, base.seed, train_rows, val_rows)
-        _write_outputs(layout, result, metrics)
+        trained = _fit_companions(layout, result, base.seed, train_rows, val_rows)
         _export_graph(layout, result)
         example = load_images(images, val_rows[:2]).float() / 255.0
         model_uri = log_model(layout, result.model, example)
-        RunInfo(run.info.run_id, model_uri).write(layout.train.run)
+        mlflow.set_tags(model_tags(model_uri, trained.checkpoint_sha256))
+        # Files last: a failure above (MLflow, the export) leaves the last good outputs.
+        _write_outputs(layout, trained)
+        RunInfo(run.info.run_id, model_uri, trained.checkpoint_sha256).write(layout.train.run)
         best = result.best
         print(
             f"train: best epoch {result.best_epoch} val_acc {best.val_acc:.4f}; "
@@ -117,19 +120,34 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
     return result
 
 
+@dataclass(frozen=True)
+class Trained:
+    """Everything train writes, computed before any file is written."""
+
+    result: TrainResult
+    checkpoint: bytes
+    probe: Probe | None  # None: a randomly initialised backbone fine-tuned, nothing to compare
+    ood: OODModel | None  # None: finetune: online computes no features of the tuned backbone
+    metrics: dict[str, object]  # metrics.json: deterministic figures only (git-versioned)
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        return hashlib.sha256(self.checkpoint).hexdigest()
+
+
 def _fit_companions(
     layout: Layout,
     result: TrainResult,
     seed: int,
     train_rows: list[ManifestRow],
     val_rows: list[ManifestRow],
-) -> dict[str, object]:
-    """Calibration, the probe baseline and the OOD model, fitted beside the trained model;
-    their files are written and the deterministic figures returned for ``metrics.json``."""
+) -> Trained:
+    """Calibration, the probe baseline and the OOD model, fitted beside the trained model, and
+    their figures logged (timings to MLflow only)."""
     import mlflow  # ~1.3 s to import: only in the stages that log
 
     calibration = calibrate_on_val(result, layout.fetch.images, val_rows)
-    probe_val_acc, probe_json = None, {}
+    probe, probe_val_acc = None, None
     if result.probe_inputs is not None:
         probe_train, probe_val = (f.numpy() for f in result.probe_inputs)
         probe = fit_probe_cached(
@@ -137,15 +155,10 @@ def _fit_companions(
         )
         hits = (probe.crack_probability(probe_val) >= 0.5) == targets_of(val_rows).numpy()
         probe_val_acc = float(hits.mean())
-        probe_json = probe.to_dict()
-    # {} when a randomly initialised backbone is fine-tuned: no pretrained features
-    write_json(layout.train.probe, probe_json)
+    ood = None
     if result.train_features is not None and result.val_features is not None:
         ood = fit_ood(result.train_features.numpy(), result.val_features.numpy())
-        ood.save(layout.train.ood)
         mlflow.log_metric("ood_threshold", ood.threshold)
-    else:  # finetune: online computes no features of the tuned backbone
-        save_empty(layout.train.ood)
     best = result.best
     mlflow.log_metrics(
         {
@@ -157,9 +170,7 @@ def _fit_companions(
             **{k: round(v, 3) for k, v in result.timings.items()},
         }
     )
-    # metrics.json is versioned in git (DVC metrics): only deterministic figures go there;
-    # timings go to MLflow only.
-    return {
+    metrics = {
         "best_epoch": result.best_epoch,
         "val_acc": best.val_acc,
         "val_loss": best.val_loss,
@@ -168,20 +179,33 @@ def _fit_companions(
         "train_images": len(train_rows),
         "val_images": len(val_rows),
     }
+    return Trained(result, checkpoint_bytes(result.model.state_dict()), probe, ood, metrics)
 
 
-def _write_outputs(layout: Layout, result: TrainResult, metrics: dict[str, object]) -> None:
-    """The checkpoint, its description, the history (DVC plots) and metrics; logged to MLflow."""
+def _write_outputs(layout: Layout, trained: Trained) -> None:
+    """The checkpoint, its description, probe, OOD model, history (DVC plots) and metrics;
+    the small ones are logged to MLflow too."""
     import mlflow  # ~1.3 s to import: only in the stages that log
 
-    out = layout.train
-    write_with(out.model, lambda p: save_state(result.model.state_dict(), p))
+    out, result = layout.train, trained.result
+    write_bytes(out.model, trained.checkpoint)
     write_json(out.spec, result.model.spec.to_dict())
+    write_json(out.probe, trained.probe.to_dict() if trained.probe else {})
+    if trained.ood is not None:
+        trained.ood.save(out.ood)
+    else:
+        save_empty(out.ood)
     write_text(out.history, history_csv(result.history))
-    write_json(out.metrics, metrics)
+    write_json(out.metrics, trained.metrics)
     for path in (out.spec, out.history):
         mlflow.log_artifact(str(path), artifact_path="train")
-    for path in (layout.split.groups, layout.fetch.duplicates, layout.split.summary):
+    data = (
+        layout.split.groups,
+        layout.fetch.duplicates,
+        layout.split.summary,
+        layout.fetch.summary,
+    )
+    for path in data:
         mlflow.log_artifact(str(path), artifact_path="data")
 
 
