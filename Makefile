@@ -2,6 +2,8 @@
 #   make repro   set up .venv (pinned), pull the embedded photos, run the DVC pipeline
 #   make test    set up .venv (pinned), lint, import contracts, docs build, the whole test suite
 # While working: make test-fast (the tests not marked slow), make lint, make docs.
+# make test-team: the team set-up's tests alone (PostgreSQL + S3 + mlflow server, docs/team.md);
+# make screenshots: regenerate the screenshots in docs/ (bench/screenshots.py).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
@@ -9,12 +11,12 @@ STAMP := $(VENV)/.installed
 # Stage commands are `python -m crackdet.stages.*`: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test test-fast lint docs ui clean-outputs
+.PHONY: install repro test test-fast test-team lint docs ui screenshots clean-outputs
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,team]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +31,9 @@ test: lint docs
 test-fast: install
 	pytest -m "not slow"
 
+test-team: install
+	pytest -m team
+
 lint: install
 	ruff check .
 	ruff format --check .
@@ -37,5 +42,19 @@ lint: install
 docs: install
 	mkdocs build --strict --quiet
 
+# MLflow 3.17's UI opens an experiment on its GenAI overview unless the URL asks for the
+# "Model training" view: print those URLs first (docs/team.md).
 ui: install
+	@python -c "$$UI_URLS" 2>/dev/null || true
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root mlruns/artifacts --host 127.0.0.1 --port 5000
+
+define UI_URLS
+import sqlite3
+db = sqlite3.connect("file:mlruns/mlflow.db?mode=ro", uri=True)
+for name, id in db.execute("select name, experiment_id from experiments where name like 'crackdet%'"):
+    print(f"{name}: http://127.0.0.1:5000/#/experiments/{id}?workflowType=machine_learning")
+endef
+export UI_URLS
+
+screenshots: install
+	python bench/screenshots.py --out docs

@@ -97,3 +97,18 @@ def needs_real_sample() -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         not OZGENEL_4K.exists(), reason=f"real sample not present at {OZGENEL_4K}"
     )
+
+
+def in_ci() -> bool:
+    """``CI`` is set (GitHub Actions, ``.ci/run``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(missing: list[str]) -> None:
+    """Skip when tools are missing here; fail under CI, where a skip would hide a gap."""
+    if not missing:
+        return
+    message = f"missing: {'; '.join(missing)}"
+    if in_ci():
+        pytest.fail(f"{message} (.ci/run installs them)", pytrace=False)
+    pytest.skip(message)

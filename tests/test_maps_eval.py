@@ -289,6 +289,9 @@ def test_cli_logs_an_mlflow_run(
     assert metrics["scale"] == 1.0 and metrics["overlap"] == 0.5  # params.yaml predict.*
     run = mlflow.get_run(metrics["run_id"])
     assert run.data.tags["crackdet.stage"] == "eval-maps"
+    assert mlflow.get_experiment(run.info.experiment_id).name == "crackdet-evaluations"
+    # Started before the maps were made: the run spans the seconds the scoring measured.
+    assert run.info.end_time - run.info.start_time >= metrics["seconds"] * 1000
     assert run.data.tags["eval.data"] == "maps.zip"
     assert run.data.tags["eval.model"] == str(ckpt)
     assert run.data.params["threshold"] == "0.25"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,8 @@ def test_outputs_metrics_and_plots(repo: Path) -> None:
     for suffix in ("_overlay.png", "_heatmap.png", "_heatmap.npy", "_mask.png"):
         assert (repo / f"outputs/predict/photo_01{suffix}").exists(), suffix
     assert (repo / "outputs/predict/contact_sheet.png").exists()
+    assert (repo / "outputs/predict/photo_01_thumb.jpg").exists()
+    assert 'src="photo_01_thumb.jpg"' in (repo / "outputs/predict/index.html").read_text()
     assert 0.0 <= predicted["crack_area_fraction"] <= 1.0
 
 
@@ -152,6 +155,13 @@ def test_predict_cli_maps_a_photo(repo: Path, tmp_path: Path) -> None:
     )
     assert "1 of 1 photos mapped" in result.stdout
     assert (out / "photo_01_overlay.png").exists()
+    assert f"report {out / 'index.html'}" in result.stdout
+    record = json.loads((out / "photo_01.json").read_text())
+    assert record["model"].startswith("outputs/train (") and record["made_from"]["model"]
+    again = run_cmd(
+        ["crackdet", "predict", "data/photos", "--model", "outputs/train", "--out", str(out)], repo
+    )
+    assert "1 of 1 photos mapped" in again.stdout and "1 already done" in again.stdout
 
 
 def test_exp_run_creates_a_comparable_second_run(repo: Path) -> None:
@@ -202,14 +212,51 @@ def test_eval_command_scores_a_model_on_another_data_set(repo: Path, tmp_path: P
     spec = json.loads((repo / "outputs/train/model.json").read_text())
     assert metrics["threshold"] == spec["threshold"]
     assert f"accuracy {metrics['accuracy']:.4f}" in result.stdout
-    client, _ = _runs(repo)
-    experiment = client.get_experiment_by_name("crackdet")
+    client, pipeline_runs = _runs(repo)
+    assert all(r.data.tags["crackdet.stage"] == "pipeline" for r in pipeline_runs)
+    # Evaluations have an experiment of their own, and runs that span the work they record.
+    experiment = client.get_experiment_by_name("crackdet-evaluations")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     evals = client.search_runs(
         [experiment.experiment_id], filter_string="tags.`crackdet.stage` = 'eval'"
     )
     assert len(evals) == 1
     assert evals[0].data.metrics["test_accuracy"] == metrics["accuracy"]
     assert evals[0].data.tags["eval.model"] == "outputs/train"
+
+
+def test_an_eval_run_spans_the_evaluation(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run starts before the model is loaded and ends after the metrics are written, so
+    its duration in MLflow is the evaluation's (it used to start once the work was done)."""
+    import shutil
+    import time
+
+    from crackdet.core.layout import Layout
+    from crackdet.core.params import load_params
+    from crackdet.data.synthetic import write_patch_set
+    from crackdet.tracking.store import EVALUATIONS, init_store
+    from crackdet.workflows.external_eval import evaluate_dataset
+
+    for var in [v for v in os.environ if v.startswith(("MLFLOW_", "DVC_"))]:
+        monkeypatch.delenv(var)
+    monkeypatch.chdir(repo)
+    write_patch_set(tmp_path / "set" / "patches", 8, seed=7)
+    archive = Path(shutil.make_archive(str(tmp_path / "patches"), "zip", tmp_path / "set"))
+    params = load_params(repo / "params.yaml")
+    client = _client(repo)
+    init_store(repo, EVALUATIONS)  # the store opened: what is left before the run is small
+    began = time.time()
+    evaluate_dataset(archive, "outputs/train", params.evaluate, params.fetch, Layout(repo))
+    done = time.time()
+    experiment = client.get_experiment_by_name(EVALUATIONS)
+    run = client.search_runs(
+        [experiment.experiment_id], filter_string="attributes.run_name = 'eval patches.zip'"
+    )[0]
+    start, end = run.info.start_time / 1000, run.info.end_time / 1000
+    slack = max(1.5, 0.2 * (done - began))
+    assert start - began < slack and done - end < slack, (began, start, end, done)
 
 
 def test_logged_model_holds_no_absolute_paths_of_this_machine(repo: Path) -> None:

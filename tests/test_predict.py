@@ -194,3 +194,84 @@ def test_photos_sharing_a_name_get_outputs_of_their_own(model, tmp_path, capsys)
         assert (tmp_path / "out" / f"{stem}_overlay.png").is_file()
         assert json.loads((tmp_path / "out" / f"{stem}.json").read_text())["outputs"] == stem
     assert "predict: photos share a file name; outputs named apart:" in capsys.readouterr().out
+
+
+# --- mapping a folder resumes ---------------------------------------------------------------
+
+
+def test_a_rerun_keeps_complete_outputs_and_remaps_what_changed(model, tmp_path) -> None:
+    """Same photo bytes, model digest and settings: kept and counted. A changed photo, a
+    missing output file, another model or other settings: mapped again."""
+    from crackdet.core.params import parse_params
+    from crackdet.maps.mapping import PhotoFiles, map_photos
+    from tests.conftest import tiny_params_tree
+
+    photos = []
+    for name, shade in (("a.jpg", 60), ("b.jpg", 150), ("c.jpg", 220)):
+        Image.new("RGB", (300, 240), (shade, shade, shade)).save(tmp_path / name)
+        photos.append(tmp_path / name)
+    out = tmp_path / "out"
+    cfg = dataclasses.replace(parse_params(tiny_params_tree()).predict, engine="torch")
+
+    def run(cfg=cfg, digest="model-1"):
+        return map_photos(model, photos, out, cfg, "m", command="predict", model_digest=digest)
+
+    first = run()
+    assert first.skipped == [] and len(first.seconds) == 3
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = run()
+    assert again.skipped == ["a.jpg", "b.jpg", "c.jpg"] and again.seconds == []
+    assert again.summaries == first.summaries  # read back from the JSON files
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in stamps} == {
+        k: v for k, v in stamps.items() if k != "contact_sheet.png"
+    } | {"contact_sheet.png": (out / "contact_sheet.png").stat().st_mtime_ns}
+    Image.new("RGB", (300, 240), (10, 200, 10)).save(photos[0])  # a new photo under a known name
+    PhotoFiles(out, "b").thumbnail.unlink()  # an interrupted write
+    assert run().skipped == ["c.jpg"]
+    assert run(digest="model-2").skipped == []
+    assert run(cfg=dataclasses.replace(cfg, overlap=0.25)).skipped == []
+    assert run(digest="").skipped == []  # an unknown model is never trusted
+
+
+def test_progress_bars_only_on_a_terminal_outside_ci(tmp_path) -> None:
+    """A pseudo-terminal shows the bar; CI=true, or output to a pipe, shows none."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    code = (
+        "from crackdet.core.progress import progress\n"
+        "for _ in progress(range(3), desc='mapping', unit='photo'): pass\n"
+    )
+
+    def stderr_of(ci: str, terminal: bool) -> bytes:
+        env = {**os.environ, "CI": ci}
+        if not terminal:
+            return subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, check=True
+            ).stderr
+        leader, follower = pty.openpty()
+        # 24 rows, 80 columns: a new pseudo-terminal is 0 wide, and tqdm draws nothing in that.
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=follower)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        proc.wait(timeout=60)
+        os.close(leader)
+        return seen
+
+    assert b"mapping" in stderr_of("", terminal=True)
+    assert b"mapping" not in stderr_of("true", terminal=True)
+    assert stderr_of("", terminal=False) == b""

@@ -174,3 +174,167 @@ def test_cli_models_promote_and_log(
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and "champion: v1 -> v2 [manual]" in out[2]
     assert "tester" in out[2] and "f1 within tolerance" in out[2]
+
+
+# --- what the registry shows: the promotion log as the model's description --------------------
+
+
+def test_promotion_log_is_the_registered_models_description(client: Any) -> None:
+    v1 = register(client, 0.95, 0.95)
+    auto_promote(client, NAME, v1, GATES)
+    v2 = register(client, 0.96, 0.96)
+    auto_promote(client, NAME, v2, GATES)
+    manual_promote(client, NAME, v1, CHALLENGER, "keep | compare", GATES, force=True)
+    description = client.get_registered_model(NAME).description
+    rows = [
+        line for line in description.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| 3", "| 2", "| 1"]  # newest first
+    assert "v1 → v2" in rows[2] and "`champion`" in rows[2] and "0.9600" in rows[2]
+    assert "keep \\| compare" in rows[1] and "forced" in rows[1]
+    assert "none → v1" in rows[3]
+    tags = client.get_registered_model(NAME).tags  # the JSON record is unchanged
+    assert json.loads(tags["promotion_log.000003"])["why"] == "keep | compare"
+
+
+def test_a_long_promotion_log_is_cut_to_fit_the_store() -> None:
+    from crackdet.tracking.descriptions import DESCRIPTION_LIMIT, promotion_table
+
+    entries = [
+        {
+            "seq": n,
+            "when": "2026-01-01T00:00:00+00:00",
+            "alias": CHAMPION,
+            "from": n - 1,
+            "to": n,
+            "mode": "auto",
+            "who": "ci@runner",
+            "why": "x" * 500,
+            "metrics": {"candidate": {"f1": 0.99, "accuracy": 0.99}},
+        }
+        for n in range(1, 301)
+    ]
+    table = promotion_table(NAME, entries)
+    assert len(table) <= DESCRIPTION_LIMIT
+    assert "| 300 |" in table and "| 1 |" not in table
+    assert table.splitlines()[-1].endswith("older moves not shown: `crackdet promotion-log`*")
+
+
+# --- one promotion at a time ----------------------------------------------------------------
+
+
+def test_promotions_wait_for_the_lock_and_break_a_dead_owners(
+    client: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import os
+    import socket
+
+    from crackdet.tracking import registry
+
+    v1 = register(client, 0.95, 0.95)
+    lock = f"{NAME}{registry.LOCK_SUFFIX}"
+    # Held by this (live) process: another promotion waits, then says who holds it.
+    client.create_registered_model(
+        lock, tags={"crackdet.pid": str(os.getpid()), "crackdet.host": socket.gethostname()}
+    )
+    monkeypatch.setattr(registry, "LOCK_WAIT_SECONDS", 1.0)
+    with pytest.raises(CrackdetError, match=rf"another promotion \(pid {os.getpid()} on "):
+        auto_promote(client, NAME, v1, GATES)
+    assert alias_holder(client, NAME, CHAMPION) is None
+    # Its owner died (a pid that is not running): the lock is broken and the promotion runs.
+    client.set_registered_model_tag(lock, "crackdet.pid", str(2**22 + 12345))
+    decision, _ = auto_promote(client, NAME, v1, GATES)
+    assert decision.alias == CHAMPION
+    assert "breaking the promotion lock" in capsys.readouterr().out
+    assert not client.search_registered_models(f"name='{lock}'")  # released
+
+
+@pytest.mark.slow
+def test_the_promotion_lock_admits_one_process_at_a_time(tmp_path: Path, client: Any) -> None:
+    """Two processes take the lock three times each, starting at the same moment, and hold it
+    half a second: their entries and exits never interleave."""
+    import subprocess
+    import sys
+    import time
+
+    trail = tmp_path / "trail.txt"
+    start = time.time() + 6  # after both have imported MLflow
+    code = (
+        "import os, time, mlflow\n"
+        "from crackdet.tracking.registry import promotion_lock\n"
+        "client = mlflow.MlflowClient()\n"
+        f"time.sleep(max(0, {start} - time.time()))\n"
+        "for _ in range(3):\n"
+        f"    with promotion_lock(client, {NAME!r}):\n"
+        f"        open({str(trail)!r}, 'a').write(f'in {{os.getpid()}}\\n')\n"
+        "        time.sleep(0.5)\n"
+        f"        open({str(trail)!r}, 'a').write(f'out {{os.getpid()}}\\n')\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    lines = trail.read_text().split()
+    pairs = list(zip(lines[0::2], lines[1::2], strict=True))
+    assert len(pairs) == 12
+    for enter, leave in zip(pairs[0::2], pairs[1::2], strict=True):
+        assert enter[0] == "in" and leave[0] == "out" and enter[1] == leave[1], lines
+
+
+def test_a_version_description_says_figures_data_commit_and_replay() -> None:
+    from crackdet.data.records import SplitSummary
+    from crackdet.tracking.descriptions import (
+        DESCRIPTION_LIMIT,
+        BaselineFigures,
+        SplitFigures,
+        VersionCard,
+        version_description,
+    )
+
+    metrics = {
+        "accuracy": 0.9967, "accuracy_ci95_low": 0.988, "accuracy_ci95_high": 0.999,
+        "precision": 0.99, "recall": 1.0, "f1": 0.995, "roc_auc": 1.0, "n": 600,
+        "threshold": 0.368,
+        "probe": {"accuracy": 1.0, "only_model_wrong": 2, "only_baseline_wrong": 0,
+                  "mcnemar_p": 0.5},
+    }  # fmt: skip
+    split = SplitSummary(
+        strategy="grouped",
+        fingerprint="f" * 64,
+        test_fingerprint="t" * 64,
+        groups=458,
+        counts={"train": {"Negative": 1400, "Positive": 1400}, "val": {"Negative": 300,
+                "Positive": 300}, "test": {"Negative": 300, "Positive": 300}},
+        seed=42,
+        params={},
+    )  # fmt: skip
+    card = VersionCard(
+        name=NAME,
+        version=7,
+        run_id="r" * 32,
+        figures=SplitFigures.from_metrics(metrics),
+        baseline=BaselineFigures.from_metrics(metrics),
+        data_source="archive",
+        manifest_sha256="d" * 64,
+        split=split,
+        commit="c" * 40,
+        dirty="false",
+        experiment="",
+    )
+    text = version_description(card)
+    assert text.splitlines()[0] == (  # what MLflow's list of versions shows
+        "Test accuracy 0.9967 (95 % CI 0.9880–0.9990), F1 0.9950, ROC AUC 1.0000 on 600 "
+        "images; commit `cccccccccc`."
+    )
+    assert "| accuracy | **0.9967** (95 % CI 0.9880–0.9990) |" in text
+    assert "600 images" in text and "threshold 0.368" in text
+    assert "wrong only by the model 2, only by the probe 0 (exact McNemar p 0.500)" in text
+    assert f"manifest sha256 `{'d' * 64}`" in text
+    assert "grouped (458 groups), seed 42: train 2800, val 600, test 600 images" in text
+    assert f"`{'c' * 40}` (clean)" in text
+    assert f"crackdet reproduce {'r' * 32}" in text
+    assert "crackdet trace models:/crack-classifier/7" in text
+    assert "DVC experiment" not in text  # none: not shown empty
+    assert len(text) <= DESCRIPTION_LIMIT

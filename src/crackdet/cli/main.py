@@ -10,6 +10,7 @@ from pathlib import Path
 from crackdet import __version__
 from crackdet.core.errors import CrackdetError
 from crackdet.core.layout import Layout
+from crackdet.tracking.store import server_unreachable
 
 STAGES = ("fetch", "split", "train", "evaluate", "predict_samples")
 DEFAULT_MODEL = "crack-classifier"
@@ -151,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except CrackdetError as exc:
         print(f"crackdet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # A tracking server that stops answering, wherever a command meets it: one line.
+        error = server_unreachable(exc)
+        if error is None:
+            raise
+        print(f"crackdet {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 

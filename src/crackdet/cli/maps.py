@@ -7,6 +7,7 @@ from pathlib import Path
 
 from crackdet.core.layout import Layout, repo_root
 from crackdet.core.params import load_params
+from crackdet.maps.report import REPORT
 from crackdet.workflows.external_eval import evaluate_dataset
 from crackdet.workflows.maps_eval import run_eval_maps, summary_line
 from crackdet.workflows.photo_maps import predict as predict_photos
@@ -18,7 +19,11 @@ def predict(args: argparse.Namespace) -> int:
     photos = [Path(p) for p in args.photos]
     mapped = predict_photos(photos, args.model, out, cfg, Layout(repo_root()))
     total = len(mapped.summaries) + len(mapped.errors)
-    print(f"predict: {len(mapped.summaries)} of {total} photos mapped into {out}")
+    reused = f", {len(mapped.skipped)} already done" if mapped.skipped else ""
+    print(
+        f"predict: {len(mapped.summaries)} of {total} photos mapped into {out}{reused}; "
+        f"report {out / REPORT}"
+    )
     return 1 if mapped.errors else 0
 
 

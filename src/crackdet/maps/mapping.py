@@ -1,13 +1,17 @@
-"""Mapping a set of photos: per photo an overlay, a heatmap, a mask and a JSON of its tiles.
+"""Mapping a set of photos: per photo an overlay, a heatmap, a mask, a thumbnail and a JSON of
+its tiles.
 
 Shared by the ``predict_samples`` stage and ``crackdet predict``. A photo that cannot be read is
 named on one line and the others are still mapped; the caller decides what a failure means.
+Mapping a folder resumes: a photo whose outputs are all there, made from the same photo bytes,
+model and settings (the JSON's ``made_from``, written last), is not mapped again but counted.
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,9 @@ import numpy as np
 from PIL import Image
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import save_npy, write_json, write_with
+from crackdet.core.io import save_npy, sha256_file, write_json, write_with
 from crackdet.core.params import PredictParams
+from crackdet.core.progress import progress, say
 from crackdet.maps.crackmap import crack_map
 from crackdet.maps.photos import read_photo
 from crackdet.maps.render import contact_sheet, overlay_image
@@ -50,16 +55,95 @@ class PhotoSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PhotoSummary:
+        """From a photo's JSON (KeyError: written by a crackdet without some field)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class MadeFrom:
+    """What a photo's outputs were made from (its JSON's ``made_from``): when all of it is the
+    same, the outputs are reused instead of mapping the photo again."""
+
+    photo_sha256: str
+    model: str  # the model's digest (crackdet.workflows.models.model_identity)
+    scale: float
+    overlap: float
+    threshold: float
+    engine: str
+    alpha: float
+
+
+@dataclass(frozen=True)
+class PhotoFiles:
+    """The files a mapped photo gets in the output folder, named by its stem."""
+
+    folder: Path
+    stem: str
+
+    @property
+    def overlay(self) -> Path:
+        return self.folder / f"{self.stem}_overlay.png"
+
+    @property
+    def heatmap(self) -> Path:
+        return self.folder / f"{self.stem}_heatmap.png"
+
+    @property
+    def heatmap_npy(self) -> Path:
+        return self.folder / f"{self.stem}_heatmap.npy"
+
+    @property
+    def mask(self) -> Path:
+        return self.folder / f"{self.stem}_mask.png"
+
+    @property
+    def thumbnail(self) -> Path:
+        return self.folder / f"{self.stem}_thumb.jpg"
+
+    @property
+    def record(self) -> Path:
+        """The JSON: summary, ``made_from`` and tiles; written last, so it marks completion."""
+        return self.folder / f"{self.stem}.json"
+
+    def all(self) -> tuple[Path, ...]:
+        return (
+            self.overlay,
+            self.heatmap,
+            self.heatmap_npy,
+            self.mask,
+            self.thumbnail,
+            self.record,
+        )
+
 
 @dataclass
 class MappedPhotos:
-    """The photos mapped (in order), the one-line errors of those that could not be read, and
-    the seconds each map took (kept out of the written files: outputs must be the same bytes
-    for the same photos and model)."""
+    """The photos mapped (in order), the one-line errors of those that could not be read, the
+    seconds each map took (kept out of the written files: outputs must be the same bytes for the
+    same photos and model), and the photos whose outputs were already complete (``skipped``:
+    listed in ``summaries`` too, with no seconds)."""
 
     summaries: list[PhotoSummary]
     errors: list[str]
     seconds: list[float] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+# The files of a checkpoint folder that decide its maps: weights, spec (threshold, temperature)
+# and the OOD model.
+CHECKPOINT_FILES = ("model.pt", "model.json", "ood.npz")
+
+
+def checkpoint_digest(folder: Path) -> str:
+    """sha256 over the sha256s of a checkpoint folder's CHECKPOINT_FILES (absent ones too):
+    what identifies the model whose maps a folder holds."""
+    digest = hashlib.sha256()
+    for name in CHECKPOINT_FILES:
+        path = folder / name
+        digest.update(f"{name}:{sha256_file(path) if path.is_file() else '-'}\n".encode())
+    return digest.hexdigest()
 
 
 def output_stems(photos: list[Path]) -> dict[Path, str]:
@@ -93,12 +177,15 @@ def map_photos(
     ood: OODModel | None = None,
     graph_cache: Path | None = None,
     command: str = "predict_samples",
+    model_digest: str = "",
 ) -> MappedPhotos:
     """Per photo: ``<stem>_overlay.png``, ``<stem>_heatmap.png`` / ``.npy`` (crack probability),
-    ``<stem>_mask.png`` (at the threshold) and ``<stem>.json``; plus ``contact_sheet.png``.
-    ``graph_cache``: folder of exported graphs for the onnxruntime and openvino engines (None:
-    temp export); ``command`` names the caller in error lines."""
-    summaries, errors, thumbnails, seconds = [], [], [], []
+    ``<stem>_mask.png`` (at the threshold), ``<stem>_thumb.jpg`` and ``<stem>.json``; plus
+    ``contact_sheet.png``. ``model_ref``: how the model is named in the outputs;
+    ``model_digest``: what identifies its weights (empty: never reuse outputs); ``graph_cache``:
+    folder of exported graphs for the onnxruntime and openvino engines (None: temp export);
+    ``command`` names the caller in error lines."""
+    summaries, errors, seconds, skipped = [], [], [], []
     stems = output_stems(photos)
     renamed = [f"{p} -> {stems[p]}_*" for p in photos if stems[p] != p.stem]
     if renamed:
@@ -107,26 +194,40 @@ def map_photos(
     extract = classifier_features(model, engine, graph_cache)
     # The operating threshold chosen on val travels with the model; params can override it.
     threshold = operating_threshold(model, params.threshold, params.use_model_threshold)
-    for photo_path in photos:
+    for photo_path in progress(photos, desc=command, unit="photo"):
+        files = PhotoFiles(out, stems[photo_path])
+        made_from = MadeFrom(
+            photo_sha256=_digest(photo_path),
+            model=model_digest,
+            scale=params.scale,
+            overlap=params.overlap,
+            threshold=threshold,
+            engine=engine_label(engine),
+            alpha=params.alpha,
+        )
+        done = _already_mapped(files, made_from)
+        if done is not None:
+            summaries.append(done)
+            skipped.append(photo_path.name)
+            continue
         try:
             photo = read_photo(photo_path, params.max_pixels, params.scale)
         except CrackdetError as exc:
-            print(f"{command}: error: {exc}", file=sys.stderr)
+            say(f"{command}: error: {exc}", error=True)
             errors.append(str(exc))
             continue
         result = crack_map(
             model, photo, params.overlap, params.batch_size, params.scale, ood, extract
         )
         overlay = overlay_image(photo, result.heatmap, params.alpha, result.ood_map)
-        stem = stems[photo_path]
-        write_with(out / f"{stem}_overlay.png", partial(overlay.save, **PNG))
+        write_with(files.overlay, partial(overlay.save, **PNG))
         heat8 = Image.fromarray(np.round(result.heatmap * 255).astype(np.uint8), "L")
-        write_with(out / f"{stem}_heatmap.png", partial(heat8.save, **PNG))
-        write_with(
-            out / f"{stem}_heatmap.npy", partial(save_npy, result.heatmap.astype(np.float16))
-        )
+        write_with(files.heatmap, partial(heat8.save, **PNG))
+        write_with(files.heatmap_npy, partial(save_npy, result.heatmap.astype(np.float16)))
         mask = Image.fromarray(((result.heatmap >= threshold) * 255).astype(np.uint8), "L")
-        write_with(out / f"{stem}_mask.png", partial(mask.save, **PNG))
+        write_with(files.mask, partial(mask.save, **PNG))
+        thumb = thumbnail(overlay)
+        write_with(files.thumbnail, partial(thumb.save, format="JPEG", quality=85))
         summary = PhotoSummary(
             photo=photo_path.name,
             width=int(photo.shape[1]),
@@ -140,18 +241,53 @@ def map_photos(
             tiles_flagged=sum(t.p >= threshold for t in result.tiles),
             tiles_total=len(result.tiles),
             ood_fraction=result.ood_fraction,
-            outputs=stem,
+            outputs=files.stem,
         )
         tiles = [t.to_dict() for t in result.tiles]
-        write_json(out / f"{stem}.json", {**summary.to_dict(), "tiles": tiles})
+        record = {**summary.to_dict(), "made_from": asdict(made_from), "tiles": tiles}
+        write_json(files.record, record)
         summaries.append(summary)
         seconds.append(result.seconds)
-        thumbnails.append(overlay)
-        print(
-            f"{command}: {photo_path.name}: {summary.tiles_flagged}/"
-            f"{summary.tiles_total} tiles over {threshold:.3f} in {result.seconds:.1f} s"
-        )
-    if thumbnails:
-        sheet = contact_sheet(thumbnails)
+    if summaries:
+        sheet = contact_sheet([_open(PhotoFiles(out, s.outputs).thumbnail) for s in summaries])
         write_with(out / "contact_sheet.png", partial(sheet.save, format="PNG"))
-    return MappedPhotos(summaries, errors, seconds)
+    return MappedPhotos(summaries, errors, seconds, skipped)
+
+
+THUMB_WIDTH = 480  # the report's cards and the contact sheet
+
+
+def thumbnail(overlay: Image.Image) -> Image.Image:
+    """The overlay scaled to THUMB_WIDTH pixels wide (never enlarged)."""
+    thumb = overlay.copy()
+    thumb.thumbnail((THUMB_WIDTH, max(1, overlay.height * THUMB_WIDTH // overlay.width)))
+    return thumb
+
+
+def _open(path: Path) -> Image.Image:
+    """An image read whole and its file closed (a folder of photos must not exhaust handles)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _digest(photo: Path) -> str:
+    """The photo's sha256, or "" when it cannot be read (read_photo then says why)."""
+    try:
+        return sha256_file(photo)
+    except OSError:
+        return ""
+
+
+def _already_mapped(files: PhotoFiles, made_from: MadeFrom) -> PhotoSummary | None:
+    """The summary of a photo whose outputs are complete and made from ``made_from``."""
+    if not (made_from.model and made_from.photo_sha256):
+        return None
+    if not all(path.is_file() for path in files.all()):
+        return None
+    try:
+        record = json.loads(files.record.read_text())
+        if record.get("made_from") != asdict(made_from):
+            return None
+        return PhotoSummary.from_dict(record)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # unreadable or older: map the photo again

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from crackdet.core.io import save_npy, write_json, write_with
 from crackdet.core.params import AugmentParams
+from crackdet.core.progress import progress
 from crackdet.data.manifest import ManifestRow
 from crackdet.model.augment import augment_image, image_seed
 from crackdet.model.classifier import FORWARD_CHUNK, CrackClassifier
@@ -102,9 +104,11 @@ def compute_features(
     augment: AugmentParams | None,
     seed: int,
     extract: FeatureFn | None = None,
+    done: Callable[[int], object] | None = None,
 ) -> np.ndarray:
     """Backbone features of uint8 NCHW images for one view, in small channels-last chunks,
-    computed by ``extract`` (an engine's feature function; default: ``model.features``)."""
+    computed by ``extract`` (an engine's feature function; default: ``model.features``);
+    ``done(n)`` is told of every chunk of ``n`` images finished."""
     extract = extract or model.features
     model.backbone.eval()
     device = model.mean.device
@@ -120,6 +124,8 @@ def compute_features(
             )
         batch = batch.contiguous(memory_format=torch.channels_last)
         chunks.append(extract(batch).cpu().numpy())
+        if done is not None:
+            done(len(batch))
     return np.concatenate(chunks) if chunks else np.zeros((0, model.spec.num_features), np.float32)
 
 
@@ -141,22 +147,25 @@ def features_for(
     """
     found = [cache.load(view, row.sha256) if cache else None for row in rows]
     missing = [i for i, feature in enumerate(found) if feature is None]
+    what = f"features, view {view}" if view else "features"
     # Compute and store in slices: a killed run keeps what it computed, and memory stays bounded.
-    for start in range(0, len(missing), STORE_EVERY):
-        part = missing[start : start + STORE_EVERY]
-        todo = [rows[i] for i in part]
-        computed = compute_features(
-            model,
-            load_images(images_dir, todo),
-            [r.sha256 for r in todo],
-            view,
-            augment,
-            seed,
-            extract,
-        )
-        for i, feature in zip(part, computed, strict=True):
-            found[i] = feature
-            if cache:
-                cache.store(view, rows[i].sha256, feature)
+    with progress(total=len(missing), desc=what, unit="img") as bar:
+        for start in range(0, len(missing), STORE_EVERY):
+            part = missing[start : start + STORE_EVERY]
+            todo = [rows[i] for i in part]
+            computed = compute_features(
+                model,
+                load_images(images_dir, todo),
+                [r.sha256 for r in todo],
+                view,
+                augment,
+                seed,
+                extract,
+                bar.update,
+            )
+            for i, feature in zip(part, computed, strict=True):
+                found[i] = feature
+                if cache:
+                    cache.store(view, rows[i].sha256, feature)
     stacked = np.stack(found) if found else np.zeros((0, model.spec.num_features), np.float32)
     return torch.from_numpy(stacked.astype(dtype, copy=False)), len(missing)

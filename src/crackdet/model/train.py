@@ -35,6 +35,7 @@ from torch import nn
 
 from crackdet.core.errors import CrackdetError
 from crackdet.core.params import TrainParams
+from crackdet.core.progress import progress
 from crackdet.data.images import CLASSES, PATCH_SIZE
 from crackdet.data.manifest import ManifestRow
 from crackdet.model.augment import augment_image, image_seed
@@ -403,7 +404,7 @@ def _run_epochs(
     shuffle = torch.Generator().manual_seed(seed)
     history: list[EpochRecord] = []
     best_state, best_key, best_epoch = None, (-math.inf, -math.inf), 0
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in progress(range(1, cfg.epochs + 1), desc="train", unit="epoch"):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = fit.epoch(epoch, optimizer, shuffle)

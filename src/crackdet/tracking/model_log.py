@@ -3,6 +3,7 @@ MLflow's pickle-free pt2 format, with the project's pinned requirements and no l
 
 from __future__ import annotations
 
+import time
 import tomllib
 import warnings
 from collections.abc import Iterator
@@ -14,6 +15,9 @@ import torch
 from crackdet.core.layout import Layout
 from crackdet.model.classifier import CrackClassifier
 
+# Tries of log_input while another run inserts the same data set row (see log_data_input).
+DATASET_TRIES = 4
+
 
 def log_data_input(layout: Layout, lineage: dict[str, str]) -> None:
     """The fetched data set as the run's training input, named by its manifest digest."""
@@ -21,6 +25,7 @@ def log_data_input(layout: Layout, lineage: dict[str, str]) -> None:
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.exceptions import MlflowException
 
     with warnings.catch_warnings():
         # MLflow registers two equivalent local sources and warns that it picked one.
@@ -33,7 +38,17 @@ def log_data_input(layout: Layout, lineage: dict[str, str]) -> None:
         name=f"crackdet-{lineage['data.source']}",
         digest=lineage["data.manifest_sha256"][:32],
     )
-    mlflow.log_input(dataset, context="training")
+    for attempt in range(1, DATASET_TRIES + 1):
+        try:
+            mlflow.log_input(dataset, context="training")
+            return
+        except MlflowException as exc:
+            # Two runs logging the same data set at once on a tracking server: the loser's
+            # insert of the shared dataset row hits its primary key (HTTP 400). Its SQLite twin
+            # is retried by crackdet.tracking.store; here too, the retry finds the winner's row.
+            if "dataset_pk" not in str(exc) or attempt == DATASET_TRIES:
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def log_model(layout: Layout, model: CrackClassifier, example: torch.Tensor) -> str:

@@ -32,6 +32,7 @@ from crackdet.tracking.registry import (
     alias_holder,
     append_log,
     get_version,
+    promotion_lock,
     version_metrics,
 )
 
@@ -158,7 +159,19 @@ def auto_promote(
     gates: PromoteParams,
     reevaluate: Reevaluator | None = None,
 ) -> tuple[Decision, dict[str, Any]]:
-    """Judge a freshly registered version, tag it and give it ``champion`` or ``challenger``."""
+    """Judge a freshly registered version, tag it and give it ``champion`` or ``challenger``
+    (one promotion at a time: another process's waits)."""
+    with promotion_lock(client, name):
+        return _auto_promote(client, name, version, gates, reevaluate)
+
+
+def _auto_promote(
+    client: Any,
+    name: str,
+    version: str | int,
+    gates: PromoteParams,
+    reevaluate: Reevaluator | None,
+) -> tuple[Decision, dict[str, Any]]:
     candidate = get_version(client, name, version)
     mine = version_metrics(candidate)
     champ = alias_holder(client, name, CHAMPION)
@@ -197,6 +210,20 @@ def manual_promote(
     """Move ``alias`` by hand; gated (minimums, regression vs champion) unless ``force``."""
     if not reason.strip():
         raise CrackdetError("promote: --reason must say why (it goes into the promotion log)")
+    with promotion_lock(client, name):
+        return _manual_promote(client, name, version, alias, reason, gates, force, reevaluate)
+
+
+def _manual_promote(
+    client: Any,
+    name: str,
+    version: str | int,
+    alias: str,
+    reason: str,
+    gates: PromoteParams,
+    force: bool,
+    reevaluate: Reevaluator | None,
+) -> dict[str, Any]:
     candidate = get_version(client, name, version)
     mine = version_metrics(candidate)
     theirs, note = None, "no champion compared"

@@ -3,12 +3,19 @@ loading a registered (pt2) model with the spec crackdet's predict and evaluate e
 
 The registry keeps no alias history, so every alias move is appended to a log kept twice in
 MLflow: as a registered-model tag ``promotion_log.<seq>`` (JSON, never overwritten) and as an
-artifact ``promotions/<seq>.json`` in the run that produced the version.
+artifact ``promotions/<seq>.json`` in the run that produced the version; the registered model's
+description shows it as a table, and every version gets a markdown description
+(crackdet.tracking.descriptions). Promotions hold a lock (:func:`promotion_lock`), so parallel
+experiments never interleave them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +24,10 @@ import torch
 from torch import nn
 
 from crackdet.core.errors import CrackdetError, first_line
+from crackdet.core.io import sha256_file
 from crackdet.model.classifier import ModelSpec
+from crackdet.tracking.descriptions import VersionCard, promotion_table, version_description
+from crackdet.tracking.runs import HOST_TAG, PID_TAG, owner_gone, owner_tags
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -38,6 +48,22 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> int:
     import mlflow  # ~1.3 s to import: only where the registry is used
 
     return int(mlflow.register_model(model_uri, name, tags=tags).version)
+
+
+def version_of(client: Any, uri: str) -> Any | None:
+    """The registered version ``models:/name@alias`` or ``models:/name/N`` names (None for
+    other URIs or when the registry does not know it)."""
+    path = uri.removeprefix("models:/")
+    if path == uri:
+        return None
+    try:
+        if "@" in path:
+            name, alias = path.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, number = path.rpartition("/")
+        return client.get_model_version(name, number) if number.isdigit() else None
+    except _mlflow_error():
+        return None
 
 
 def version_metrics(version: Any) -> dict[str, float]:
@@ -79,15 +105,83 @@ def read_log(client: Any, name: str) -> list[dict[str, Any]]:
 
 
 def append_log(client: Any, name: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """Append one entry (tag + artifact); existing entries are never rewritten."""
-    seq = max((e["seq"] for e in read_log(client, name)), default=0) + 1
+    """Append one entry (tag + artifact); existing entries are never rewritten. The registered
+    model's description shows the whole log as a table (MLflow's UI renders it). Call it under
+    :func:`promotion_lock`: the next sequence number is read, then written."""
+    entries = read_log(client, name)
+    seq = max((e["seq"] for e in entries), default=0) + 1
     entry = {"seq": seq, **entry}
     text = json.dumps(entry, sort_keys=True)
     client.set_registered_model_tag(name, f"{LOG_PREFIX}{seq:06d}", text)
     version = get_version(client, name, entry["to"])
     if version.run_id:
         client.log_text(version.run_id, text, f"promotions/{seq:06d}.json")
+    client.update_registered_model(name, description=promotion_table(name, [*entries, entry]))
     return entry
+
+
+def describe_version(client: Any, card: VersionCard) -> None:
+    """Give a registered version its markdown description (figures, data, commit, replay)."""
+    client.update_model_version(card.name, str(card.version), description=version_description(card))
+
+
+# --------------------------------------------------------------------------------------------
+# one promotion at a time, across processes and machines
+# --------------------------------------------------------------------------------------------
+
+LOCK_SUFFIX = ".promotion-lock"
+LOCK_WAIT_SECONDS = 600.0  # a promotion takes seconds; re-scoring a champion, a minute or two
+LOCK_STALE_SECONDS = 1800.0  # a lock this old was left by a process that died
+
+
+@contextmanager
+def promotion_lock(client: Any, name: str) -> Iterator[None]:
+    """Hold the promotion lock of ``name``: judging a candidate against the champion, moving
+    an alias and appending to the log must not interleave with another promotion (two queued
+    experiments evaluating at once would both read the same champion and log sequence number).
+
+    The lock is a registered model ``<name>.promotion-lock``, deleted when done: the store's
+    unique model name makes creating it atomic on SQLite and on a tracking server alike. A
+    lock whose owner died on this host, or older than LOCK_STALE_SECONDS, is broken."""
+    lock = f"{name}{LOCK_SUFFIX}"
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            client.create_registered_model(
+                lock, tags=owner_tags(), description=f"held while crackdet moves an alias of {name}"
+            )
+            break
+        except _mlflow_error() as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        holder = _lock_holder(client, lock)
+        if holder is None:
+            continue  # released meanwhile
+        age = time.time() - holder.creation_timestamp / 1000
+        if owner_gone(holder.tags) or age > LOCK_STALE_SECONDS:
+            print(f"promote: breaking the promotion lock of {name} left by a dead process")
+            with contextlib.suppress(_mlflow_error()):
+                client.delete_registered_model(lock)
+            continue
+        if time.monotonic() > deadline:
+            owner = f"pid {holder.tags.get(PID_TAG, '?')} on {holder.tags.get(HOST_TAG, '?')}"
+            raise CrackdetError(
+                f"model {name}: another promotion ({owner}) has held registered model {lock} for "
+                f"{age:.0f} s; wait for it, or delete {lock} if no promotion is running"
+            )
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(_mlflow_error()):
+            client.delete_registered_model(lock)
+
+
+def _lock_holder(client: Any, lock: str) -> Any | None:
+    try:
+        return client.get_registered_model(lock)
+    except _mlflow_error():
+        return None
 
 
 def list_versions(client: Any, name: str) -> list[dict[str, Any]]:
@@ -124,10 +218,11 @@ class RegistryClassifier(nn.Module):
     module is kept outside the submodule tree where those calls would reach it.
     """
 
-    def __init__(self, exported: Any, spec: Any) -> None:
+    def __init__(self, exported: Any, spec: Any, digest: str = "") -> None:
         super().__init__()
         object.__setattr__(self, "_exported", exported)
         self.spec = spec
+        self.digest = digest  # sha256 of the pt2 file: what identifies these weights
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._exported(images)
@@ -155,6 +250,7 @@ def load_registry_model(uri: str) -> RegistryClassifier:
                 "code); re-log it with serialization_format='pt2', as crackdet train does"
             )
         exported = mlflow.pytorch.load_model(str(local))
+        digest = sha256_file(local / "data" / "model.pt2")
     except _mlflow_error() as exc:
         raise CrackdetError(f"{uri}: cannot load from the registry ({first_line(exc)})") from None
     meta = (info.metadata or {}).get("crackdet_spec")
@@ -167,4 +263,4 @@ def load_registry_model(uri: str) -> RegistryClassifier:
             spec = _MinimalSpec(int(shape[-1]))
         except (AttributeError, IndexError, KeyError, TypeError, ValueError):
             raise CrackdetError(f"{uri}: no crackdet_spec metadata or input signature") from None
-    return RegistryClassifier(exported, spec)
+    return RegistryClassifier(exported, spec, digest)

@@ -9,6 +9,11 @@ restored from its cache). The run id is deliberately not a DVC output: it differ
 and DVC's outputs must be the same bytes for the same code, params and data. A run
 records the pid and host that own it; a run left RUNNING by a process killed with SIGKILL is
 marked KILLED by the next run start on that host (:func:`mark_orphaned_runs`).
+
+``crackdet eval`` and ``crackdet eval-maps`` log runs of their own to experiment
+``crackdet-evaluations`` (:func:`start_evaluation_run`), started before the work. Every run is
+ended by :func:`ending`: FINISHED, or FAILED on an error, and a tracking server that stops
+answering mid-run is one line naming it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ from crackdet.core.io import sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import flatten
 from crackdet.tracking.redact import redact, source_name
-from crackdet.tracking.store import init_store, tracking_uri
+from crackdet.tracking.store import (
+    EVALUATIONS,
+    EXPERIMENT_NAME,
+    init_store,
+    server_errors,
+    server_unreachable,
+    tracking_uri,
+    with_outcome,
+    without_retries,
+)
 
 MODEL_SHA_TAG = "crackdet.model_sha256"
 MODEL_URI_TAG = "crackdet.model_uri"
@@ -123,6 +137,17 @@ def _alive(pid: int, start: str) -> bool:
     return not (start and current is not None and current != start)
 
 
+def owner_gone(tags: dict[str, str]) -> bool:
+    """Whether ``tags`` (owner_tags) name a process of this host that no longer runs."""
+    if tags.get(HOST_TAG) != socket.gethostname():
+        return False
+    try:
+        pid = int(tags.get(PID_TAG, ""))
+    except ValueError:
+        return False
+    return pid != os.getpid() and not _alive(pid, tags.get(START_TAG, ""))
+
+
 def mark_orphaned_runs(client: Any, experiment_id: str) -> list[str]:
     """Mark KILLED every RUNNING run of this host whose owning process is gone; return ids."""
     host = socket.gethostname()
@@ -134,29 +159,94 @@ def mark_orphaned_runs(client: Any, experiment_id: str) -> list[str]:
     killed = []
     for run in runs:
         tags = run.data.tags
-        try:
-            pid = int(tags.get(PID_TAG, ""))
-        except ValueError:
+        if not owner_gone(tags):
             continue
-        if pid == os.getpid() or _alive(pid, tags.get(START_TAG, "")):
-            continue
+        pid = tags[PID_TAG]
         client.set_tag(run.info.run_id, "crackdet.killed_reason", f"owner pid {pid} vanished")
         client.set_terminated(run.info.run_id, status="KILLED")
         killed.append(run.info.run_id)
     return killed
 
 
-def start_pipeline_run(root: Path, run_name: str | None = None) -> Any:
-    """Create the run that train, evaluate and predict_samples of this execution share."""
+def _start_run(root: Path, experiment: str, stage: str, run_name: str | None) -> Any:
+    """A new run in ``experiment`` owned by this process, after marking the runs of dead
+    processes KILLED."""
     import mlflow  # ~1.3 s to import: only where a run is logged
 
-    experiment_id = init_store(root)
-    for run_id in mark_orphaned_runs(mlflow.MlflowClient(), experiment_id):
-        print(f"MLflow run {run_id} was left RUNNING by a killed process: marked KILLED")
+    experiment_id = init_store(root, experiment)
+    with server_errors(f"starting a run in experiment {experiment}"):
+        for run_id in mark_orphaned_runs(mlflow.MlflowClient(), experiment_id):
+            print(f"MLflow run {run_id} was left RUNNING by a killed process: marked KILLED")
+        tags = {"crackdet.stage": stage, **owner_tags()}
+        tags["mlflow.source.name"] = source_name(root)
+        return mlflow.start_run(run_name=run_name, tags=tags)
+
+
+def start_pipeline_run(root: Path, run_name: str | None = None) -> Any:
+    """Create the run that train, evaluate and predict_samples of this execution share."""
     name = run_name or os.environ.get("DVC_EXP_NAME") or None
-    tags = {"crackdet.stage": "pipeline", **owner_tags()}
-    tags["mlflow.source.name"] = source_name(root)
-    return mlflow.start_run(run_name=name, tags=tags)
+    return _start_run(root, EXPERIMENT_NAME, "pipeline", name)
+
+
+def start_evaluation_run(root: Path, stage: str, run_name: str) -> Any:
+    """A run of ``crackdet eval``/``eval-maps`` in their own experiment, started before the
+    work so its duration is the evaluation's."""
+    return _start_run(root, EVALUATIONS, stage, run_name)
+
+
+# The words server_unreachable's line carries, to tell it from other CrackdetErrors.
+_UNREACHABLE = ": unreachable ("
+
+
+def _lost_server(exc: BaseException) -> bool:
+    """Whether ``exc`` says the tracking server stopped answering (MLflow's error, or the line
+    server_unreachable made of it)."""
+    if isinstance(exc, CrackdetError):
+        return _UNREACHABLE in str(exc)
+    return isinstance(exc, Exception) and server_unreachable(exc) is not None
+
+
+@contextmanager
+def ending(run: Any) -> Iterator[Any]:
+    """Yield the active ``run`` and end it: FINISHED, or FAILED on any error.
+
+    A tracking server that stops answering becomes one line naming it, after one more try
+    (without retries) to mark the run FAILED; if that fails too, the run stays RUNNING there
+    until the next run start on this host marks it KILLED, and the line says so. MLflow's own
+    exit hook would otherwise spend a second retry budget on it. A server lost only when the
+    run is ended (after other work or another error) gets the same line."""
+    import mlflow  # ~1.3 s to import: only where a run is logged
+
+    run_id = run.info.run_id
+    doing = f"logging run {run_id}"
+    stays = f"run {run_id} stays RUNNING there until the next run start marks it KILLED"
+    try:
+        yield run
+    except BaseException as exc:
+        if not _lost_server(exc):
+            _end(mlflow, "FAILED", doing, stays)
+            raise
+        after = f"run {run_id} is marked FAILED"
+        try:
+            with without_retries():
+                mlflow.end_run(status="FAILED")  # ends it locally even when the server is gone
+        except Exception:
+            after = stays
+        if isinstance(exc, CrackdetError):  # a line made inside the run: say what became of it
+            raise with_outcome(exc, after) from None
+        raise server_unreachable(exc, doing, after) from None
+    _end(mlflow, "FINISHED", doing, stays)
+
+
+def _end(mlflow: Any, status: str, doing: str, stays: str) -> None:
+    """End the active run; a server lost now is one line (MLflow ended the run locally)."""
+    try:
+        mlflow.end_run(status=status)
+    except Exception as exc:
+        error = server_unreachable(exc, doing, stays)
+        if error is None:
+            raise
+        raise error from None
 
 
 @contextmanager
@@ -165,9 +255,10 @@ def resume_pipeline_run(layout: Layout) -> Iterator[tuple[Any, RunInfo]]:
     and its record."""
     import mlflow  # ~1.3 s to import: only where a run is logged
 
-    info = run_of_model(layout)
-    run_id = info.run_id
     root = layout.root
+    with server_errors("looking up the run of outputs/train"):
+        info = run_of_model(layout)
+    run_id = info.run_id
     init_store(root)
     try:
         # Take ownership before the run turns RUNNING again, so no sweep sees a dead owner.
@@ -176,17 +267,16 @@ def resume_pipeline_run(layout: Layout) -> Iterator[tuple[Any, RunInfo]]:
             client.set_tag(run_id, key, value)
         run = mlflow.start_run(run_id=run_id)
     except Exception as exc:  # MLflow raises its own types for a run it doesn't know
+        lost = server_unreachable(exc, f"resuming run {run_id}")
+        if lost is not None:
+            raise lost from None
         raise CrackdetError(
             f"run {run_id} of {layout.train.model.relative_to(root)} cannot be resumed in the "
             f"MLflow store {tracking_uri(root)} ({first_line(exc)}); rerun train: "
             "dvc repro --force train"
         ) from None
-    try:
+    with ending(run):
         yield run, info
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run()
 
 
 def log_stage_params(root: Path, section: str, values: dict[str, Any]) -> None:

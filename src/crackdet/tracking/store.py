@@ -9,6 +9,11 @@ for users with an ``mlflow server``.
 Many processes share the one SQLite file (``dvc queue start -j N``), so the store is guarded
 (:func:`guard_sqlite_stores`): the schema is created once under a file lock, the database runs in
 WAL mode, and every store call is retried while SQLite reports ``database is locked``.
+
+Against a tracking server (``MLFLOW_TRACKING_URI=http://…``, docs/team.md) the races are the
+server's: a lost ``create_experiment`` race answers ``RESOURCE_ALREADY_EXISTS`` (the winner's
+experiment is used), and a server that stops answering becomes one line naming it
+(:func:`server_unreachable`) instead of a traceback after minutes of retries.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import inspect
 import logging
 import os
 import random
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +35,13 @@ from typing import Any
 
 from crackdet.core.errors import CrackdetError, first_line
 
-EXPERIMENT_NAME = "crackdet"
+EXPERIMENT_NAME = "crackdet"  # pipeline runs: train creates them, evaluate/predict_samples resume
+EVALUATIONS = "crackdet-evaluations"  # `crackdet eval` and `crackdet eval-maps` runs
+# What the experiments hold, for MLflow's UI ("Machine learning", not "GenAI apps & agents").
+# MLflow 3.17.2's UI picks its landing page by a global toggle instead; docs/team.md says how to
+# open the runs page directly.
+KIND_TAG = "mlflow.experimentKind"
+KIND = "custom_model_development"
 STORE_DIR = "mlruns"
 
 
@@ -209,6 +221,96 @@ def guard_sqlite_stores() -> None:
     registry_utils._get_store_registry().register("sqlite", registry_store)
 
 
+# --------------------------------------------------------------------------------------------
+# a tracking server that stops answering: one line, not minutes of retries and a traceback
+# --------------------------------------------------------------------------------------------
+
+# What urllib3 says when it gives up (MLflow wraps it: "API request to <url> failed with
+# exception HTTPConnectionPool(…): Max retries exceeded with url: … (Caused by …)").
+_NO_ANSWER = (
+    ("Connection refused", "connection refused"),
+    ("Connection reset", "connection reset"),
+    ("Connection aborted", "connection dropped"),
+    ("RemoteDisconnected", "connection dropped"),
+    ("Read timed out", "no answer within MLFLOW_HTTP_REQUEST_TIMEOUT"),
+    ("timed out", "connection timed out"),
+    ("Name or service not known", "unknown host"),
+    ("Temporary failure in name resolution", "unknown host"),
+    ("No route to host", "no route to host"),
+    ("Max retries exceeded", "no usable answer"),
+)
+# The server's scheme and host: never the user and password a URI may carry.
+_SERVER_URL = re.compile(r"(https?)://(?:[^@/\s]*@)?([^/\s:'\"?#]+(?::\d+)?)")
+
+
+def server_unreachable(
+    exc: BaseException, doing: str = "", after: str = ""
+) -> CrackdetError | None:
+    """One line for an MLflow call that found no server (dead, hung, wrong address); None for
+    any other error. ``doing``: what was under way (e.g. "logging run 3f2a…"); ``after``: what
+    became of it (e.g. "run 3f2a… is left RUNNING …")."""
+    text = str(exc)
+    if "Max retries exceeded" not in text and "failed with timeout exception" not in text:
+        return None
+    reason = next((why for words, why in _NO_ANSWER if words in text), "no usable answer")
+    # MLflow's message starts with the request's URL; else the configured one.
+    found = _SERVER_URL.search(text) or _SERVER_URL.search(
+        os.environ.get("MLFLOW_TRACKING_URI", "")
+    )
+    server = f"{found.group(1)}://{found.group(2)}" if found else "(MLFLOW_TRACKING_URI)"
+    during = f" while {doing}" if doing else ""
+    outcome = f"; {after}" if after else ""
+    return CrackdetError(f"MLflow server {server}: unreachable ({reason}){during}{outcome}{_RERUN}")
+
+
+# How server_unreachable's line ends: what to do about it.
+_RERUN = (
+    "; start the server or fix MLFLOW_TRACKING_URI, then rerun "
+    "(MLFLOW_HTTP_REQUEST_MAX_RETRIES and _TIMEOUT bound the wait)"
+)
+
+
+def with_outcome(error: CrackdetError, after: str) -> CrackdetError:
+    """server_unreachable's line ``error`` with ``after`` (what became of the run) added."""
+    text = str(error)
+    if _RERUN not in text:
+        return error
+    return CrackdetError(text.replace(_RERUN, f"; {after}{_RERUN}", 1))
+
+
+@contextmanager
+def server_errors(doing: str = "") -> Iterator[None]:
+    """Turn an unreachable tracking server into one CrackdetError line (see above)."""
+    try:
+        yield
+    except CrackdetError:
+        raise
+    except Exception as exc:
+        error = server_unreachable(exc, doing)
+        if error is None:
+            raise
+        raise error from None
+
+
+# One try, five seconds: for the last word to a server that already stopped answering.
+_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+@contextmanager
+def without_retries() -> Iterator[None]:
+    """MLflow calls fail at once instead of retrying (MLflow reads these on every request)."""
+    saved = {k: os.environ.get(k) for k in _RETRY_ENV}
+    os.environ.update(_RETRY_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def client_for(root: Path) -> Any:
     """An MlflowClient on the project's store (``MLFLOW_TRACKING_URI`` wins, as for the stages)."""
     import mlflow  # ~1.3 s to import: only where the store is used
@@ -217,12 +319,14 @@ def client_for(root: Path) -> Any:
     return mlflow.MlflowClient()
 
 
-def init_store(root: Path) -> str:
-    """Point MLflow at the repo store, create the experiment once, return its id."""
+def init_store(root: Path, name: str = EXPERIMENT_NAME) -> str:
+    """Point MLflow at the repo store, create experiment ``name`` once, make it the active one
+    and return its id."""
     import mlflow  # ~1.3 s to import: only where the store is used
 
     root = store_root(root)
     uri = tracking_uri(root)
+    location = None
     if uri.startswith("sqlite:///"):
         try:
             (root / STORE_DIR).mkdir(parents=True, exist_ok=True)
@@ -231,23 +335,35 @@ def init_store(root: Path) -> str:
                 f"MLflow store {root / STORE_DIR}: cannot create it ({first_line(exc)}); make "
                 "the repository writable or set MLFLOW_TRACKING_URI"
             ) from None
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-    if experiment is not None:
-        mlflow.set_experiment(experiment_id=experiment.experiment_id)
-        return experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
         location = (root / STORE_DIR / "artifacts").as_uri()
-    db = sqlite_path(uri)
-    # Parallel first runs (a fresh queue) would race to create the experiment: one wins, the
-    # others fail on the unique name. Under the store's lock the losers find it instead.
-    with store_init_lock(db) if db is not None else contextlib.nullcontext():
-        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-        if experiment is not None:
-            experiment_id = experiment.experiment_id
-        else:
-            experiment_id = client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
-    mlflow.set_experiment(experiment_id=experiment_id)
+    mlflow.set_tracking_uri(uri)
+    with server_errors(f"opening experiment {name}"):
+        experiment_id = _experiment_id(mlflow.MlflowClient(), name, location, sqlite_path(uri))
+        # By id: set_experiment(name) activates nothing when it loses a creation race
+        # (MLflow 3.17), and the next run would land in another experiment.
+        mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _experiment_id(client: Any, name: str, location: str | None, db: Path | None) -> str:
+    """The id of experiment ``name``, created (tagged with its kind) if it does not exist."""
+    from mlflow.exceptions import MlflowException  # loaded with mlflow by the caller
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        # Parallel first runs (a fresh queue) race to create it. On SQLite the store's lock
+        # serialises them; a tracking server lets one win and tells the others it exists.
+        with store_init_lock(db) if db is not None else contextlib.nullcontext():
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                try:
+                    return client.create_experiment(
+                        name, artifact_location=location, tags={KIND_TAG: KIND}
+                    )
+                except MlflowException as exc:
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                experiment = client.get_experiment_by_name(name)
+    if KIND_TAG not in experiment.tags:  # created before crackdet tagged its experiments
+        client.set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND)
+    return experiment.experiment_id

@@ -1,6 +1,6 @@
 """The evaluate stage's work: score the checkpoint on the test split (read here and nowhere
 else), compare it with the probe, write DVC metrics and plots, log them into the pipeline's run,
-register the model version and move an alias."""
+register the model version with a markdown description and move an alias."""
 
 from __future__ import annotations
 
@@ -24,9 +24,15 @@ from crackdet.model.evaluation import (
 from crackdet.model.plots import write_curves, write_plot_images
 from crackdet.model.probe import Probe
 from crackdet.model.report import write_data_report
+from crackdet.tracking.descriptions import BaselineFigures, SplitFigures, VersionCard
 from crackdet.tracking.promotion import Reevaluator, auto_promote
 from crackdet.tracking.provenance import git_state
-from crackdet.tracking.registry import KEY_METRICS, load_registry_model, register
+from crackdet.tracking.registry import (
+    KEY_METRICS,
+    describe_version,
+    load_registry_model,
+    register,
+)
 from crackdet.tracking.runs import log_stage_params, resume_pipeline_run
 from crackdet.tracking.store import client_for
 
@@ -86,6 +92,8 @@ def evaluate(layout: Layout, cfg: EvaluateParams, gates: PromoteParams) -> dict[
                 **{f"test_{k}": f"{scalars[k]:.6f}" for k in ("accuracy", "f1", "roc_auc")},
             }
             version = register(run_info.model_uri, cfg.model_name, tags)
+            card = _version_card(layout, cfg.model_name, version, active, metrics, tags)
+            describe_version(client_for(layout.root), card)
             registered = {
                 "name": cfg.model_name,
                 "version": version,
@@ -96,6 +104,31 @@ def evaluate(layout: Layout, cfg: EvaluateParams, gates: PromoteParams) -> dict[
     write_json(out.registered, registered)
     _print_summary(metrics, registered)
     return metrics
+
+
+def _version_card(
+    layout: Layout,
+    name: str,
+    version: int,
+    run: Any,
+    metrics: dict[str, Any],
+    tags: dict[str, str],
+) -> VersionCard:
+    """What the registry's page of the new version says about it."""
+    run_tags = run.data.tags
+    return VersionCard(
+        name=name,
+        version=version,
+        run_id=run.info.run_id,
+        figures=SplitFigures.from_metrics(metrics),
+        baseline=BaselineFigures.from_metrics(metrics),
+        data_source=run_tags.get("data.source", ""),
+        manifest_sha256=tags["data.manifest_sha256"],
+        split=SplitSummary.read(layout.split.summary),
+        commit=tags["git.commit"],
+        dirty=tags["git.dirty"],
+        experiment=run_tags.get("dvc.dvc_exp_name", ""),
+    )
 
 
 def _promote(

@@ -3,9 +3,10 @@
 DATA is a folder or archive in the public layout (``Positive/``, ``Negative/``); MODEL a trained
 checkpoint folder (``outputs/train``) or a registry URI (``models:/crack-classifier@champion``).
 The data goes through fetch's own import and decoding (same checks, same limits), the metrics are
-the evaluate stage's, and the result is logged as an MLflow run of its own, tagged with the data's
-archive and manifest digests and the model reference, so an external figure is as traceable as
-a pipeline one.
+the evaluate stage's, and the result is logged as an MLflow run of its own in experiment
+``crackdet-evaluations`` (started before the work, so its duration is the evaluation's), tagged
+with the data's archive and manifest digests and the model reference, so an external figure is
+as traceable as a pipeline one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from crackdet.model.engines import classifier_features
 from crackdet.model.evaluation import evaluate_rows
 from crackdet.model.plots import write_curves, write_plot_images
 from crackdet.tracking.provenance import git_state
-from crackdet.tracking.store import init_store
+from crackdet.tracking.runs import ending, start_evaluation_run
 from crackdet.workflows.models import load_model
 
 
@@ -44,9 +45,12 @@ def evaluate_dataset(
 
     if not data.exists():
         raise CrackdetError(f"{data}: no such folder or archive")
-    model = load_model(model_ref, layout)
-    fetch_params = dataclasses.replace(fetch, on_bad_image="error")
-    with tempfile.TemporaryDirectory(prefix="crackdet-eval-") as tmp:
+    # The run starts before the work: its duration is the evaluation's.
+    run = start_evaluation_run(layout.root, "eval", f"eval {data.name}")
+    with ending(run), tempfile.TemporaryDirectory(prefix="crackdet-eval-") as tmp:
+        mlflow.set_tags({"eval.data": data.name, "eval.model": model_ref, **git_state(layout.root)})
+        model = load_model(model_ref, layout)
+        fetch_params = dataclasses.replace(fetch, on_bad_image="error")
         images, work = Path(tmp) / "images", Path(tmp) / "work"
         work.mkdir()
         imported = import_labelled(data, images, work, fetch_params)
@@ -61,29 +65,20 @@ def evaluate_dataset(
             model, images, indexed.rows, cfg.batch_size, threshold, features_fn
         )
         metrics = evaluation.metrics()
-        init_store(layout.root)
-        with mlflow.start_run(run_name=f"eval {data.name}", tags={"crackdet.stage": "eval"}):
-            mlflow.set_tags(
-                {
-                    "eval.data": data.name,
-                    "eval.model": model_ref,
-                    "data.manifest_sha256": manifest_digest(indexed.rows),
-                    **(
-                        {"data.archive_sha256": imported.archive_sha256}
-                        if imported.archive_sha256
-                        else {}
-                    ),
-                    "data.left_out": str(len(left_out)),
-                    **git_state(layout.root),
-                }
-            )
-            scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            mlflow.log_metrics({f"test_{k}": v for k, v in scalars.items()})
-            report = Path(tmp) / "report"
-            write_curves(evaluation, indexed.rows, report)
-            write_plot_images(evaluation, report)
-            write_json(report / "metrics.json", metrics)
-            mlflow.log_artifacts(str(report), artifact_path="eval")
-            if out is not None:
-                write_json(out, metrics)
+        data_tags = {
+            "data.manifest_sha256": manifest_digest(indexed.rows),
+            "data.left_out": str(len(left_out)),
+        }
+        if imported.archive_sha256:
+            data_tags["data.archive_sha256"] = imported.archive_sha256
+        mlflow.set_tags(data_tags)
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        mlflow.log_metrics({f"test_{k}": v for k, v in scalars.items()})
+        report = Path(tmp) / "report"
+        write_curves(evaluation, indexed.rows, report)
+        write_plot_images(evaluation, report)
+        write_json(report / "metrics.json", metrics)
+        mlflow.log_artifacts(str(report), artifact_path="eval")
+        if out is not None:
+            write_json(out, metrics)
     return metrics

@@ -1,5 +1,6 @@
 """``crackdet eval-maps DATA``: score a model's crack maps against pixel masks and log the
-result as an MLflow run of its own (crackdet.maps.scoring does the scoring)."""
+result as an MLflow run of its own in experiment ``crackdet-evaluations``, started before the
+work so its duration is the evaluation's (crackdet.maps.scoring does the scoring)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import Params
-from crackdet.maps.scoring import ExtractLimits, MapSettings, evaluate_maps, windows_csv
+from crackdet.maps.scoring import (
+    ExtractLimits,
+    MapSettings,
+    MapsResult,
+    evaluate_maps,
+    windows_csv,
+)
 from crackdet.model.classifier import operating_threshold
 from crackdet.model.engines import effective_engine, engine_label
 from crackdet.tracking.provenance import git_state
-from crackdet.tracking.store import init_store
+from crackdet.tracking.runs import ending, start_evaluation_run
 from crackdet.workflows.models import load_model
 
 
@@ -46,35 +53,16 @@ def run_eval_maps(
         raise CrackdetError(f"--overlap {overlap}: out of range (0 to 0.9)")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise CrackdetError(f"--threshold {threshold}: out of range (0 to 1)")
-    model = load_model(model_ref, layout)
-    if threshold is None:
-        threshold = operating_threshold(model, predict.threshold, predict.use_model_threshold)
-    settings = MapSettings(
-        scale=predict.scale if scale is None else scale,
-        overlap=predict.overlap if overlap is None else overlap,
-        batch_size=predict.batch_size,
-        threshold=threshold,
-        engine=predict.engine,
-        max_pixels=predict.max_pixels,
-    )
-    result = evaluate_maps(
-        data,
-        model,
-        settings,
-        photos=photos,
-        limits=ExtractLimits(params.fetch.max_files, params.fetch.max_bytes),
-        graph_cache=layout.graph_cache,
-        progress=progress,
-    )
-    metrics = {"data": str(data), "model": model_ref, **result.metrics}
-    tags = {"eval.data": data.name, "eval.model": model_ref, **git_state(layout.root)}
-    if data.is_file():
-        tags["data.archive_sha256"] = sha256_file(data)
-    init_store(layout.root)
-    with mlflow.start_run(
-        run_name=f"eval-maps {data.name}", tags={"crackdet.stage": "eval-maps"}
-    ) as run:
+    # The run starts before the work: its duration is the evaluation's.
+    with ending(start_evaluation_run(layout.root, "eval-maps", f"eval-maps {data.name}")) as run:
+        tags = {"eval.data": data.name, "eval.model": model_ref, **git_state(layout.root)}
+        if data.is_file():
+            tags["data.archive_sha256"] = sha256_file(data)
         mlflow.set_tags(tags)
+        model, result = _score_maps(
+            data, model_ref, params, layout, scale, overlap, threshold, progress, photos
+        )
+        metrics = {"data": str(data), "model": model_ref, **result.metrics}
         mlflow.log_params(
             {
                 "scale": metrics["scale"],
@@ -109,6 +97,42 @@ def run_eval_maps(
     if out is not None:
         write_json(out, metrics)
     return metrics
+
+
+def _score_maps(
+    data: Path,
+    model_ref: str,
+    params: Params,
+    layout: Layout,
+    scale: float | None,
+    overlap: float | None,
+    threshold: float | None,
+    progress: bool,
+    photos: str,
+) -> tuple[Any, MapsResult]:
+    """The model and its maps scored on ``data`` (arguments as for run_eval_maps)."""
+    predict = params.predict
+    model = load_model(model_ref, layout)
+    if threshold is None:
+        threshold = operating_threshold(model, predict.threshold, predict.use_model_threshold)
+    settings = MapSettings(
+        scale=predict.scale if scale is None else scale,
+        overlap=predict.overlap if overlap is None else overlap,
+        batch_size=predict.batch_size,
+        threshold=threshold,
+        engine=predict.engine,
+        max_pixels=predict.max_pixels,
+    )
+    result = evaluate_maps(
+        data,
+        model,
+        settings,
+        photos=photos,
+        limits=ExtractLimits(params.fetch.max_files, params.fetch.max_bytes),
+        graph_cache=layout.graph_cache,
+        progress=progress,
+    )
+    return model, result
 
 
 def summary_line(metrics: dict[str, Any]) -> str:

@@ -1,15 +1,17 @@
 """Models by reference: a checkpoint folder (``model.pt`` + ``model.json``) or a registry/run
-URI, for the commands that score or map with any model."""
+URI, for the commands that score or map with any model, and how to name and identify one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from crackdet.core.layout import Layout
+from crackdet.maps.mapping import checkpoint_digest
 from crackdet.model.classifier import load_checkpoint
-from crackdet.tracking.registry import load_registry_model
+from crackdet.tracking.registry import RegistryClassifier, load_registry_model, version_of
 from crackdet.tracking.store import client_for
 
 REGISTRY_SCHEMES = ("models:/", "runs:/")
@@ -24,3 +26,25 @@ def load_model(reference: str, layout: Layout, engine: str = "torch") -> nn.Modu
         return load_registry_model(reference)
     folder = Path(reference)
     return load_checkpoint(folder / "model.pt", folder / "model.json", engine, layout.graph_cache)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """How outputs name a model (``label``) and what identifies its weights (``digest``)."""
+
+    label: str
+    digest: str
+
+
+def model_identity(reference: str, model: nn.Module, layout: Layout) -> ModelIdentity:
+    """``crack-classifier v3 (@champion)`` for a registry alias, the folder and a short digest
+    for a checkpoint; the digest is the pt2 file's or the checkpoint folder's."""
+    if isinstance(model, RegistryClassifier):
+        version = version_of(client_for(layout.root), reference)
+        label = reference
+        if version is not None:
+            alias = reference.split("@", 1)[1] if "@" in reference else ""
+            label = f"{version.name} v{version.version}" + (f" (@{alias})" if alias else "")
+        return ModelIdentity(label, model.digest)
+    digest = checkpoint_digest(Path(reference))
+    return ModelIdentity(f"{reference} ({digest[:12]})", digest)

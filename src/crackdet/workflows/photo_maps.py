@@ -1,5 +1,6 @@
 """``crackdet predict``: crack maps of any photos or folders with any model (a checkpoint
-folder or a registry URI)."""
+folder or a registry URI), and the inspection report ``index.html`` beside them. A rerun into
+the same folder maps only the photos whose outputs are missing or were made otherwise."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from crackdet.core.layout import Layout
 from crackdet.core.params import PredictParams
 from crackdet.maps.mapping import MappedPhotos, map_photos
 from crackdet.maps.photos import left_out_line, list_photos
+from crackdet.maps.report import write_report
 from crackdet.model.ood import OODModel
-from crackdet.workflows.models import REGISTRY_SCHEMES, load_model
+from crackdet.workflows.models import REGISTRY_SCHEMES, load_model, model_identity
 
 
 def predict(
@@ -36,5 +38,19 @@ def predict(
             files.append(item)
     if left_out:
         print(left_out_line("predict", left_out))
+    identity = model_identity(model_ref, model, layout)
     # Exported graphs are cached where the pipeline keeps them (run from the repo root).
-    return map_photos(model, files, out, cfg, model_ref, ood, layout.graph_cache, "predict")
+    mapped = map_photos(
+        model,
+        files,
+        out,
+        cfg,
+        identity.label,
+        ood,
+        layout.graph_cache,
+        "predict",
+        model_digest=identity.digest,
+    )
+    if mapped.summaries or mapped.errors:
+        write_report(out, mapped, f"Crack maps: {', '.join(p.name for p in photos)}")
+    return mapped

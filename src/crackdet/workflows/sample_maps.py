@@ -1,5 +1,6 @@
-"""The predict_samples stage's work: crack maps of ``data/photos`` with the trained checkpoint,
-written whole to ``outputs/predict`` and logged into the pipeline's run."""
+"""The predict_samples stage's work: crack maps of ``data/photos`` with the trained checkpoint
+and their inspection report (``index.html``), written whole to ``outputs/predict`` and logged
+into the pipeline's run."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import atomic_dir, sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import PredictParams
-from crackdet.maps.mapping import MappedPhotos, map_photos
+from crackdet.maps.mapping import MappedPhotos, checkpoint_digest, map_photos
 from crackdet.maps.photos import left_out_line, list_photos
+from crackdet.maps.report import write_report
 from crackdet.model.classifier import load_checkpoint
 from crackdet.model.ood import OODModel
 from crackdet.tracking.runs import log_stage_params, resume_pipeline_run
@@ -34,8 +36,11 @@ def predict_samples(layout: Layout, cfg: PredictParams) -> MappedPhotos:
     model_ref = (
         f"{layout.train.model.relative_to(layout.root)} sha256:{sha256_file(layout.train.model)}"
     )
+    digest = checkpoint_digest(layout.train.dir)
     with atomic_dir(layout.predict) as out:
-        mapped = map_photos(model, folder.photos, out, cfg, model_ref, ood, layout.graph_cache)
+        mapped = map_photos(
+            model, folder.photos, out, cfg, model_ref, ood, layout.graph_cache, model_digest=digest
+        )
         if mapped.errors:
             raise CrackdetError(
                 f"{len(mapped.errors)} of {len(folder.photos)} photos could not be read (named "
@@ -44,6 +49,7 @@ def predict_samples(layout: Layout, cfg: PredictParams) -> MappedPhotos:
         summaries = [s.to_dict() for s in mapped.summaries]
         left_out = [p.name for p in folder.left_out]
         write_json(out / "summary.json", {"photos": summaries, "left_out": left_out})
+        write_report(out, mapped, f"Crack maps of {layout.photos.relative_to(layout.root)}")
     with resume_pipeline_run(layout):
         log_stage_params(layout.root, "predict", asdict(cfg))
         mlflow.log_artifacts(str(layout.predict), artifact_path="predict_samples")

@@ -13,6 +13,7 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import write_bytes, write_json, write_text
 from crackdet.core.layout import Layout
 from crackdet.core.params import BaseParams, TrainParams, flatten
+from crackdet.core.progress import say
 from crackdet.data.manifest import ManifestRow, read_manifest
 from crackdet.data.records import FetchSummary, SplitSummary
 from crackdet.model.classifier import checkpoint_bytes
@@ -24,7 +25,7 @@ from crackdet.model.train import EpochRecord, TrainResult, calibrate_on_val, tra
 from crackdet.tracking.model_log import log_data_input, log_model
 from crackdet.tracking.provenance import data_lineage, lineage_tags
 from crackdet.tracking.redact import safe_params
-from crackdet.tracking.runs import RunInfo, model_tags, start_pipeline_run
+from crackdet.tracking.runs import RunInfo, ending, model_tags, start_pipeline_run
 
 
 def history_csv(history: list[EpochRecord]) -> str:
@@ -61,8 +62,7 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
     val_rows = read_manifest(layout.split.manifest("val"))
     images = layout.fetch.images
     lineage = data_lineage(layout)
-    run = start_pipeline_run(layout.root)
-    try:
+    with ending(start_pipeline_run(layout.root)) as run:
         logged = {
             **upstream_params(layout),
             **flatten({"base": asdict(base), "train": asdict(cfg)}),
@@ -83,11 +83,10 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
                 },
                 step=record.epoch,
             )
-            print(
+            say(
                 f"train: epoch {record.epoch}/{cfg.epochs} "
                 f"train_loss {record.train_loss:.4f} train_acc {record.train_acc:.4f} "
-                f"val_loss {record.val_loss:.4f} val_acc {record.val_acc:.4f}",
-                flush=True,
+                f"val_loss {record.val_loss:.4f} val_acc {record.val_acc:.4f}"
             )
 
         result = train_model(
@@ -113,10 +112,6 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
             f"train: best epoch {result.best_epoch} val_acc {best.val_acc:.4f}; "
             f"MLflow run {run.info.run_id}"
         )
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run()
     return result
 
 

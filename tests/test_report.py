@@ -1,0 +1,90 @@
+"""The inspection report (``index.html``): one card per photo, most cracked first, every figure
+from the photos' summaries, nothing from the network; loaded in a real headless Chromium."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from crackdet.maps.mapping import MappedPhotos, PhotoFiles, PhotoSummary
+from crackdet.maps.report import REPORT, write_report
+from tests.browser import browser, check_page, missing_browser
+from tests.conftest import require
+
+
+def summary(photo: str, stem: str, area: float, ood: float | None) -> PhotoSummary:
+    return PhotoSummary(
+        photo=photo,
+        width=640,
+        height=480,
+        model="crack-classifier v3 (@champion)",
+        threshold=0.368,
+        overlap=0.5,
+        scale=1.0,
+        engine="openvino",
+        crack_area_fraction=area,
+        tiles_flagged=3,
+        tiles_total=12,
+        ood_fraction=ood,
+        outputs=stem,
+    )
+
+
+@pytest.fixture
+def mapped(tmp_path: Path) -> MappedPhotos:
+    """Three photos' outputs as map_photos writes them, one name needing escapes."""
+    summaries = [
+        summary("quiet.jpg", "quiet", 0.01, 0.0),
+        summary("wall #2 <east>.jpg", "wall #2 <east>", 0.42, 0.25),
+        summary("deck.png", "deck", 0.1, None),
+    ]
+    for s in summaries:
+        files = PhotoFiles(tmp_path, s.outputs)
+        for path, size in ((files.overlay, (640, 480)), (files.thumbnail, (480, 360))):
+            Image.new("RGB", size, (200, 60, 60)).save(
+                path, format=path.suffix[1:].upper().replace("JPG", "JPEG")
+            )
+        for path in (files.mask, files.heatmap):
+            Image.new("L", (640, 480)).save(path, format="PNG")
+        files.heatmap_npy.write_bytes(b"")
+        files.record.write_text("{}")
+    return MappedPhotos(
+        summaries, ["broken.jpg: not an image; remove it"], [1.0, 1.0], ["deck.png"]
+    )
+
+
+def test_cards_sorted_by_crack_area_with_the_summary_figures(tmp_path: Path, mapped) -> None:
+    path = write_report(tmp_path, mapped, "Crack maps: site A")
+    assert path == tmp_path / REPORT
+    html = path.read_text()
+    photos = re.findall(r"<h2>(.*?)</h2>", html)
+    assert photos == ["wall #2 &lt;east&gt;.jpg", "deck.png", "quiet.jpg"]  # 42 %, 10 %, 1 %
+    assert "42.0 %" in html and "25.0 %" in html  # crack area, unfamiliar share
+    assert "not measured" in html  # no OOD model: said, not shown as 0 %
+    assert "0.368" in html and "crack-classifier v3 (@champion)" in html
+    assert "3 of 12" in html
+    assert "1 kept from an earlier run" in html and "1 could not be read" in html
+    assert "broken.jpg: not an image" in html
+    # Links and images are relative file names, escaped for the URL: nothing from the network.
+    assert 'href="wall%20%232%20%3Ceast%3E_overlay.png"' in html
+    assert 'src="wall%20%232%20%3Ceast%3E_thumb.jpg"' in html
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)
+    assert "<script" not in html
+
+
+def test_report_is_the_same_bytes_for_the_same_maps(tmp_path: Path, mapped) -> None:
+    first = write_report(tmp_path, mapped, "t").read_bytes()
+    assert write_report(tmp_path, mapped, "t").read_bytes() == first  # no timestamps
+
+
+def test_report_loads_in_chromium_without_errors(tmp_path: Path, mapped) -> None:
+    require(missing_browser())
+    write_report(tmp_path, mapped, "Crack maps")
+    with browser() as chrome:
+        check = check_page(chrome, (tmp_path / REPORT).as_uri())
+    assert check.problems == []
+    assert check.images == 3
+    assert all(url.startswith("file://") for url in check.requests), check.requests
