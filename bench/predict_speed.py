@@ -5,7 +5,8 @@ Prints, on this machine and in one run:
 - seconds of ``crackdet.maps.crackmap.crack_map`` (scale 1, 50 % overlap, params.yaml
   ``predict.batch_size``) with the default engine (params.yaml ``predict.engine``), then with
   each other engine (OpenVINO, ONNX Runtime, PyTorch), tiles, tiles/s and megapixels/s;
-- end to end for one JPEG as ``crackdet predict`` runs it (read, map, write all outputs);
+- end to end for one JPEG as ``crackdet predict`` runs it (read, map at params.yaml's
+  ``predict.scale``, by default auto, write all outputs);
 - peak memory: the process's maxrss (the photo is rendered in a child process so it does not set
   the mark) and the tracemalloc peak of Python/numpy allocations during the mapping (torch's CPU
   allocator is not traced; tracing costs nothing measurable here: the loop allocates little);
@@ -37,7 +38,7 @@ from PIL import Image
 
 from crackdet.core.params import ENGINES, load_params
 from crackdet.data.images import CLASSES, PATCH_SIZE
-from crackdet.maps.crackmap import crack_map
+from crackdet.maps.crackmap import crack_map, scales_for
 from crackdet.maps.mapping import map_photos
 from crackdet.model.classifier import CrackClassifier, build_classifier, load_checkpoint
 from crackdet.model.engines import engine_label, ensure_graph, feature_fn
@@ -118,9 +119,11 @@ def end_to_end(model: CrackClassifier, photo: np.ndarray, predict: Any) -> None:
         clock = time.perf_counter()
         mapped = map_photos(model, [jpeg], Path(tmp) / "out", predict, graph_cache=graphs)
         seconds = time.perf_counter() - clock
+    scales = scales_for(predict.scale, predict.auto_windows, *photo.shape[:2], PATCH_SIZE)
     print(
         f"end to end (read JPEG, map, write overlay/heatmaps/mask/JSON; engine "
-        f"{predict.engine}, scale {predict.scale}, overlap {predict.overlap}): {seconds:.1f} s "
+        f"{predict.engine}, scale {predict.scale}: {', '.join(f'{s:g}' for s in scales)}, "
+        f"overlap {predict.overlap}): {seconds:.1f} s "
         f"({mapped.summaries[0].seconds:.1f} s of it mapping)"
     )
 

@@ -185,3 +185,32 @@ def test_layout_paths_are_the_outputs_dvc_yaml_declares() -> None:
         outs = [next(iter(o)) if isinstance(o, dict) else o for o in dvc_stages()[stage]["outs"]]
         for path in paths:
             assert path.relative_to(PROJECT).as_posix() in outs, (stage, path)
+
+
+def sync_dvc_yaml() -> list[str]:
+    """Rewrite each stage's ``src/`` deps in dvc.yaml to exactly the files it imports (the data
+    deps and everything else stay as written); return the stages that changed."""
+    path = PROJECT / "dvc.yaml"
+    text = path.read_text()
+    changed = []
+    for stage in STAGES:
+        block = re.search(
+            rf"\n  {stage}:\n    cmd: [^\n]+\n    deps:\n((?:      - [^\n]+\n)+)", text
+        )
+        assert block, f"dvc.yaml: stage {stage} has no deps list"
+        lines = block.group(1).splitlines(keepends=True)
+        data = [line for line in lines if not line.strip().startswith("- src/")]
+        used = sorted(
+            p.relative_to(PROJECT).as_posix()
+            for p in transitive_sources(f"crackdet.stages.{stage}")
+        )
+        new = "".join(f"      - {p}\n" for p in used) + "".join(data)
+        if new != block.group(1):
+            changed.append(stage)
+            text = text[: block.start(1)] + new + text[block.end(1) :]
+    path.write_text(text)
+    return changed
+
+
+if __name__ == "__main__":  # python tests/test_architecture.py: bring dvc.yaml's deps in line
+    print("dvc.yaml deps updated for:", ", ".join(sync_dvc_yaml()) or "nothing")

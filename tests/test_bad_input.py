@@ -31,7 +31,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import PROJECT, tiny_params_tree, tool_env
+from tests.conftest import PROJECT, archive_source, tiny_params_tree, tool_env
 from tests.test_archive import ServerState, _Handler
 
 DOWNLOAD = Path(".cache/downloads/concrete-crack-images-5y9wdsg2zt.rar")
@@ -137,14 +137,15 @@ class Repo:
 
     def archive(self, name: str, files: dict[str, bytes]) -> None:
         write_zip(self.root / name, files)
-        self.set("fetch.source", "archive")
-        self.set("fetch.archive", name)
+        self.source(name)
+
+    def source(self, path: str, kind: str = "archive", sha256: str = "") -> None:
+        """One labelled source named ``set`` (replacing the default sources)."""
+        self.params["fetch"]["sources"] = {"set": archive_source(path, kind, sha256)}
 
     def mendeley(self, payload: bytes, sha256: str = "") -> None:
         self.state.payload = payload
-        self.set("fetch.source", "mendeley")
-        self.set("fetch.url", self.url)
-        self.set("fetch.sha256", sha256)
+        self.source(self.url, "mendeley", sha256)
 
 
 _DELETE = object()
@@ -232,8 +233,7 @@ def _folder(files: dict[str, bytes], empty: tuple[str, ...] = ()) -> Callable[[R
             (r.root / "set" / name).write_bytes(data)
         for name in empty:
             (r.root / "set" / name).mkdir(parents=True, exist_ok=True)
-        r.set("fetch.source", "archive")
-        r.set("fetch.archive", "set")
+        r.source("set", "folder")
 
     return setup
 
@@ -241,16 +241,14 @@ def _folder(files: dict[str, bytes], empty: tuple[str, ...] = ()) -> Callable[[R
 def _raw_archive(name: str, data: bytes) -> Callable[[Repo], None]:
     def setup(r: Repo) -> None:
         (r.root / name).write_bytes(data)
-        r.set("fetch.source", "archive")
-        r.set("fetch.archive", name)
+        r.source(name)
 
     return setup
 
 
 def _tar_with_symlink(r: Repo) -> None:
     write_tar(r.root / "set.tar.gz", layout(), links={"Positive/999.jpg": "/etc/passwd"})
-    r.set("fetch.source", "archive")
-    r.set("fetch.archive", "set.tar.gz")
+    r.source("set.tar.gz")
 
 
 def _duplicate_entry(r: Repo) -> None:
@@ -258,8 +256,7 @@ def _duplicate_entry(r: Repo) -> None:
     write_zip(r.root / "set.zip", files)
     with zipfile.ZipFile(r.root / "set.zip", "a") as archive, pytest.warns(UserWarning):
         archive.writestr("Positive/001.jpg", jpeg(250))  # same name again, other bytes
-    r.set("fetch.source", "archive")
-    r.set("fetch.archive", "set.zip")
+    r.source("set.zip")
 
 
 def _limits(**limits: int) -> Callable[[Repo], None]:
@@ -287,12 +284,12 @@ def _truncated_download(r: Repo) -> None:
 
 def _offline(r: Repo) -> None:
     r.mendeley(b"")
-    r.set("fetch.url", "http://127.0.0.1:9/file_downloaded")  # discard port: nobody listens
+    r.source("http://127.0.0.1:9/file_downloaded", "mendeley")  # discard port: nobody listens
 
 
 def _http_404(r: Repo) -> None:
     r.mendeley(b"")
-    r.set("fetch.url", r.url.replace("data.bin", "moved.bin"))
+    r.source(r.url.replace("data.bin", "moved.bin"), "mendeley")
 
 
 def _outputs_is_a_file(r: Repo) -> None:
@@ -466,9 +463,9 @@ CATALOGUE: list[Case] = [
     Case(
         "archive-not-found",
         "fetch",
-        _set(fetch__source="archive", fetch__archive="nowhere.zip"),
-        "crackdet fetch: error: fetch.archive: nowhere.zip does not exist (path relative to "
-        "{root})",
+        lambda r: r.source("nowhere.zip"),
+        "crackdet fetch: error: fetch.sources.set.path: nowhere.zip does not exist (path "
+        "relative to {root})",
     ),
     Case(
         "corrupt-archive",
@@ -522,15 +519,16 @@ CATALOGUE: list[Case] = [
         "fetch",
         _offline,
         "crackdet fetch: error: cannot download http://127.0.0.1:9/file_downloaded: [Errno 111] "
-        "Connection refused. Offline? Set fetch.source: synthetic (the embedded default) or "
-        "fetch.source: archive with fetch.archive: <path to a local copy of the archive>",
+        "Connection refused. Offline? Use a local copy: a fetch source with kind: archive and "
+        "path: <the copy>",
     ),
     Case(
         "download-http-404",
         "fetch",
         _http_404,
         "crackdet fetch: error: cannot download {url404}: HTTP 404 Not Found; check the URL (it "
-        "may have moved) or use a local copy with fetch.source: archive and fetch.archive: <path>",
+        "may have moved) or use a local copy: a fetch source with kind: archive and path: <the "
+        "copy>",
     ),
     # ---- params.yaml ------------------------------------------------------------------------
     Case(
@@ -562,9 +560,9 @@ CATALOGUE: list[Case] = [
     Case(
         "params-unknown-source",
         "fetch",
-        _set(fetch__source="s3"),
-        "crackdet fetch: error: params.yaml: fetch.source must be one of synthetic, archive, "
-        "mendeley; got 's3'",
+        lambda r: r.source("set.zip", "s3"),
+        "crackdet fetch: error: params.yaml: fetch.sources.set.kind must be one of archive, "
+        "folder, mendeley, synthetic, masks; got 's3'",
     ),
     Case(
         "params-unknown-key",
@@ -582,9 +580,9 @@ CATALOGUE: list[Case] = [
     Case(
         "params-archive-source-without-archive",
         "fetch",
-        _set(fetch__source="archive", fetch__archive=""),
-        "crackdet fetch: error: params.yaml: fetch.archive must name a local archive or folder "
-        "when fetch.source is archive",
+        lambda r: r.source(""),
+        "crackdet fetch: error: params.yaml: fetch.sources.set.path must name the local archive "
+        "or folder",
     ),
     # ---- output folders and the disk -------------------------------------------------------
     Case(
@@ -768,9 +766,9 @@ def test_unusual_images_are_accepted(extra: dict[str, bytes], repo: Repo) -> Non
     assert result.returncode == 0, result.stderr
     out = repo.root / "outputs/fetch"
     rows = {r.path: r for r in read_manifest(out / "manifest.csv")}
-    for name in extra:
-        assert name in rows
-        assert load_rgb(out / "images" / name).shape == (227, 227, 3)
+    for name in extra:  # images of a source are kept under its name
+        assert f"set/{name}" in rows
+        assert load_rgb(out / "images" / "set" / name).shape == (227, 227, 3)
     if "Positive/000.jpg" in extra:  # one picture under both labels: reported, not hidden
         report = (out / "duplicates.csv").read_text()
         assert "Positive/000.jpg" in report and "Negative/000.jpg" in report
@@ -796,8 +794,9 @@ def test_links_and_litter_in_a_folder_source_are_left_out_and_named(repo: Repo) 
         "Negative/.DS_Store (hidden)",
     ]
     summary = json.loads((repo.root / "outputs/fetch/summary.json").read_text())
-    assert summary["left_out"] == left_out
-    assert f"fetch: left out 3: {'; '.join(left_out)}" in result.stdout
+    assert summary["sources"]["set"]["left_out"] == left_out
+    named = "; ".join(f"set/{entry}" for entry in left_out)  # each under its source's name
+    assert f"fetch: left out 3: {named}" in result.stdout
     paths = [line.split(",")[0] for line in (repo.root / "outputs/fetch/manifest.csv").open()]
-    assert "Positive/alias.jpg" in paths
+    assert "set/Positive/alias.jpg" in paths
     assert not any("loop" in p for p in paths)

@@ -19,15 +19,26 @@ from PIL import Image
 
 from crackdet.core.errors import CrackdetError
 from crackdet.core.layout import Layout
-from crackdet.core.params import FetchParams
+from crackdet.core.params import FetchParams, LabelledSource
 from crackdet.data.fetch import fetch
 from crackdet.data.images import decode_image, to_rgb
 from crackdet.data.manifest import read_manifest
 from tests.conftest import OZGENEL_4K, needs_real_sample
 
 
-def _params(tiny_params, **changes) -> FetchParams:
-    return dataclasses.replace(tiny_params().fetch, **changes)
+def _params(
+    tiny_params, source: str = "", archive: str = "", url: str = "", sha256: str = "", **changes
+) -> FetchParams:
+    """The tiny params' fetch section with one labelled source ``set`` (kind ``source``;
+    a folder path makes it kind folder)."""
+    fetch_params = tiny_params().fetch
+    if source:
+        path = url if source == "mendeley" else archive
+        if source == "archive" and Path(archive).is_dir():
+            source = "folder"
+        labelled = LabelledSource(source, path, sha256, "test data", "signature")
+        fetch_params = dataclasses.replace(fetch_params, sources={"set": labelled})
+    return dataclasses.replace(fetch_params, **changes)
 
 
 def _jpeg(colour: tuple[int, int, int], size: int = 227) -> bytes:
@@ -84,9 +95,11 @@ def test_archive_fetch_finds_nested_layout(chdir_tmp: Path, tiny_params) -> None
     archive = _zip(chdir_tmp / "set.zip", _layout("concrete/"))
     summary = fetch(_params(tiny_params, source="archive", archive="set.zip"), 1, Layout(chdir_tmp))
     assert summary.per_class == {"Negative": 3, "Positive": 3}
-    assert summary.archive_sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
-    paths = [r.path for r in read_manifest(chdir_tmp / "outputs/fetch/manifest.csv")]
-    assert paths[0] == "Negative/00000.jpg"
+    source = summary.sources["set"]
+    assert source.archive_sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert source.archive_md5 == hashlib.md5(archive.read_bytes()).hexdigest()
+    rows = read_manifest(chdir_tmp / "outputs/fetch/manifest.csv")
+    assert (rows[0].path, rows[0].source, rows[0].group) == ("set/Negative/00000.jpg", "set", "")
 
 
 def test_folder_fetch(chdir_tmp: Path, tiny_params) -> None:
@@ -120,9 +133,9 @@ def test_corrupt_image_skipped_when_asked(chdir_tmp: Path, tiny_params) -> None:
     _zip(chdir_tmp / "bad.zip", files)
     params = _params(tiny_params, source="archive", archive="bad.zip", on_bad_image="skip")
     summary = fetch(params, 1, Layout(chdir_tmp))
-    assert summary.skipped == ["Negative/00002.jpg", "Negative/00003.jpg"]
+    assert summary.skipped == ["set/Negative/00002.jpg", "set/Negative/00003.jpg"]
     assert summary.per_class == {"Negative": 2, "Positive": 3}
-    assert not (chdir_tmp / "outputs/fetch/images/Negative/00002.jpg").exists()
+    assert not (chdir_tmp / "outputs/fetch/images/set/Negative/00002.jpg").exists()
 
 
 def test_wrong_layout_is_named(chdir_tmp: Path, tiny_params) -> None:
@@ -139,7 +152,7 @@ def test_wrong_layout_is_named(chdir_tmp: Path, tiny_params) -> None:
 
 
 def test_missing_archive_is_named(chdir_tmp: Path, tiny_params) -> None:
-    with pytest.raises(CrackdetError, match=r"fetch.archive: nowhere.zip does not exist"):
+    with pytest.raises(CrackdetError, match=r"fetch.sources.set.path: nowhere.zip does not exist"):
         fetch(_params(tiny_params, source="archive", archive="nowhere.zip"), 1, Layout(chdir_tmp))
 
 
@@ -166,12 +179,12 @@ def test_mendeley_source_downloads_pins_and_records(
     # The real check: a 3+3 fixture is not the 20,000 + 20,000 public set.
     with pytest.raises(CrackdetError, match=r"not the public set as published"):
         fetch(_params(tiny_params, source="mendeley", url=url), 1, Layout(chdir_tmp))
-    monkeypatch.setattr("crackdet.data.fetch.PUBLIC_PER_CLASS", 3)  # the fixture stands in for it
+    monkeypatch.setattr("crackdet.data.labelled.PUBLIC_PER_CLASS", 3)  # the fixture stands in
     archive = served / "file_downloaded"
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     params = _params(tiny_params, source="mendeley", url=f"{base}/file_downloaded", sha256=digest)
     summary = fetch(params, 1, Layout(chdir_tmp))
-    assert summary.archive_sha256 == digest
+    assert summary.sources["set"].archive_sha256 == digest
     assert summary.count == 6
     wrong = _params(tiny_params, source="mendeley", url=f"{base}/file_downloaded", sha256="0" * 64)
     with pytest.raises(CrackdetError, match="0" * 64):
@@ -180,7 +193,7 @@ def test_mendeley_source_downloads_pins_and_records(
 
 def test_mendeley_offline_message(chdir_tmp: Path, tiny_params) -> None:
     params = _params(tiny_params, source="mendeley", url="http://127.0.0.1:9/file_downloaded")
-    with pytest.raises(CrackdetError, match=r"Offline\? Set fetch.source: synthetic"):
+    with pytest.raises(CrackdetError, match=r"Offline\? Use a local copy: a fetch source"):
         fetch(params, 1, Layout(chdir_tmp))
 
 
@@ -225,7 +238,7 @@ def test_real_sample_fetches_in_public_layout(chdir_tmp: Path, tiny_params) -> N
     params = _params(tiny_params, source="archive", archive=str(OZGENEL_4K))
     summary = fetch(params, 1, Layout(chdir_tmp))
     assert summary.per_class == {"Negative": 2000, "Positive": 2000}
-    assert summary.archive_sha256 == (
+    assert summary.sources["set"].archive_sha256 == (
         "a45923238134f260a5c2ee79a66f58c69b471e32c71bc5a6b5fcfe28a93031fb"
     )
     rows = read_manifest(chdir_tmp / "outputs/fetch/manifest.csv")
@@ -248,3 +261,96 @@ def test_duplicates_are_found_and_reported(chdir_tmp: Path, tiny_params) -> None
     assert "Negative/00008.jpg" in report and "Negative/00002.jpg" in report
     assert "Negative/00003.jpg" not in report  # distinct images are not flagged
     assert summary.duplicates["groups"] == 2
+
+
+def test_sources_keep_their_names_licences_and_photo_groups(chdir_tmp: Path, tiny_params) -> None:
+    """Two sources in one manifest: each row names its source; a group_by pattern names the
+    photo a tile was cut from; the summary holds each source's licence and digest."""
+    _zip(chdir_tmp / "a.zip", _layout())
+    decks = {
+        f"{label}/{photo}-{tile}.jpg": _jpeg((30 * photo, 20 * tile, k * 90))
+        for k, label in enumerate(("Negative", "Positive"))
+        for photo in (7001, 7002)
+        for tile in (1, 2)
+    }
+    _zip(chdir_tmp / "decks.zip", decks)
+    sources = {
+        "first": LabelledSource("archive", "a.zip", "", "CC BY 4.0", "signature"),
+        "decks": LabelledSource("archive", "decks.zip", "", "CC BY 4.0", r"^(\d+)-"),
+    }
+    params = dataclasses.replace(tiny_params().fetch, sources=sources)
+    summary = fetch(params, 1, Layout(chdir_tmp))
+    assert list(summary.sources) == ["first", "decks"]
+    assert summary.sources["decks"].licence == "CC BY 4.0"
+    assert summary.count == 6 + 8
+    rows = read_manifest(chdir_tmp / "outputs/fetch/manifest.csv")
+    groups = {r.path: r.group for r in rows if r.source == "decks"}
+    assert groups["decks/Positive/7002-1.jpg"] == "7002"
+    assert {r.group for r in rows if r.source == "first"} == {""}
+    unmatched = dataclasses.replace(
+        params, sources={"decks": LabelledSource("archive", "a.zip", "", "x", r"^(\d+)-")}
+    )
+    with pytest.raises(CrackdetError) as info:
+        fetch(unmatched, 1, Layout(chdir_tmp))
+    assert str(info.value) == (
+        "fetch.sources.decks.group_by '^(\\d+)-' names no photo in the file name 00000.jpg; fix "
+        "the pattern or set it to signature"
+    )
+
+
+def _masks_folder(root: Path) -> Path:
+    """Two 400x400 photos with one vertical 3-px crack in the first, planking in the second."""
+    for name in ("images", "masks", "masks_planking"):
+        (root / name).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k, stem in enumerate(("train_a", "train_b")):
+        photo = rng.integers(90, 140, (400, 400, 3), dtype=np.uint8)
+        mask = np.zeros((400, 400), np.uint8)
+        if k == 0:
+            mask[:, 199:202] = 255
+            photo[:, 199:202] = 20
+        Image.fromarray(photo).save(root / "images" / f"{stem}.jpg", quality=95)
+        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+        planks = np.zeros((400, 400), np.uint8)
+        if k == 1:
+            planks[::20] = 255
+        Image.fromarray(planks).save(root / "masks_planking" / f"{stem}.png")
+    (root / "images" / "notes.txt").write_text("not a photo\n")
+    return root
+
+
+def test_masks_source_cuts_labelled_windows_at_each_scale(chdir_tmp: Path, tiny_params) -> None:
+    from crackdet.core.params import MasksSource
+    from crackdet.data.masks import photo_of
+
+    _masks_folder(chdir_tmp / "uav")
+    source = MasksSource(
+        kind="masks",
+        path="uav",
+        photos="train_*",
+        scales=(1.0, 2.0),
+        centre=0.5,
+        crack_length=0.25,
+        margin=0.125,
+        planking_length=0.5,
+        max_clean=0,
+        licence="GPL-3.0",
+    )
+    params = dataclasses.replace(tiny_params().fetch, sources={"uav": source})
+    summary = fetch(params, 3, Layout(chdir_tmp))
+    windows = summary.sources["uav"].windows
+    rows = read_manifest(chdir_tmp / "outputs/fetch/manifest.csv")
+    positives = [r for r in rows if r.label == "Positive"]
+    # Only photo a has a crack: every crack window was cut from it, grouped by it.
+    assert positives and all(photo_of(r.path.rsplit("/", 1)[1]) == "train_a" for r in positives)
+    assert {r.group for r in positives} == {"train_a"}
+    assert windows["crack"] == len(positives) and windows["clean"] == len(rows) - len(positives)
+    assert windows["planking"] > 0 and windows["ambiguous"] > 0
+    assert summary.sources["uav"].left_out == ["images/notes.txt (not a photo)"]
+    assert {(r.width, r.height) for r in rows} == {(227, 227)}
+    # A cap on the clean windows: every crack kept, hard negatives up to half of the cap.
+    params = dataclasses.replace(params, sources={"uav": dataclasses.replace(source, max_clean=4)})
+    fewer = fetch(params, 3, Layout(chdir_tmp)).sources["uav"].windows
+    assert fewer["crack"] == windows["crack"]
+    assert fewer["clean"] == 4 and fewer["planking"] == 2
+    assert fewer["sampled_out"] == windows["clean"] - 4

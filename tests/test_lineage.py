@@ -241,7 +241,7 @@ def archive_store(repo: Path) -> str:
 @pytest.fixture(scope="module")
 def archive_run(repo: Path, archive_store: str) -> tuple[str, Path, Path]:
     """A run on an archive outside the repository, named relative to it, as the docs show
-    (``-S fetch.archive=../elsewhere/set.zip``): real patches when the shared sample is here.
+    (a source ``path: ../elsewhere/set.zip``): real patches when the shared sample is here.
     It runs in a clone (sharing the repo's DVC cache), so the workspace the other tests use is
     left as it is. Returns the run id, the archive and the clone."""
     clone = repo.parent / "clone"
@@ -252,19 +252,17 @@ def archive_run(repo: Path, archive_store: str) -> tuple[str, Path, Path]:
     archive.parent.mkdir()
     (repo.parent / "archive-store").mkdir()
     _sample_archive(archive)
-    result = run_cmd(
-        [
-            "dvc",
-            "exp",
-            "run",
-            "-S",
-            "fetch.source=archive",
-            "-S",
-            "fetch.archive=../elsewhere/set.zip",
-        ],
+    source = {"kind": "archive", "path": "../elsewhere/set.zip", "sha256": ""}
+    edit_params(
         clone,
-        env_for(archive_store, clone),
+        **{
+            "fetch.sources": {
+                "elsewhere": source | {"licence": "CC BY 4.0", "group_by": "signature"}
+            }
+        },
     )
+    run_cmd(["git", "commit", "-q", "-am", "a source outside the repository"], clone)
+    result = run_cmd(["dvc", "exp", "run"], clone, env_for(archive_store, clone))
     assert "Running stage 'train'" in result.stdout
     run = json.loads((clone / "outputs/train/run.json").read_text())["run_id"]
     return run, archive, clone
@@ -305,15 +303,30 @@ def test_reproduce_finds_an_archive_outside_the_repo_and_checks_it(
         result = crackdet(repo, archive_store, "reproduce", run_id)
         assert result.returncode == 2
         assert result.stderr == (
-            f"crackdet reproduce: error: fetch.archive ../elsewhere/set.zip: not found relative "
-            f"to {repo} nor in DVC's cache or remote (run {run_id} used sha256 {expected}); "
-            "pass a copy with --data PATH\n"
+            f"crackdet reproduce: error: fetch.sources.elsewhere.path ../elsewhere/set.zip: not "
+            f"found relative to {repo} nor in DVC's cache or remote (run {run_id} used sha256 "
+            f"{expected}); pass a copy with --data elsewhere=PATH\n"
         )
         archive.write_bytes(moved.read_bytes()[:-100] + b"x" * 100)  # same name, other bytes
         result = crackdet(repo, archive_store, "reproduce", run_id)
         assert result.returncode == 2 and result.stderr.count("\n") == 1
-        assert result.stderr.startswith("crackdet reproduce: error: fetch.archive ../elsewhere/")
-        assert f"the run's is {expected}); pass the original with --data PATH" in result.stderr
+        assert result.stderr.startswith(
+            "crackdet reproduce: error: fetch.sources.elsewhere.path ../elsewhere/"
+        )
+        assert f"the run's is {expected}); pass the original with --data elsewhere=PATH" in (
+            result.stderr
+        )
+        # --data names the copy: by source, or bare when the run had one archive source.
+        for given in (f"elsewhere={moved}", str(moved)):
+            result = crackdet(repo, archive_store, "reproduce", run_id, "--data", given)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+            assert f"identical to run {run_id}" in result.stdout
+        result = crackdet(repo, archive_store, "reproduce", run_id, "--data", f"other={moved}")
+        assert result.returncode == 2
+        assert result.stderr == (
+            f"crackdet reproduce: error: --data other=…: run {run_id} has no archive source of "
+            "that name (its archive sources: elsewhere)\n"
+        )
     finally:
         archive.unlink(missing_ok=True)
         moved.rename(archive)

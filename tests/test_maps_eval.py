@@ -16,7 +16,8 @@ from PIL import Image
 from crackdet.core.errors import CrackdetError
 from crackdet.data.images import CLASSES
 from crackdet.data.synthetic import render_photo
-from crackdet.maps.crackmap import Tile, window_starts
+from crackdet.data.windows import window_starts
+from crackdet.maps.crackmap import Tile
 from crackdet.maps.scoring import (
     CLEAN,
     CRACK,
@@ -160,7 +161,13 @@ def _pair_auroc(labels: list[int], scores: list[float]) -> float:
 def _maps(model, data: Path, threshold: float = 0.5, photos: str = "*"):
     """evaluate_maps at the settings every test here uses (scale 1, overlap 0.5)."""
     settings = MapSettings(
-        scale=1.0, overlap=0.5, batch_size=8, threshold=threshold, engine="torch", max_pixels=10**7
+        scale=1.0,
+        auto_windows=(6.75,),
+        overlap=0.5,
+        batch_size=8,
+        threshold=threshold,
+        engine="torch",
+        max_pixels=10**7,
     )
     return evaluate_maps(data, model, settings, photos=photos)
 
@@ -286,7 +293,7 @@ def test_cli_logs_an_mlflow_run(
     assert line.startswith("eval-maps maps.zip: auroc ") and "\n" not in line
     metrics = json.loads((chdir_tmp / "m.json").read_text())
     assert metrics["threshold"] == 0.25 and metrics["photos"] == 2
-    assert metrics["scale"] == 1.0 and metrics["overlap"] == 0.5  # params.yaml predict.*
+    assert metrics["scale"] == "auto" and metrics["overlap"] == 0.5  # params.yaml predict.*
     run = mlflow.get_run(metrics["run_id"])
     assert run.data.tags["crackdet.stage"] == "eval-maps"
     assert mlflow.get_experiment(run.info.experiment_id).name == "crackdet-evaluations"
@@ -316,3 +323,36 @@ def test_photos_pattern_scores_only_matching_photos(model, dataset: Path) -> Non
     )
     with pytest.raises(CrackdetError, match=r"--photos 'val_\*': matches none of the photos"):
         _maps(model, dataset, photos="val_*")
+
+
+def test_auto_scales_map_every_photo_at_the_same_share_of_its_frame() -> None:
+    from crackdet.maps.crackmap import SCALE_BOUNDS, auto_scales
+
+    windows = (6.75, 9.0)
+    for height, width in ((512, 512), (3024, 4032), (1080, 1920)):
+        scales = auto_scales(height, width, windows, 227)
+        assert len(scales) == 2
+        for scale, divisor in zip(scales, windows, strict=True):
+            # A 227-px window at this scale covers the short side / divisor, to a pixel.
+            assert abs(227 / scale - min(height, width) / divisor) < 1.0
+    assert auto_scales(512, 512, windows, 227) == (2.993, 3.99)
+    assert auto_scales(20, 30, windows, 227) == (SCALE_BOUNDS[1],)  # clamped, once
+
+
+def test_evaluation_grid_scores_windows_by_the_mean_of_the_map() -> None:
+    from crackdet.maps.scoring import evaluation_grid
+
+    heatmap = np.zeros((135, 200), np.float32)
+    heatmap[:, 100:] = 1.0  # right half "crack"
+    ood = np.zeros_like(heatmap)
+    ood[:40, :40] = 1.0  # one unfamiliar corner
+    tiles = evaluation_grid(heatmap, ood)
+    side = round(135 / 6.75)  # 20 px
+    assert {t.size for t in tiles} == {side}
+    for t in tiles:
+        expected = heatmap[t.y : t.y + side, t.x : t.x + side].mean()
+        assert abs(t.p - expected) < 1e-5
+        assert t.ood == bool(ood[t.y : t.y + side, t.x : t.x + side].mean() >= 0.5)
+    # Edge-flush, 50 % overlap: every pixel is covered, the last window ends at the border.
+    assert max(t.x for t in tiles) + side == 200 and max(t.y for t in tiles) + side == 135
+    assert any(t.ood for t in tiles) and not all(t.ood for t in tiles)

@@ -16,8 +16,9 @@ from tests.conftest import PROJECT, default_params_tree
 
 def test_shipped_params_are_valid() -> None:
     params = load_params(PROJECT / "params.yaml")
-    assert params.fetch.source == "synthetic"
+    assert {s.kind for s in params.fetch.sources.values()} <= {"archive", "synthetic"}
     assert params.train.backbone == "efficientnet_lite0"
+    assert params.predict.scale == "auto"
     flat = params.as_flat_dict()
     assert flat["train.augment.rotation"] == params.train.augment.rotation
     assert all("." in key for key in flat)
@@ -50,12 +51,49 @@ def _error_for(mutate) -> str:
         (lambda t: t["train"].update(dropout=1.5), "train.dropout must be <= 0.99"),
         (lambda t: t["train"].update(lr=0), "train.lr must be > 0"),
         (lambda t: t["predict"].update(overlap=-0.1), "predict.overlap must be >= 0"),
-        (lambda t: t["fetch"].update(source="s3"), "fetch.source must be one of"),
+        (
+            lambda t: t["fetch"]["sources"]["sdnet"].update(kind="s3"),
+            "fetch.sources.sdnet.kind must be one of archive, folder, mendeley, synthetic, masks",
+        ),
+        (lambda t: t["fetch"].update(sources={}), "fetch.sources must name at least one source"),
+        (
+            lambda t: t["fetch"]["sources"].update({"Bad Name": {}}),
+            "source name 'Bad Name' must be lower-case letters",
+        ),
+        (
+            lambda t: t["fetch"]["sources"]["sdnet"].update(group_by="(unclosed"),
+            "fetch.sources.sdnet.group_by is not a valid regular expression",
+        ),
+        (
+            lambda t: t["fetch"]["sources"]["sdnet"].update(group_by="-"),
+            "fetch.sources.sdnet.group_by must be signature or a regular expression with a group",
+        ),
+        (lambda t: t["predict"].update(scale="big"), "predict.scale must be a number or auto"),
+        (lambda t: t["predict"].update(scale=9), "predict.scale must be <= 8.0"),
+        (lambda t: t["train"]["augment"].update(zoom=[]), "train.augment.zoom must be a non-empty"),
         (lambda t: t["train"].update(backbone="vgg99"), "train.backbone must be one of"),
         (lambda t: t["train"].update(augment=5), "train.augment must be a mapping"),
         (lambda t: t["split"].update(train=0.8), "must sum to 1"),
-        (lambda t: t["fetch"].update(source="archive", archive=""), "fetch.archive must name"),
-        (lambda t: t["fetch"].update(sha256="abc"), "fetch.sha256 must be 64 hex digits"),
+        (
+            lambda t: t["fetch"]["sources"]["sdnet"].update(path=""),
+            "fetch.sources.sdnet.path must name the local archive or folder",
+        ),
+        (
+            lambda t: t["fetch"]["sources"]["sdnet"].update(sha256="abc"),
+            "fetch.sources.sdnet.sha256 must be 64 hex digits",
+        ),
+        (
+            lambda t: t["train"].update(source_weights={"decks": 2.0}),
+            "train.source_weights.decks names no source in fetch.sources (ozgenel, sdnet,",
+        ),
+        (
+            lambda t: t["train"].update(source_weights={"sdnet": 0}),
+            "train.source_weights.sdnet must be > 0",
+        ),
+        (
+            lambda t: t["train"].update(source_weights=[2.0]),
+            "train.source_weights must be a mapping of source names to numbers",
+        ),
     ],
 )
 def test_invalid_params_name_the_key(mutate, expected: str) -> None:

@@ -11,7 +11,8 @@ from PIL import Image
 
 from crackdet.core.errors import CrackdetError
 from crackdet.data.images import CLASSES
-from crackdet.maps.crackmap import crack_map, window_starts
+from crackdet.data.windows import window_starts
+from crackdet.maps.crackmap import crack_map
 from crackdet.maps.photos import read_photo
 from crackdet.maps.render import overlay_image
 from crackdet.model.classifier import build_classifier
@@ -150,10 +151,19 @@ def test_ood_signal_separates_concrete_from_something_else(model) -> None:
     assert on_concrete.ood_fraction <= 0.25
     assert on_other.ood_fraction >= 0.9
     assert on_other.ood_map is not None and on_other.ood_map.shape == (454, 681)
-    grey = np.asarray(
+    # Unfamiliar windows are hatched and outlined over the map, not painted over: between the
+    # stripes the crack colour of the map is still there.
+    from crackdet.maps.render import HATCH_PERIOD, HATCH_WIDTH
+
+    shown = np.asarray(
         overlay_image(other.astype(np.uint8), on_other.heatmap, 1.0, on_other.ood_map)
     )
-    assert tuple(grey[200, 300]) == (128, 128, 128)
+    plain = np.asarray(overlay_image(other.astype(np.uint8), on_other.heatmap, 1.0))
+    y = 200
+    stripe = next(x for x in range(100, 400) if (x + y) % HATCH_PERIOD < HATCH_WIDTH)
+    gap = stripe + HATCH_WIDTH  # the next pixel between stripes
+    assert tuple(shown[y, gap]) == tuple(plain[y, gap])  # the map's own colour, untouched
+    assert shown[y, stripe].mean() > plain[y, stripe].mean()  # lightened by the hatch
 
 
 def test_max_pixels_counts_the_pixels_that_are_mapped(tmp_path) -> None:
@@ -230,6 +240,7 @@ def test_a_rerun_keeps_complete_outputs_and_remaps_what_changed(model, tmp_path)
     assert run().skipped == ["c.jpg"]
     assert run(digest="model-2").skipped == []
     assert run(cfg=dataclasses.replace(cfg, overlap=0.25)).skipped == []
+    assert run(cfg=dataclasses.replace(cfg, auto_windows=(5.0,))).skipped == []
     assert run(digest="").skipped == []  # an unknown model is never trusted
 
 
@@ -275,3 +286,37 @@ def test_progress_bars_only_on_a_terminal_outside_ci(tmp_path) -> None:
     assert b"mapping" in stderr_of("", terminal=True)
     assert b"mapping" not in stderr_of("true", terminal=True)
     assert stderr_of("", terminal=False) == b""
+
+
+SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "page", "text", "coins", "logo")
+
+
+def test_ood_flags_images_that_are_not_concrete(model) -> None:
+    """The OOD model, fitted on (randomised, rendered) concrete patches at the default quantile,
+    flags windows of images scikit-image ships that are surely not concrete surfaces, and only
+    a few held-out concrete patches."""
+    import skimage.data
+
+    from crackdet.data.synthetic import patch_rng, render_randomised_patch
+    from crackdet.model.ood import fit_ood
+
+    def features(images: list[np.ndarray]) -> np.ndarray:
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+        with torch.inference_mode():
+            return model.features(batch).numpy()
+
+    patches = [
+        render_randomised_patch(patch_rng(1, label, i), label == "Positive")
+        for label in ("Positive", "Negative")
+        for i in range(60)
+    ]
+    ood = fit_ood(features(patches[:80:2]), features(patches[1:80:2]))
+    held_out = ood.is_ood(features(patches[80:])).mean()
+    flagged = []
+    for name in SKIMAGE_SAMPLES:
+        image = getattr(skimage.data, name)()
+        image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+        flagged += [bool(t.ood) for t in crack_map(model, image, 0.0, 8, ood=ood).tiles]
+    assert len(flagged) >= 30
+    assert np.mean(flagged) >= 0.9, np.mean(flagged)
+    assert held_out <= 0.2, held_out

@@ -23,7 +23,7 @@ def summary(photo: str, stem: str, area: float, ood: float | None) -> PhotoSumma
         model="crack-classifier v3 (@champion)",
         threshold=0.368,
         overlap=0.5,
-        scale=1.0,
+        scales=[1.0],
         engine="openvino",
         crack_area_fraction=area,
         tiles_flagged=3,

@@ -214,3 +214,51 @@ def test_cached_fine_tuning_of_a_backbone_without_a_known_split_fails_before_any
         train(params, images, train_rows, val_rows, cache=cache)
     assert "\n" not in str(info.value)
     assert not list(cache.rglob("*.npy")) and not list(cache.parent.rglob("*.onnx"))
+
+
+def _rows(*spec: tuple[str, str, int]) -> list:
+    from crackdet.data.manifest import ManifestRow
+
+    rows = []
+    for source, label, n in spec:
+        for i in range(n):
+            rows.append(
+                ManifestRow(f"{source}/{label}/{i}.jpg", label, f"{i:064x}", 227, 227, source)
+            )
+    return rows
+
+
+def test_sample_weights_give_each_source_its_share_and_each_class_alike() -> None:
+    from crackdet.model.train import sample_weights
+
+    rows = _rows(("big", "Positive", 300), ("big", "Negative", 100), ("small", "Positive", 20))
+    weights = sample_weights(rows, "source")
+    assert abs(float(weights.mean()) - 1.0) < 1e-6
+
+    def share(source: str, label: str | None = None, w=weights) -> float:
+        picked = [
+            float(x)
+            for x, r in zip(w, rows, strict=True)
+            if r.source == source and label in (None, r.label)
+        ]
+        return sum(picked) / float(w.sum())
+
+    assert abs(share("big") - 0.5) < 1e-6 and abs(share("small") - 0.5) < 1e-6
+    assert abs(share("big", "Positive") - share("big", "Negative")) < 1e-6
+    doubled = sample_weights(rows, "source", {"small": 2.0})
+    assert abs(share("small", w=doubled) - 2 / 3) < 1e-6
+    plain = sample_weights(rows, "none", {"small": 3.0})
+    assert float(plain[-1]) == 3 * float(plain[0])
+
+
+def test_plain_sources_are_never_augmented(chdir_tmp: Path, tiny_params) -> None:
+    # A masks source's windows are already the maps' views: every view shows them as they are,
+    # so two views of an all-plain set train exactly as one view does.
+    params = tiny_params(**{"train.epochs": 2, "train.augment.views": 2})
+    images, train_rows, val_rows = _data(chdir_tmp, params)
+    plain = train(params, images, train_rows, val_rows, plain_sources=frozenset({"synthetic"}))
+    one_view = tiny_params(**{"train.epochs": 2, "train.augment.views": 1})
+    single = train(one_view, images, train_rows, val_rows)
+    augmented = train(params, images, train_rows, val_rows)
+    assert torch.equal(plain.model.head[0].weight, single.model.head[0].weight)
+    assert not torch.equal(plain.model.head[0].weight, augmented.model.head[0].weight)

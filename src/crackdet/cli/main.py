@@ -17,6 +17,16 @@ DEFAULT_MODEL = "crack-classifier"
 HERE = Layout(Path())  # defaults as the user types them: relative to the repo root
 
 
+def _scale(text: str) -> float | str:
+    """``--scale``: a number, or auto."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number or auto") from None
+
+
 def _model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -66,7 +76,9 @@ def _maps_commands(sub: argparse._SubParsersAction) -> None:
     )
     maps.add_argument("data", metavar="DIR_OR_ZIP", help="folder or .zip/.tar*/.rar archive")
     _model_option(maps)
-    maps.add_argument("--scale", type=float, help="default: params.yaml predict.scale")
+    maps.add_argument(
+        "--scale", type=_scale, help="a number or auto (default: params.yaml predict.scale)"
+    )
     maps.add_argument("--overlap", type=float, help="default: params.yaml predict.overlap")
     maps.add_argument("--threshold", type=float, help="default: the model's, else predict.*")
     maps.add_argument(
@@ -114,8 +126,11 @@ def _registry_commands(sub: argparse._SubParsersAction) -> None:
     reproduce.add_argument("--keep", action="store_true", help="keep the temporary worktree")
     reproduce.add_argument(
         "--data",
-        type=Path,
-        help="the run's archive, if it is no longer where the run read it (checked by sha256)",
+        action="append",
+        default=[],
+        metavar="[SOURCE=]PATH",
+        help="where a source's archive is now, if it moved (checked by sha256); SOURCE may be "
+        "left out when the run had one archive source; repeat for several",
     )
     reproduce.set_defaults(handler="registry:reproduce")
     ci = sub.add_parser("ci-check", help="validate params, diff params/metrics against REV")

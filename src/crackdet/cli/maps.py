@@ -38,6 +38,12 @@ def evaluate(args: argparse.Namespace) -> int:
         f"{metrics['precision']:.4f} recall {metrics['recall']:.4f} f1 {metrics['f1']:.4f} "
         f"roc_auc {metrics['roc_auc']:.4f} on {metrics['n']} images "
         f"(tn {metrics['tn']} fp {metrics['fp']} fn {metrics['fn']} tp {metrics['tp']})"
+        + (
+            f"; unfamiliar {metrics['coverage']['ood_share']:.1%}, accuracy on the rest "
+            f"{metrics['coverage']['accepted_accuracy']:.4f}"
+            if "coverage" in metrics
+            else ""
+        )
     )
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from crackdet.cli.format import format_log, format_table
 from crackdet.core.layout import Layout, repo_root
@@ -69,11 +70,20 @@ def trace(args: argparse.Namespace) -> int:
 
 def reproduce(args: argparse.Namespace) -> int:
     root = repo_root()
-    replay = replay_run(client_for(root), args.run_id, root, keep=args.keep, data=args.data)
+    data = dict(_source_path(item) for item in args.data)
+    replay = replay_run(client_for(root), args.run_id, root, keep=args.keep, data=data)
     print(replay.report())
     if replay.worktree is not None:
         print(f"reproduce: worktree kept at {replay.worktree} (git worktree remove it when done)")
     return 1 if replay.mismatches else 0
+
+
+def _source_path(item: str) -> tuple[str, Path]:
+    """``--data SOURCE=PATH`` (or a bare PATH: the run's only archive source, named "")."""
+    name, sep, path = item.partition("=")
+    if not sep or "/" in name or not name:  # a path that holds "=" is still a path
+        return "", Path(item)
+    return name, Path(path)
 
 
 def ci_check(args: argparse.Namespace) -> int:

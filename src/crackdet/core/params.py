@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,11 @@ def _rule(
     ge: float | None = None,
     le: float | None = None,
     gt: float | None = None,
+    lt: float | None = None,
     choices: tuple[str, ...] | None = None,
 ) -> Any:
     """A schema field with its bounds; every key is required, so there is no default."""
-    return field(metadata={"ge": ge, "le": le, "gt": gt, "choices": choices})
+    return field(metadata={"ge": ge, "le": le, "gt": gt, "lt": lt, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,66 @@ class BaseParams:
 
 
 @dataclass(frozen=True)
+class LabelledSource:
+    """Patches in the public set's layout (``Positive/``, ``Negative/``): a local archive
+    (.zip/.tar*/.rar), a folder, or the public set downloaded from Mendeley."""
+
+    kind: str = _rule(choices=("archive", "folder", "mendeley"))
+    path: str = _rule()  # archive/folder: a local path (relative to the repo root); mendeley: URL
+    sha256: str = _rule()  # pin the archive's sha256 ("" records it without checking)
+    licence: str = _rule()
+    # How patches of one source photo are found, so split keeps them on one side: "signature"
+    # (cluster colour/texture signatures) or a regular expression whose first group, applied to
+    # the file name, names the photo (SDNET2018: "^(\d+)-").
+    group_by: str = _rule()
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    """Rendered concrete patches (crackdet.data.synthetic): offline, any number."""
+
+    kind: str = _rule(choices=("synthetic",))
+    per_class: int = _rule(ge=10, le=100_000)
+    # classic: one look at one scale; randomised: texture, lighting, crack width and scale drawn
+    # per patch, to teach what no single photographed set shows.
+    style: str = _rule(choices=("classic", "randomised"))
+    licence: str = _rule()
+
+
+@dataclass(frozen=True)
+class MasksSource:
+    """Photos with pixel crack masks (``images/``, ``masks/``, optional ``masks_planking/``),
+    cut into labelled windows at several scales: a window is a crack when its centre region holds
+    enough crack pixels, clean when no crack pixel lies within a margin of it; windows in
+    between are left out (counted). Clean windows on planking are the hard negatives."""
+
+    kind: str = _rule(choices=("masks",))
+    path: str = _rule()  # a folder or archive in that layout
+    photos: str = _rule()  # file-name glob of the photos to use (e.g. "train_*")
+    scales: tuple[float, ...] = _rule(gt=0.0, le=8.0)  # as predict.scale: resize, then windows
+    # All lengths are shares of the window's side, so one rule labels every scale alike.
+    centre: float = _rule(gt=0.0, le=1.0)  # the centre square's side
+    crack_length: float = _rule(
+        gt=0.0, le=4.0
+    )  # crack pixels the centre must hold (0.25: a 1-px crack a quarter across)
+    margin: float = _rule(ge=0.0, le=1.0)  # around a clean window: no crack pixel within it
+    planking_length: float = _rule(
+        gt=0.0, le=16.0
+    )  # planking pixels that make a clean window a hard negative
+    max_clean: int = _rule(
+        ge=0
+    )  # clean windows kept in all (seeded; hard negatives up to half; 0: all)
+    licence: str = _rule()
+
+
+Source = LabelledSource | SyntheticSource | MasksSource
+
+
+@dataclass(frozen=True)
 class FetchParams:
-    source: str = _rule(choices=("synthetic", "archive", "mendeley"))
-    archive: str = _rule()  # local .zip/.tar*/.rar or a folder with Positive/ and Negative/
-    url: str = _rule()
-    sha256: str = _rule()  # optional pin for the download; "" records without checking
-    synthetic_per_class: int = _rule(ge=10, le=100_000)
+    sources: dict[str, Source]  # named; each image's manifest row records its source
     on_bad_image: str = _rule(choices=("error", "skip"))
-    max_files: int = _rule(ge=1)
+    max_files: int = _rule(ge=1)  # extraction bounds for archives from the internet
     max_bytes: int = _rule(ge=1)
     max_pixels: int = _rule(ge=1)
     near_duplicate_bits: int = _rule(ge=-1, le=16)
@@ -81,7 +135,19 @@ class AugmentParams:
     rotation: float = _rule(ge=0.0, le=180.0)
     hflip: bool = _rule()
     vflip: bool = _rule()
+    rot90: bool = _rule()  # a quarter turn (1-3) for half of the views: cracks run any way
     color_jitter: float = _rule(ge=0.0, le=1.0)
+    grayscale: float = _rule(ge=0.0, le=1.0)  # the share of views turned grey
+    # What another camera does to a crack: zoom (log-uniform factor; < 1 shows it thinner and
+    # farther, > 1 wider and closer; [1, 1] off), lens blur (Gaussian sigma up to this; 0 off),
+    # sensor noise (std up to this, 0-255 units; 0 off), JPEG re-encoding (quality drawn in this
+    # range; [100, 100] off) and exposure (gamma drawn from exp(U(-e, e)); 0 off). Zoom applies
+    # to three views in four, blur, noise and JPEG each to half of them.
+    zoom: tuple[float, ...] = _rule(gt=0.0, le=4.0)
+    blur: float = _rule(ge=0.0, le=5.0)
+    noise: float = _rule(ge=0.0, le=50.0)
+    jpeg_quality: tuple[int, ...] = _rule(ge=5, le=100)
+    exposure: float = _rule(ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -101,6 +167,16 @@ class TrainParams:
     # or online (fresh augmentation and a whole forward pass every epoch)
     finetune: str = _rule(choices=("cached", "online"))
     engine: str = _rule(choices=ENGINES)  # backbone forward passes on CPU (crackdet.model.engines)
+    # source: every fetch source weighs the same in the loss and in the choice of the best
+    # epoch, each of its classes alike; none: every image alike.
+    balance: str = _rule(choices=("source", "none"))
+    # A source's share of the loss relative to the others (unnamed sources: 1).
+    source_weights: dict[str, float] = _rule(gt=0.0, le=100.0)  # noqa: RUF009 (no default)
+    # The operating threshold on the calibrated P(crack): fixed (0.5) or f1 (F1-optimal on val).
+    threshold: str = _rule(choices=("fixed", "f1"))
+    # The share of held-out training-source patches the OOD model accepts (its threshold is
+    # this quantile of their scores): 0.95 flags about 5 % of concrete like the training data.
+    ood_quantile: float = _rule(gt=0.5, lt=1.0)
     augment: AugmentParams
 
 
@@ -114,7 +190,12 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class PredictParams:
-    scale: float = _rule(gt=0.0, le=8.0)
+    # auto: several scales per photo, from its size (auto_windows), maps averaged; a number: one
+    # scale for every photo (the photo is resized by it, then windows slide over it).
+    scale: float | str = _rule(gt=0.0, le=8.0, choices=("auto",))
+    # scale auto: a window covers the photo's short side divided by each of these (6.75 on a
+    # 512-px drone crop is scale 3; on a 12 MP photo 0.51).
+    auto_windows: tuple[float, ...] = _rule(ge=1.0, le=64.0)
     overlap: float = _rule(ge=0.0, le=0.9)
     batch_size: int = _rule(ge=1, le=4096)
     engine: str = _rule(choices=ENGINES)
@@ -156,13 +237,14 @@ class Params:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys (``train.augment.zoom``); tuples become lists, as YAML writes them."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flatten(value, name + "."))
         else:
-            flat[name] = value
+            flat[name] = list(value) if isinstance(value, tuple) else value
     return flat
 
 
@@ -177,9 +259,29 @@ def _type_name(tp: Any) -> str:
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+# Source names become folder names under outputs/fetch/images and parts of params keys.
+_SOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
 def _check_value(key: str, tp: Any, value: Any, meta: typing.Mapping[str, Any]) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        item = typing.get_args(tp)[1]
+        if item is float:
+            return _check_weights(key, value, meta)
+        return _check_sources(key, item, value)
+    if origin is types.UnionType:
+        options = typing.get_args(tp)
+        if all(dataclasses.is_dataclass(o) for o in options):
+            return _check_kind(key, options, value)
+        return _check_number_or_word(key, options, value, meta)
+    if origin is tuple:  # tuple[X, ...]: a YAML list of X
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, list) or not value:
+            raise CrackdetError(f"params.yaml: {key} must be a non-empty list, got {value!r}")
+        return tuple(_check_value(f"{key}[{i}]", item, v, meta) for i, v in enumerate(value))
     if tp is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
         value = float(value)
     # bool is an int subclass in Python; YAML `true` must never pass as a count.
@@ -205,11 +307,70 @@ def _check_value(key: str, tp: Any, value: Any, meta: typing.Mapping[str, Any]) 
         ("ge", lambda v, b: v >= b, ">="),
         ("gt", lambda v, b: v > b, ">"),
         ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
     ):
         limit = meta.get(bound)
         if limit is not None and not test(value, limit):
             raise CrackdetError(f"params.yaml: {key} must be {word} {limit}; got {value!r}")
     return value
+
+
+def _check_number_or_word(
+    key: str, options: tuple[type, ...], value: Any, meta: typing.Mapping[str, Any]
+) -> Any:
+    """``float | str``: a number within the bounds, or one of the words in ``choices``."""
+    words = meta.get("choices") or ()
+    if isinstance(value, str) and value in words:
+        return value
+    number = next(o for o in options if o in (int, float))
+    try:
+        return _check_value(key, number, value, {k: v for k, v in meta.items() if k != "choices"})
+    except CrackdetError as exc:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise  # a number out of range: the bound says it
+        raise CrackdetError(
+            f"params.yaml: {key} must be a number or {' or '.join(words)}; got {value!r}"
+        ) from exc
+
+
+def _check_sources(key: str, item: Any, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        raise CrackdetError(
+            f"params.yaml: {key} must name at least one source (name: {{kind: …, …}})"
+        )
+    sources = {}
+    for name, raw in value.items():
+        if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
+            raise CrackdetError(
+                f"params.yaml: {key}: source name {name!r} must be lower-case letters, digits, "
+                "'_' or '-' (it names a folder)"
+            )
+        sources[name] = _check_value(f"{key}.{name}", item, raw, {})
+    return sources
+
+
+def _check_weights(key: str, value: Any, meta: typing.Mapping[str, Any]) -> dict[str, float]:
+    """``name: number`` pairs (may be empty)."""
+    if not isinstance(value, dict):
+        raise CrackdetError(
+            f"params.yaml: {key} must be a mapping of source names to numbers ({{}} for none)"
+        )
+    return {str(name): _check_value(f"{key}.{name}", float, v, meta) for name, v in value.items()}
+
+
+def _check_kind(key: str, options: tuple[type, ...], value: Any) -> Any:
+    """One of several record types, chosen by the value's ``kind``."""
+    by_kind = {
+        kind: cls
+        for cls in options
+        for kind in dataclasses.fields(cls)[0].metadata["choices"]  # the first field is kind
+    }
+    kind = value.get("kind") if isinstance(value, dict) else None
+    if kind not in by_kind:
+        raise CrackdetError(
+            f"params.yaml: {key}.kind must be one of {', '.join(by_kind)}; got {kind!r}"
+        )
+    return _build(by_kind[kind], value, key)
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -242,14 +403,37 @@ def parse_params(raw: Any) -> Params:
         raise CrackdetError(
             f"params.yaml: split.train + split.val + split.test must sum to 1; got {total:g}"
         )
-    if params.fetch.source == "archive" and not params.fetch.archive:
-        raise CrackdetError(
-            "params.yaml: fetch.archive must name a local archive or folder when "
-            "fetch.source is archive"
-        )
-    if params.fetch.sha256 and len(params.fetch.sha256) != 64:
-        raise CrackdetError("params.yaml: fetch.sha256 must be 64 hex digits or empty")
+    for name, source in params.fetch.sources.items():
+        _check_source(f"fetch.sources.{name}", source)
+    for name in params.train.source_weights:
+        if name not in params.fetch.sources:
+            raise CrackdetError(
+                f"params.yaml: train.source_weights.{name} names no source in fetch.sources "
+                f"({', '.join(params.fetch.sources)})"
+            )
     return params
+
+
+def _check_source(key: str, source: Source) -> None:
+    """What the schema's types cannot say about one source."""
+    if isinstance(source, LabelledSource | MasksSource) and not source.path:
+        what = "URL" if source.kind == "mendeley" else "local archive or folder"
+        raise CrackdetError(f"params.yaml: {key}.path must name the {what}")
+    if isinstance(source, LabelledSource):
+        if source.sha256 and not re.fullmatch(r"[0-9a-f]{64}", source.sha256):
+            raise CrackdetError(f"params.yaml: {key}.sha256 must be 64 hex digits or empty")
+        if source.group_by != "signature":
+            try:
+                pattern = re.compile(source.group_by)
+            except re.error as exc:
+                raise CrackdetError(
+                    f"params.yaml: {key}.group_by is not a valid regular expression ({exc})"
+                ) from None
+            if pattern.groups < 1:
+                raise CrackdetError(
+                    f"params.yaml: {key}.group_by must be signature or a regular expression "
+                    "with a group naming the photo, e.g. ^(\\d+)-"
+                )
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -36,10 +36,7 @@ _CHUNK = 1024 * 1024
 # the per-call overhead low on large members, small enough not to dominate on tiny images.
 _ARCHIVE_BLOCK = 64 * 1024
 
-_OFFLINE_HINT = (
-    "Offline? Set fetch.source: synthetic (the embedded default) or fetch.source: archive "
-    "with fetch.archive: <path to a local copy of the archive>"
-)
+_OFFLINE_HINT = "Offline? Use a local copy: a fetch source with kind: archive and path: <the copy>"
 
 # "bytes 100-199/1000" or "bytes */1000" (the latter comes with a 416).
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
@@ -97,11 +94,11 @@ def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
 
 def _http_error(url: str, exc: urllib.error.HTTPError) -> CrackdetError:
     hint = (
-        "check the URL (it may have moved) or use a local copy with fetch.source: archive and "
-        "fetch.archive: <path>"
+        "check the URL (it may have moved) or use a local copy: a fetch source with kind: "
+        "archive and path: <the copy>"
         if 400 <= exc.code < 500
-        else "the server failed; try again later or use a local copy with fetch.source: "
-        "archive and fetch.archive: <path>"
+        else "the server failed; try again later or use a local copy: a fetch source with "
+        "kind: archive and path: <the copy>"
     )
     return CrackdetError(f"cannot download {url}: HTTP {exc.code} {first_line(exc.reason)}; {hint}")
 
@@ -124,7 +121,7 @@ def download(
     if scheme not in ("http", "https"):
         raise CrackdetError(
             f"cannot download {url}: only http:// and https:// URLs are supported; for a local "
-            "file set fetch.source: archive and fetch.archive: <path>"
+            "file use a fetch source with kind: archive and path: <the file>"
         )
     expected_sha = sha256.strip().lower() if sha256 else None
     part = dest.with_name(dest.name + ".part")
@@ -188,8 +185,8 @@ def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool) ->
             else:
                 raise CrackdetError(
                     f"cannot download {url}: unexpected HTTP {status} "
-                    f"{first_line(response.reason)}; check the URL or use a local copy with "
-                    "fetch.source: archive and fetch.archive: <path>"
+                    f"{first_line(response.reason)}; check the URL or use a local copy: a fetch "
+                    "source with kind: archive and path: <the copy>"
                 )
             return _stream(url, response, part, offset, total, progress)
     raise CrackdetError(
@@ -315,7 +312,7 @@ def _entries(archive: Path) -> Iterator[libarchive.ArchiveEntry]:
                 fmt = (reader.format_name or b"?").decode("ascii", "replace")
                 raise CrackdetError(
                     f"cannot extract {archive}: it is a {fmt} archive, not zip, tar or rar; "
-                    "point fetch.archive at the dataset's zip/tar/rar file"
+                    "point the fetch source's path at the dataset's zip/tar/rar file"
                 )
             yield entry
 
@@ -336,7 +333,8 @@ def extract(
     dest = Path(dest)
     if not archive.is_file():
         raise CrackdetError(
-            f"cannot extract {archive}: no such file; check fetch.archive or rerun the download"
+            f"cannot extract {archive}: no such file; check the fetch source's path or rerun "
+            "the download"
         )
     if dest.exists() or dest.is_symlink():
         raise CrackdetError(
@@ -442,7 +440,8 @@ def _extract_into(archive: Path, root: Path, max_files: int, max_bytes: int) -> 
         reason = first_line(getattr(exc, "msg", None) or exc)
         raise CrackdetError(
             f"cannot extract {archive}: {reason}; the file is corrupt, truncated or not a "
-            "zip/tar/rar archive, so download it again or point fetch.archive at a good copy"
+            "zip/tar/rar archive, so download it again or point the fetch source's path at a "
+            "good copy"
         ) from exc
     except OSError as exc:
         # e.g. a file and a folder of the same name, a full disk, a name too long.
@@ -453,6 +452,6 @@ def _extract_into(archive: Path, root: Path, max_files: int, max_bytes: int) -> 
     if not seen_entry:
         raise CrackdetError(
             f"cannot extract {archive}: it is empty or not a zip/tar/rar archive; download it "
-            "again or point fetch.archive at a good copy"
+            "again or point the fetch source's path at a good copy"
         )
     return sorted(files)

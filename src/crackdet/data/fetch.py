@@ -1,74 +1,56 @@
-"""The fetch stage: bring the labelled patches into ``outputs/fetch`` with a manifest.
+"""The fetch stage: bring every named source's labelled patches into ``outputs/fetch``.
 
-Sources: ``synthetic`` (rendered here, offline, the embedded default), ``archive`` (a local
-.zip/.tar*/.rar or a folder in the public set's layout) and ``mendeley`` (the public archive,
-downloaded with resume). Whatever the source, every image is decoded once here, so a corrupt file
-is named now rather than failing half way through training, and the output folder is swapped in
-only when complete.
+Sources (``fetch.sources``, each named): ``archive`` / ``folder`` (a local .zip/.tar*/.rar or a
+folder in the public set's layout), ``mendeley`` (the public archive, downloaded with resume),
+``synthetic`` (rendered here, offline) and ``masks`` (photos with pixel masks, cut into labelled
+windows at several scales). Each lands in ``images/<source>/{Positive,Negative}``; every image is
+decoded once here, so a corrupt file is named now rather than failing half way through training.
+The manifest records each image's source and, where the source says, the photo it was cut from;
+the summary records each source's licence and digests. The output folder is swapped in only when
+complete.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import atomic_dir, file_digests, sha256_file, write_text
+from crackdet.core.io import atomic_dir, file_digests, write_text
 from crackdet.core.layout import FetchOutputs, Layout
-from crackdet.core.params import FetchParams, flatten
-from crackdet.data.archive import download, extract
+from crackdet.core.params import (
+    FetchParams,
+    LabelledSource,
+    MasksSource,
+    Source,
+    SyntheticSource,
+    flatten,
+)
+from crackdet.data.archive import extract
 from crackdet.data.images import CLASSES, decode_image
+from crackdet.data.labelled import (
+    ExtractLimits,
+    Imported,
+    check_public_layout,
+    class_files,
+    import_labelled,
+    import_public,
+    resolve_path,
+)
 from crackdet.data.manifest import ManifestRow, manifest_digest, write_manifest
-from crackdet.data.records import FetchSummary
+from crackdet.data.masks import cut_windows, photo_of
+from crackdet.data.records import FetchSummary, SourceSummary
 from crackdet.data.signatures import dhash, duplicate_groups, save_signatures, signature
 from crackdet.data.synthetic import write_patch_set
 
-# The public set as published (Özgenel 2019, V2): checked when it is downloaded.
-PUBLIC_PER_CLASS = 20_000
-PUBLIC_SIZE = (227, 227)
-PUBLIC_ARCHIVE = "concrete-crack-images-5y9wdsg2zt.rar"  # its name in the download cache
-
-
-def find_class_root(folder: Path, origin: str) -> Path:
-    """The folder holding ``Positive/`` and ``Negative/`` (at the top or up to 3 levels down)."""
-    candidates = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]
-    for candidate in candidates:
-        if len(candidate.relative_to(folder).parts) > 3:
-            continue
-        if all((candidate / name).is_dir() for name in CLASSES):
-            return candidate
-    found = sorted(p.name for p in folder.iterdir())[:6]
-    raise CrackdetError(
-        f"{origin}: expected folders Positive/ and Negative/ (the public set's layout); "
-        f"found {', '.join(found) or 'nothing'}"
-    )
-
-
-def _class_files(class_root: Path, label: str) -> tuple[list[Path], list[str]]:
-    """The files of one class folder, and what is left out of it, named: hidden entries
-    (``.DS_Store``, AppleDouble ``._x.jpg``: OS litter) and anything that is not a plain file."""
-    files, left_out = [], []
-    for folder, dirs, names in os.walk(class_root / label):
-        base = Path(folder)
-        for name in sorted(dirs):
-            if name.startswith("."):
-                left_out.append(f"{(base / name).relative_to(class_root).as_posix()}/ (hidden)")
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            path = base / name
-            rel = path.relative_to(class_root).as_posix()
-            if name.startswith("."):
-                left_out.append(f"{rel} (hidden)")
-            elif not path.is_file() or path.is_symlink():
-                left_out.append(f"{rel} (not a plain file)")
-            else:
-                files.append(path)
-    return sorted(files), left_out
+BAD_IMAGE_HINT = "; remove or replace it, or set fetch.on_bad_image: skip"
+GroupOf = Callable[[str], str]  # file name -> the photo it was cut from ("" if unknown)
 
 
 @dataclass
@@ -80,19 +62,25 @@ class IndexedImages:
     left_out: list[str]  # entries that are not images of a class, with why
 
 
-BAD_IMAGE_HINT = "; remove or replace it, or set fetch.on_bad_image: skip"
-
-
-def index_images(images: Path, origin: str, on_bad_image: str, max_pixels: int) -> IndexedImages:
-    """Decode every image under ``images/{Positive,Negative}`` once: manifest rows, skipped files,
-    and the signatures split and the duplicate report need (so nothing is decoded twice)."""
+def index_images(
+    images: Path,
+    origin: str,
+    on_bad_image: str,
+    max_pixels: int,
+    source: str = "",
+    group_of: GroupOf | None = None,
+) -> IndexedImages:
+    """Decode every image under ``images/{Positive,Negative}`` once: manifest rows (paths
+    relative to ``images``' parent when ``source`` names the subfolder), skipped files, and the
+    signatures split and the duplicate report need (so nothing is decoded twice)."""
     rows: list[ManifestRow] = []
     skipped: list[str] = []
     hashes: list[int] = []
     sigs: list[np.ndarray] = []
     left_out: list[str] = []
+    prefix = f"{source}/" if source else ""
     for label in CLASSES:
-        files, hidden = _class_files(images, label)
+        files, hidden = class_files(images, label)
         left_out += hidden
         if not files:
             raise CrackdetError(
@@ -112,8 +100,10 @@ def index_images(images: Path, origin: str, on_bad_image: str, max_pixels: int) 
                 skipped.append(rel)
                 path.unlink()
                 continue
+            digest = hashlib.sha256(data).hexdigest()
+            group = group_of(path.name) if group_of else ""
             rows.append(
-                ManifestRow(rel, label, hashlib.sha256(data).hexdigest(), image.width, image.height)
+                ManifestRow(prefix + rel, label, digest, image.width, image.height, source, group)
             )
             hashes.append(dhash(image))
             sigs.append(signature(image))
@@ -126,10 +116,11 @@ def index_images(images: Path, origin: str, on_bad_image: str, max_pixels: int) 
     return IndexedImages(rows, skipped, hashes, sigs, left_out)
 
 
-def report_duplicates(indexed: IndexedImages, max_bits: int, out: Path) -> dict[str, int]:
+def report_duplicates(
+    rows: list[ManifestRow], hashes: list[int], max_bits: int, out: Path
+) -> dict[str, int]:
     """Write duplicates.csv (group, path, label, sha256) and return counts for the summary."""
-    rows = indexed.rows
-    groups = duplicate_groups([r.sha256 for r in rows], np.array(indexed.hashes), max_bits)
+    groups = duplicate_groups([r.sha256 for r in rows], np.array(hashes), max_bits)
     lines = ["group,path,label,sha256"]
     exact = conflicts = 0
     for number, members in enumerate(groups, start=1):
@@ -145,151 +136,134 @@ def report_duplicates(indexed: IndexedImages, max_bits: int, out: Path) -> dict[
     }
 
 
-def check_public_layout(rows: list[ManifestRow], origin: str) -> None:
-    """The downloaded archive must be the public set: 20,000 + 20,000 images of 227x227."""
-    counts = {label: sum(r.label == label for r in rows) for label in CLASSES}
-    sizes = {(r.width, r.height) for r in rows}
-    if any(n != PUBLIC_PER_CLASS for n in counts.values()) or sizes != {PUBLIC_SIZE}:
-        found = ", ".join(f"{k} {v}" for k, v in counts.items())
-        raise CrackdetError(
-            f"{origin}: not the public set as published (expected {PUBLIC_PER_CLASS} Positive + "
-            f"{PUBLIC_PER_CLASS} Negative 227x227 images; found {found}, sizes "
-            f"{sorted(sizes)[:3]}); pin fetch.sha256 to the archive you trust"
-        )
+def filename_groups(pattern: str, key: str) -> GroupOf:
+    """Photo of a file by a regular expression's first group (``group_by``); a file the
+    pattern does not match stops fetch, naming it and the params key."""
+    compiled = re.compile(pattern)
 
+    def group(name: str) -> str:
+        match = compiled.search(name)
+        if match is None or not match.group(1):
+            raise CrackdetError(
+                f"{key}.group_by '{pattern}' names no photo in the file name {name}; fix the "
+                "pattern or set it to signature"
+            )
+        return match.group(1)
 
-def _copy_classes(class_root: Path, images: Path, origin: str) -> list[str]:
-    """Copy the class folders of a folder source; return what was left out, named. Links to
-    files are read as the files they point to; a broken link stops fetch (it names an image
-    that is not there); links to folders are not followed (a link to a parent folder would
-    copy the tree into itself)."""
-    left_out = []
-    for label in CLASSES:
-        for folder, dirs, names in os.walk(class_root / label):
-            base = Path(folder)
-            target = images / base.relative_to(class_root)
-            target.mkdir(parents=True, exist_ok=True)
-            for name in sorted(dirs):
-                if (base / name).is_symlink():
-                    rel = (base / name).relative_to(class_root).as_posix()
-                    left_out.append(f"{rel}/ (linked folder, not followed)")
-            dirs[:] = sorted(d for d in dirs if not (base / d).is_symlink())
-            for name in sorted(names):
-                path = base / name
-                if path.is_symlink() and not path.exists():
-                    rel = path.relative_to(class_root).as_posix()
-                    raise CrackdetError(
-                        f"{origin}: {rel}: broken link to {os.readlink(path)}; remove it or "
-                        "put the file it names there"
-                    )
-                if path.is_file():
-                    shutil.copyfile(path, target / name)
-    return left_out
-
-
-def _from_archive_file(
-    archive_path: Path, work: Path, images: Path, params: FetchParams
-) -> list[str]:
-    extracted = work / "extracted"
-    extract(archive_path, extracted, max_files=params.max_files, max_bytes=params.max_bytes)
-    class_root = find_class_root(extracted, str(archive_path))
-    left_out = _beside_classes(class_root, extracted)
-    images.mkdir()
-    for label in CLASSES:
-        (class_root / label).rename(images / label)
-    shutil.rmtree(extracted)
-    return left_out
-
-
-def _beside_classes(class_root: Path, top: Path) -> list[str]:
-    """Entries next to ``Positive/`` and ``Negative/`` (left out: they are no class), named."""
-    return [
-        f"{p.relative_to(top).as_posix()}{'/' if p.is_dir() else ''} (not a class folder)"
-        for p in sorted(class_root.iterdir())
-        if p.name not in CLASSES
-    ]
+    return group
 
 
 @dataclass(frozen=True)
-class Imported:
-    """A labelled source copied into ``images/``: its archive digest (None for a folder) and
-    what was left out of it, named."""
+class _Fetched:
+    """One source brought into ``images/<name>``, indexed."""
 
-    archive_sha256: str | None
-    left_out: list[str]
-    archive_md5: str | None = None
-
-
-def import_labelled(path: Path, images: Path, work: Path, params: FetchParams) -> Imported:
-    """Copy or extract a folder/archive in the public layout into ``images/{Positive,Negative}``."""
-    if path.is_dir():
-        class_root = find_class_root(path, str(path))
-        left_out = _beside_classes(class_root, path)
-        return Imported(None, left_out + _copy_classes(class_root, images, str(path)))
-    sha256, md5 = file_digests(path)
-    return Imported(sha256, _from_archive_file(path, work, images, params), md5)
+    indexed: IndexedImages
+    imported: Imported
+    origin: str
+    extra: dict[str, int]  # what a masks source cut, per kind of window
 
 
-def resolve_archive(root: Path, archive: str) -> Path:
-    path = Path(archive).expanduser()
-    path = path if path.is_absolute() else root / path
-    if not path.exists():
-        raise CrackdetError(f"fetch.archive: {archive} does not exist (path relative to {root})")
-    return path
+def _fetch_source(
+    name: str, source: Source, out: FetchOutputs, params: FetchParams, seed: int, layout: Layout
+) -> _Fetched:
+    key = f"fetch.sources.{name}"
+    target = out.images / name
+    work = out.dir / ".work" / name
+    work.mkdir(parents=True)
+    limits = ExtractLimits(params.max_files, params.max_bytes)
+    extra: dict[str, int] = {}
+    group_of: GroupOf | None = None
+    if isinstance(source, SyntheticSource):
+        write_patch_set(target, source.per_class, seed, style=source.style)
+        origin, imported = f"{key} (synthetic)", Imported(None, None, [])
+    elif isinstance(source, MasksSource):
+        path = resolve_path(layout.root, source.path, f"{key}.path")
+        origin = source.path
+        masks = import_masks(path, work, limits)
+        cut, left_out = cut_windows(masks.folder, source, target, seed, params.max_pixels)
+        imported = Imported(masks.archive_sha256, masks.archive_md5, left_out)
+        extra = asdict(cut)
+        group_of = photo_of
+    elif source.kind == "mendeley":
+        origin = source.path
+        imported = import_public(source.path, source.sha256, layout.downloads, target, work, limits)
+    else:
+        path = resolve_path(layout.root, source.path, f"{key}.path")
+        origin = source.path
+        if source.kind == "folder" and not path.is_dir():
+            raise CrackdetError(f"{key}.path: {source.path} is not a folder; use kind: archive")
+        if source.kind == "archive" and path.is_dir():
+            raise CrackdetError(f"{key}.path: {source.path} is a folder; use kind: folder")
+        imported = import_labelled(path, target, work, limits)
+        if source.sha256 and imported.archive_sha256 != source.sha256:
+            raise CrackdetError(
+                f"{key}.sha256: {source.path} has sha256 {imported.archive_sha256}, not the "
+                f"pinned {source.sha256}; use the archive you pinned or update the pin"
+            )
+    if isinstance(source, LabelledSource) and source.group_by != "signature":
+        group_of = filename_groups(source.group_by, key)
+    shutil.rmtree(work)
+    indexed = index_images(target, origin, params.on_bad_image, params.max_pixels, name, group_of)
+    if isinstance(source, LabelledSource) and source.kind == "mendeley":
+        check_public_layout(indexed.rows, origin, key)
+    return _Fetched(indexed, imported, origin, extra)
 
 
 def fetch(params: FetchParams, seed: int, layout: Layout) -> FetchSummary:
     """Run the fetch stage into ``outputs/fetch`` (images/, manifest.csv, summary.json)."""
-    imported = Imported(None, [])
     with atomic_dir(layout.fetch.dir) as folder:
         out = FetchOutputs(folder)
-        work = folder / ".work"
-        work.mkdir()
-        if params.source == "synthetic":
-            write_patch_set(out.images, params.synthetic_per_class, seed)
-            origin = "synthetic"
-        elif params.source == "archive":
-            origin = params.archive
-            imported = import_labelled(
-                resolve_archive(layout.root, params.archive), out.images, work, params
+        rows: list[ManifestRow] = []
+        hashes: list[int] = []
+        sigs: list[np.ndarray] = []
+        sources: dict[str, SourceSummary] = {}
+        for name, source in params.sources.items():
+            fetched = _fetch_source(name, source, out, params, seed, layout)
+            indexed = fetched.indexed
+            rows += indexed.rows
+            hashes += indexed.hashes
+            sigs += indexed.signatures
+            sources[name] = SourceSummary(
+                kind=source.kind,
+                licence=source.licence,
+                origin=fetched.origin,
+                count=len(indexed.rows),
+                per_class={c: sum(r.label == c for r in indexed.rows) for c in CLASSES},
+                archive_sha256=fetched.imported.archive_sha256,
+                archive_md5=fetched.imported.archive_md5,
+                skipped=indexed.skipped,
+                left_out=fetched.imported.left_out + indexed.left_out,
+                windows=fetched.extra,
             )
-        else:  # mendeley
-            digest = _download_public(params, layout.downloads)
-            origin = params.url
-            left_out = _from_archive_file(
-                layout.downloads / PUBLIC_ARCHIVE, work, out.images, params
-            )
-            imported = Imported(digest, left_out)
-        shutil.rmtree(work)
-        indexed = index_images(out.images, origin, params.on_bad_image, params.max_pixels)
-        rows = indexed.rows
-        if params.source == "mendeley":
-            check_public_layout(rows, origin)
+        shutil.rmtree(out.dir / ".work", ignore_errors=True)
         write_manifest(out.manifest, rows)
-        save_signatures(out.signatures, [r.path for r in rows], indexed.hashes, indexed.signatures)
+        save_signatures(out.signatures, [r.path for r in rows], hashes, sigs)
         summary = FetchSummary(
-            source=params.source,
+            sources=sources,
             count=len(rows),
-            per_class={label: sum(r.label == label for r in rows) for label in CLASSES},
-            skipped=indexed.skipped,
+            per_class={c: sum(r.label == c for r in rows) for c in CLASSES},
             manifest_sha256=manifest_digest(rows),
-            archive_sha256=imported.archive_sha256,
-            archive_md5=imported.archive_md5,
-            duplicates=report_duplicates(indexed, params.near_duplicate_bits, folder),
-            left_out=imported.left_out + indexed.left_out,
+            duplicates=report_duplicates(rows, hashes, params.near_duplicate_bits, folder),
             params=flatten({"base": {"seed": seed}, "fetch": asdict(params)}),
         )
         summary.write(out.summary)
     return summary
 
 
-def _download_public(params: FetchParams, downloads: Path) -> str:
-    """The public archive in ``downloads``: a finished earlier download is reused unless it
-    contradicts the ``fetch.sha256`` pin; returns its sha256."""
-    target = downloads / PUBLIC_ARCHIVE
-    if target.exists():
-        digest = sha256_file(target)
-        if not params.sha256 or digest == params.sha256:
-            return digest
-        target.unlink()
-    return download(params.url, target, sha256=params.sha256 or None)
+@dataclass(frozen=True)
+class MasksFolder:
+    """A masks source made readable: its folder (extracted from an archive into ``work``)."""
+
+    folder: Path
+    archive_sha256: str | None
+    archive_md5: str | None
+
+
+def import_masks(path: Path, work: Path, limits: ExtractLimits) -> MasksFolder:
+    """A masks source's folder: read in place, or an archive extracted into ``work``."""
+    if path.is_dir():
+        return MasksFolder(path, None, None)
+    sha256, md5 = file_digests(path)
+    folder = work / "extracted"
+    extract(path, folder, max_files=limits.max_files, max_bytes=limits.max_bytes)
+    return MasksFolder(folder, sha256, md5)

@@ -1,8 +1,10 @@
 """Manifests: the CSV that names every image of a data set.
 
-One row per image: ``path`` (relative to the images folder, posix), ``label`` (``Positive`` or
-``Negative``, the public set's folder names), ``sha256`` (of the file's bytes), ``width`` and
-``height``. Fetch writes it; split writes one per split; train and evaluate read them.
+One row per image: ``path`` (relative to the images folder, posix: ``<source>/<label>/<file>``),
+``label`` (``Positive`` or ``Negative``, the public set's folder names), ``sha256`` (of the file's
+bytes), ``width``, ``height``, ``source`` (the name of the fetch source it came from) and
+``group`` (the source photo it was cut from, when the source says; empty: split finds groups by
+signature). Fetch writes it; split writes one per split; train and evaluate read them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import write_text
 from crackdet.data.images import LABEL_INDEX
 
-MANIFEST_FIELDS = ("path", "label", "sha256", "width", "height")
+MANIFEST_FIELDS = ("path", "label", "sha256", "width", "height", "source", "group")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class ManifestRow:
     sha256: str
     width: int
     height: int
+    source: str = ""
+    group: str = ""  # "" when the source names no photo: split clusters signatures
 
     @property
     def target(self) -> int:
@@ -38,7 +42,9 @@ def write_manifest(target: Path, rows: list[ManifestRow]) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(MANIFEST_FIELDS)
     for row in rows:
-        writer.writerow([row.path, row.label, row.sha256, row.width, row.height])
+        writer.writerow(
+            [row.path, row.label, row.sha256, row.width, row.height, row.source, row.group]
+        )
     write_text(target, buf.getvalue())
 
 
@@ -61,6 +67,8 @@ def read_manifest(path: Path) -> list[ManifestRow]:
                         rec["sha256"],
                         int(rec["width"]),
                         int(rec["height"]),
+                        rec["source"],
+                        rec["group"],
                     )
                 )
             return rows
@@ -69,7 +77,8 @@ def read_manifest(path: Path) -> list[ManifestRow]:
 
 
 def manifest_digest(rows: list[ManifestRow]) -> str:
-    """sha256 over the sorted (path, label, sha256) triples: names the exact data, order-free."""
+    """sha256 over the sorted (path, label, sha256) triples: names the exact data, order-free
+    (the path holds the source)."""
     digest = hashlib.sha256()
     for row in sorted(rows, key=lambda r: r.path):
         digest.update(f"{row.path}\t{row.label}\t{row.sha256}\n".encode())

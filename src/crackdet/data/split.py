@@ -79,18 +79,32 @@ def _groups(
     duplicates: list[list[str]],
     signatures: np.ndarray | None,
 ) -> list[int]:
+    """A group id per row: duplicates together; patches of one source photo together where
+    the source names it (the manifest's ``group``); under ``grouped``, the other rows clustered
+    by signature within their source, ``n_groups`` clusters shared out by source size. A group
+    never spans two sources unless duplicates tie them."""
     index = {row.path: i for i, row in enumerate(rows)}
     union = UnionFind(len(rows))
     for members in duplicates:
         present = [index[p] for p in members if p in index]
         for other in present[1:]:
             union.union(present[0], other)
+    named: dict[tuple[str, str], int] = {}
+    for i, row in enumerate(rows):
+        if row.group:
+            union.union(named.setdefault((row.source, row.group), i), i)
     if strategy == "grouped":
         assert signatures is not None
-        labels = cluster_signatures(signatures, n_groups, seed)
-        first: dict[int, int] = {}
-        for i, label in enumerate(labels.tolist()):
-            union.union(first.setdefault(label, i), i)
+        unnamed = [i for i, row in enumerate(rows) if not row.group]
+        by_source: dict[str, list[int]] = {}
+        for i in unnamed:
+            by_source.setdefault(rows[i].source, []).append(i)
+        for members in by_source.values():
+            share = max(2, round(n_groups * len(members) / max(len(unnamed), 1)))
+            labels = cluster_signatures(signatures[members], share, seed)
+            first: dict[int, int] = {}
+            for i, label in zip(members, labels.tolist(), strict=True):
+                union.union(first.setdefault(label, i), i)
     return union.labels()
 
 
@@ -147,7 +161,14 @@ def split_rows(
             "split: grouped strategy needs outputs/fetch/signatures.npz; rerun fetch"
         )
     group_ids = _groups(rows, params.strategy, params.groups, seed, duplicates or [], signatures)
-    splits = _assign(rows, group_ids, params, seed)
+    # Each source is shared out on its own, so every source is in every split where its groups
+    # allow (a source whose negatives are one photo has them in one split only).
+    splits: dict[str, list[ManifestRow]] = {name: [] for name in SPLITS}
+    for source in sorted({r.source for r in rows}):
+        members = [i for i, r in enumerate(rows) if r.source == source]
+        part = _assign([rows[i] for i in members], [group_ids[i] for i in members], params, seed)
+        for name in SPLITS:
+            splits[name] += part[name]
     for name in SPLITS:
         for label in CLASSES:
             if not any(r.label == label for r in splits[name]):

@@ -509,6 +509,148 @@ def _develop(rng: np.random.Generator, cv: _Canvas) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Randomised patches: crack widths from hairlines to gaping spalled gaps, at a random zoom
+# --------------------------------------------------------------------------------------------
+
+# Crack width at the canvas's own pixel scale, log-uniform: hairlines (UAV75's drone crops show
+# 1-5 px lines) to the wide, dark, spalled gaps of close-up wall photos.
+WIDE_BASE = (1.0, 24.0)
+# The canvas is rendered at 227/z px and resized to 227: z < 1 shows cracks and texture z times
+# thinner (a distant shot), z > 1 thicker (a close-up).
+ZOOM = (1 / 3, 1.5)
+
+
+def _wide_width_profile(rng: np.random.Generator, n: int, base: float) -> np.ndarray:
+    var = ndimage.gaussian_filter1d(rng.standard_normal(n + 40), rng.uniform(8, 30))[20:-20]
+    var /= var.std() + 1e-6
+    return np.clip(base * np.exp(rng.uniform(0.1, 0.4) * var), 0.8, 40.0)
+
+
+def _wide_crack_system(
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    reach: tuple[float, float],
+    n_branches: int,
+    branch_len: tuple[float, float],
+    base: float,
+) -> list[_Polyline]:
+    """A crack of base width ``base`` with branches; wide cracks are deep (dark gaps),
+    hairlines may be faint."""
+    heading = rng.uniform(0, 2 * np.pi)
+    wiggle = rng.uniform(0.03, 0.09)
+    if base > 5:
+        contrast = rng.uniform(0.55, 0.92)
+    else:
+        contrast = rng.uniform(0.15, 0.4) if rng.random() < 0.25 else rng.uniform(0.35, 0.85)
+    fwd, a_f = _walk(rng, centre, heading, reach[0], wiggle)
+    back, a_b = _walk(rng, centre, heading + np.pi, reach[1], wiggle)
+    pts = np.concatenate([back[::-1], fwd])
+    ang = np.concatenate([a_b[::-1] + np.pi, a_f])
+    width = _wide_width_profile(rng, len(pts), base)
+    taper = np.minimum(np.arange(len(pts)) + 1, np.arange(len(pts))[::-1] + 1) / 25.0
+    width = np.maximum(0.8, width * np.minimum(1.0, 0.3 + taper))
+    cvar = ndimage.gaussian_filter1d(rng.standard_normal(len(pts)), 15)
+    con = contrast * np.exp(0.15 * cvar / (cvar.std() + 1e-6))
+    lines = [_Polyline(pts, width, np.clip(con, 0.08, 0.95))]
+    for _ in range(n_branches):
+        i = int(rng.integers(len(pts) // 8, max(len(pts) // 8 + 1, 7 * len(pts) // 8)))
+        side = rng.choice([-1, 1])
+        b_head = ang[i] + side * rng.uniform(np.deg2rad(20), np.deg2rad(75))
+        b_pts, _ = _walk(rng, pts[i], b_head, rng.uniform(*branch_len), wiggle * 1.3)
+        tip = np.linspace(1.0, 0.25, len(b_pts))
+        b_w = np.maximum(
+            0.7, _wide_width_profile(rng, len(b_pts), width[i] * rng.uniform(0.2, 0.6))
+        )
+        b_c = np.clip(con[i] * rng.uniform(0.6, 1.0) * (0.6 + 0.4 * tip), 0.08, 0.95)
+        lines.append(_Polyline(b_pts, b_w * tip + 0.5 * (1 - tip), b_c))
+    return lines
+
+
+def _render_wide_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]) -> None:
+    """Darken ``cv`` along the cracks like :func:`_render_cracks`, with the margin and the
+    ragged walls scaled by the widest crack, a shadowed, textured interior in wide gaps and,
+    sometimes, chipped bright edges."""
+    wmax = float(max(line.width.max() for line in lines))
+    pad = int(10 + wmax)
+    hh, ww = cv.h + 2 * pad, cv.w + 2 * pad
+    pts = np.concatenate([line.pts for line in lines])
+    wid = np.concatenate([line.width for line in lines])
+    con = np.concatenate([line.contrast for line in lines])
+    iy = np.rint(pts[:, 0]).astype(np.intp) + pad
+    ix = np.rint(pts[:, 1]).astype(np.intp) + pad
+    inside = (iy >= 0) & (iy < hh) & (ix >= 0) & (ix < ww)
+    if not inside.any():
+        return
+    iy, ix, wid, con = iy[inside], ix[inside], wid[inside], con[inside]
+    m = int(12 + wmax)
+    y0, y1 = max(0, iy.min() - m), min(hh, iy.max() + m + 1)
+    x0, x1 = max(0, ix.min() - m), min(ww, ix.max() + m + 1)
+    wmap = np.zeros((y1 - y0, x1 - x0), np.float32)
+    cmap = np.zeros_like(wmap)
+    np.maximum.at(wmap, (iy - y0, ix - x0), wid.astype(np.float32))
+    np.maximum.at(cmap, (iy - y0, ix - x0), con.astype(np.float32))
+    dist, (ny, nx) = ndimage.distance_transform_edt(wmap == 0, return_indices=True)
+    dist = dist.astype(np.float32)
+    half = wmap[ny, nx] * 0.5
+    # Ragged walls: the roughness grows with the width (chipped aggregate along wide cracks).
+    rough = np.float32(rng.uniform(0.1, 0.45)) + np.float32(rng.uniform(0.05, 0.25)) * half
+    near = dist < 1
+    cell = max(2.0, float(np.median(half[near]))) if near.any() else 2.0
+    dist += _noise(rng, *dist.shape, cell) * rough
+    alpha = np.clip(half + 0.5 - dist, 0.0, 1.0)
+    core = np.clip(1.0 - dist / (half + 1.0), 0.0, 1.0)
+    depth = alpha * (0.65 + 0.35 * core) * cmap[ny, nx]
+    if wmax > 4:  # a shadowed gap: darker towards the core, blotchy (depth, debris)
+        wide = np.clip((half - 2.0) / 4.0, 0.0, 1.0)
+        texture = _noise(rng, *dist.shape, rng.uniform(2.0, 6.0))
+        depth = depth * (1 + wide * (0.25 * core + 0.12 * texture))
+    if rng.random() < 0.4:
+        depth += (
+            np.float32(rng.uniform(0.03, 0.1)) * np.exp(-dist / rng.uniform(2, 6)) * (1 - alpha)
+        )
+    factor = 1.0 - np.clip(depth, 0.0, 0.97)
+    if rng.random() < 0.5:  # chipped, bright arrises
+        rim = np.clip(half + 2.0 + 0.3 * half - dist, 0.0, 1.0) - alpha
+        chips = _noise(rng, *dist.shape, rng.uniform(6, 20)) > 0.3
+        factor += np.float32(rng.uniform(0.05, 0.2)) * rim * chips * (half > 1.2)
+    sy = slice(max(y0, pad) - y0, min(y1, pad + cv.h) - y0)
+    sx = slice(max(x0, pad) - x0, min(x1, pad + cv.w) - x0)
+    ty = slice(max(y0, pad) - pad, min(y1, pad + cv.h) - pad)
+    tx = slice(max(x0, pad) - pad, min(x1, pad + cv.w) - pad)
+    cv.shade[ty, tx] *= factor[sy, sx]
+
+
+def render_randomised_patch(rng: np.random.Generator, crack: bool) -> np.ndarray:
+    """A 227-px patch at a random zoom with a crack of random width (hairline to gap): what no
+    single photographed set shows, for models that must serve any camera distance."""
+    zoom = float(np.exp(rng.uniform(np.log(ZOOM[0]), np.log(ZOOM[1]))))
+    size = max(64, round(PATCH_SIZE / zoom))
+    cv = _Canvas.new(size, size)
+    _surface(rng, cv)
+    _lighting(rng, cv, 0.12)
+    rate = _POSITIVE_CONFUSER_RATE if crack else 1.0
+    for fn, p in _CONFUSERS:
+        if rng.random() < p * rate:
+            fn(rng, cv)
+    if crack:
+        base = float(np.exp(rng.uniform(np.log(WIDE_BASE[0]), np.log(WIDE_BASE[1]))))
+        lines: list[_Polyline] = []
+        for _ in range(1 if rng.random() < 0.8 else 2):
+            centre = (rng.uniform(0.25, 0.75) * size, rng.uniform(0.25, 0.75) * size)
+            far = 1.6 * size
+            reach = (far, far if rng.random() < 0.85 else rng.uniform(0.15, 0.45) * size)
+            lines += _wide_crack_system(
+                rng, centre, reach, rng.poisson(0.7), (0.15 * size, 0.7 * size), base
+            )
+        _render_wide_cracks(rng, cv, lines)
+    image = _develop(rng, cv)
+    if size != PATCH_SIZE:
+        resized = Image.fromarray(image).resize((PATCH_SIZE, PATCH_SIZE), Image.Resampling.BILINEAR)
+        image = np.asarray(resized)
+    return image
+
+
+# --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
 
@@ -588,9 +730,16 @@ def _save_jpeg(arr: np.ndarray, path: Path, quality: int) -> None:
 
 
 def write_patch_set(
-    out_dir: Path, n_per_class: int, seed: int, size: int = PATCH_SIZE, quality: int = 90
+    out_dir: Path,
+    n_per_class: int,
+    seed: int,
+    size: int = PATCH_SIZE,
+    quality: int = 90,
+    style: str = "classic",
 ) -> list[tuple[str, str]]:
-    """Write ``n_per_class`` patches per class as ``out_dir/{Positive,Negative}/00001.jpg``.
+    """Write ``n_per_class`` patches per class as ``out_dir/{Positive,Negative}/00001.jpg``:
+    ``classic`` (:func:`render_patch`, one scale) or ``randomised``
+    (:func:`render_randomised_patch`, random zoom and crack width; always 227 px).
 
     Returns ``[(relative_posix_path, label), ...]`` sorted by path. Files already in
     ``out_dir`` are overwritten, never deleted; give an empty directory for a clean set.
@@ -604,7 +753,13 @@ def write_patch_set(
     for label in LABELS:
         (out_dir / label).mkdir(parents=True, exist_ok=True)
         for i in range(1, n_per_class + 1):
-            arr = render_patch(patch_rng(seed, label, i), crack=label == "Positive", size=size)
+            rng = patch_rng(seed, label, i)
+            crack = label == "Positive"
+            arr = (
+                render_randomised_patch(rng, crack)
+                if style == "randomised"
+                else render_patch(rng, crack, size=size)
+            )
             rel = f"{label}/{i:05d}.jpg"
             _save_jpeg(arr, out_dir / rel, quality)
             entries.append((rel, label))

@@ -15,21 +15,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from crackdet.maps.photos import resize_photo
+from crackdet.data.windows import pad_to_window, resize_photo, window_grid
 from crackdet.model.classifier import CrackClassifier
 from crackdet.model.engines import FeatureFn
 from crackdet.model.ood import OODModel
 
-
-def window_starts(length: int, window: int, overlap: float) -> list[int]:
-    """Starts covering [0, length): stride from the overlap, last window flush with the end."""
-    if length <= window:
-        return [0]
-    stride = max(1, round(window * (1.0 - overlap)))
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] != length - window:
-        starts.append(length - window)
-    return starts
+# predict.scale: auto keeps each scale within these: below, a window would cover a 900-px
+# stretch of photo (no crack is that wide); above, it would magnify a photo's noise 8 times.
+SCALE_BOUNDS = (0.25, 8.0)
 
 
 @dataclass(frozen=True)
@@ -42,10 +35,17 @@ class Tile:
     p: float  # calibrated crack probability
     ood: bool | None = None  # unlike the training data (None: no OOD model)
     ood_score: float | None = None
+    scale: float = 1.0  # the scale the photo was mapped at for this window
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``<photo>.json``): OOD fields only when there is an OOD model."""
-        record: dict[str, Any] = {"x": self.x, "y": self.y, "size": self.size, "p": self.p}
+        record: dict[str, Any] = {
+            "x": self.x,
+            "y": self.y,
+            "size": self.size,
+            "p": self.p,
+            "scale": self.scale,
+        }
         if self.ood is not None:
             record.update(ood=self.ood, ood_score=self.ood_score)
         return record
@@ -68,43 +68,76 @@ class CrackMap:
         return float((self.heatmap >= threshold).mean())
 
 
+def auto_scales(
+    height: int, width: int, windows: tuple[float, ...], patch: int
+) -> tuple[float, ...]:
+    """``predict.scale: auto``: one scale per entry of ``windows``, so that a window covers the
+    photo's short side divided by that entry, within :data:`SCALE_BOUNDS`. A 512-px drone crop
+    and a 12 MP wall photo are thus mapped at the same share of their frame."""
+    low, high = SCALE_BOUNDS
+    short = min(height, width)
+    return tuple(sorted({round(min(high, max(low, patch * w / short)), 3) for w in windows}))
+
+
+def scales_for(
+    scale: float | str, auto_windows: tuple[float, ...], height: int, width: int, patch: int
+) -> tuple[float, ...]:
+    """The scales a photo of this size is mapped at: ``predict.scale``, or under ``auto`` one per
+    ``predict.auto_windows`` entry."""
+    if scale == "auto":
+        return auto_scales(height, width, auto_windows, patch)
+    return (float(scale),)
+
+
 @torch.inference_mode()
 def crack_map(
     model: CrackClassifier,
     photo: np.ndarray,
     overlap: float,
     batch_size: int,
-    scale: float = 1.0,
+    scale: float | tuple[float, ...] = 1.0,
     ood: OODModel | None = None,
     extract: FeatureFn | None = None,
 ) -> CrackMap:
-    """Slide patch-size windows over an RGB photo (rescaled by ``scale`` first), batch them
-    through the model, average per pixel; the heatmap and tiles are in the photo's own pixels.
+    """Slide patch-size windows over an RGB photo (rescaled by each ``scale`` first), batch them
+    through the model, average per pixel, then over the scales; the heatmap and tiles are in the
+    photo's own pixels.
 
-    ``extract``: the backbone-feature function of an engine (crackdet.model.engines.feature_fn); by
-    default the model's own PyTorch forward pass."""
+    ``extract``: the backbone-feature function of an engine (crackdet.model.engines.feature_fn);
+    by default the model's own PyTorch forward pass."""
     start_time = time.perf_counter()
+    model.eval()
+    # With a crackdet classifier the backbone features are computed batch by batch, then the
+    # head and the OOD score run once over all tiles (one call each instead of one per batch).
+    # A registry (pt2) model is a black box: it runs whole per batch and gets no OOD signal.
+    if extract is None and hasattr(model, "logits_from_features"):
+        extract = model.features
+    scales = scale if isinstance(scale, tuple) else (scale,)
+    maps = [_map_at(model, photo, overlap, batch_size, s, ood, extract) for s in scales]
+    heatmap = np.mean([m.heatmap for m in maps], axis=0).astype(np.float32)
+    ood_map = None
+    if all(m.ood_map is not None for m in maps):
+        ood_map = np.mean([m.ood_map for m in maps], axis=0).astype(np.float32)
+    tiles = [tile for m in maps for tile in m.tiles]
+    return CrackMap(heatmap, tiles, time.perf_counter() - start_time, ood_map)
+
+
+def _map_at(
+    model: CrackClassifier,
+    photo: np.ndarray,
+    overlap: float,
+    batch_size: int,
+    scale: float,
+    ood: OODModel | None,
+    extract: FeatureFn | None,
+) -> CrackMap:
+    """The map at one scale (its ``seconds`` is not measured: see :func:`crack_map`)."""
     window = model.spec.patch_size
     original_h, original_w = photo.shape[:2]
     photo = resize_photo(photo, scale)
     height, width = photo.shape[:2]
-    # Photos smaller than a window are padded (edge-replicated) rather than rejected.
-    pad_h, pad_w = max(0, window - height), max(0, window - width)
-    padded = (
-        np.pad(photo, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else photo
-    )
-    positions = [
-        (y, x)
-        for y in window_starts(padded.shape[0], window, overlap)
-        for x in window_starts(padded.shape[1], window, overlap)
-    ]
-    model.eval()
-    # With a crackdet classifier the backbone features are computed batch by batch, then the head
-    # and the OOD score run once over all tiles (one call each instead of one per batch). A
-    # registry (pt2) model is a black box: it runs whole per batch and gets no OOD signal.
-    crackdet_model = hasattr(model, "logits_from_features")
-    if extract is None and crackdet_model:
-        extract = model.features
+    padded = pad_to_window(photo, window)
+    positions = window_grid(padded.shape[0], padded.shape[1], window, overlap)
     outputs = []
     for begin in range(0, len(positions), batch_size):
         chunk = positions[begin : begin + batch_size]
@@ -140,10 +173,11 @@ def crack_map(
             p=round(float(p), 6),
             ood=bool(flags[k]) if flags is not None else None,
             ood_score=round(float(all_scores[k]), 4) if all_scores is not None else None,
+            scale=scale,
         )
         for k, ((y, x), p) in enumerate(zip(positions, probs, strict=True))
     ]
-    return CrackMap(heatmap, tiles, time.perf_counter() - start_time, ood_map)
+    return CrackMap(heatmap, tiles, 0.0, ood_map)
 
 
 def _average(

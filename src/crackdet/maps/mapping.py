@@ -23,7 +23,7 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import save_npy, sha256_file, write_json, write_with
 from crackdet.core.params import PredictParams
 from crackdet.core.progress import progress, say
-from crackdet.maps.crackmap import crack_map
+from crackdet.maps.crackmap import crack_map, scales_for
 from crackdet.maps.photos import read_photo
 from crackdet.maps.render import contact_sheet, overlay_image
 from crackdet.model.classifier import CrackClassifier, operating_threshold
@@ -44,7 +44,7 @@ class PhotoSummary:
     model: str
     threshold: float
     overlap: float
-    scale: float
+    scales: list[float]  # the scales the map averages (predict.scale, or those auto chose)
     engine: str
     crack_area_fraction: float
     tiles_flagged: int
@@ -68,7 +68,8 @@ class MadeFrom:
 
     photo_sha256: str
     model: str  # the model's digest (crackdet.workflows.models.model_identity)
-    scale: float
+    scale: float | str  # a number or "auto"
+    auto_windows: list[float]  # a list, as the JSON holds it (compared with it)
     overlap: float
     threshold: float
     engine: str
@@ -194,12 +195,18 @@ def map_photos(
     extract = classifier_features(model, engine, graph_cache)
     # The operating threshold chosen on val travels with the model; params can override it.
     threshold = operating_threshold(model, params.threshold, params.use_model_threshold)
+    patch = model.spec.patch_size
+
+    def largest_scale(height: int, width: int) -> float:
+        return max(scales_for(params.scale, params.auto_windows, height, width, patch))
+
     for photo_path in progress(photos, desc=command, unit="photo"):
         files = PhotoFiles(out, stems[photo_path])
         made_from = MadeFrom(
             photo_sha256=_digest(photo_path),
             model=model_digest,
             scale=params.scale,
+            auto_windows=list(params.auto_windows),
             overlap=params.overlap,
             threshold=threshold,
             engine=engine_label(engine),
@@ -211,14 +218,13 @@ def map_photos(
             skipped.append(photo_path.name)
             continue
         try:
-            photo = read_photo(photo_path, params.max_pixels, params.scale)
+            photo = read_photo(photo_path, params.max_pixels, largest_scale)
         except CrackdetError as exc:
             say(f"{command}: error: {exc}", error=True)
             errors.append(str(exc))
             continue
-        result = crack_map(
-            model, photo, params.overlap, params.batch_size, params.scale, ood, extract
-        )
+        scales = scales_for(params.scale, params.auto_windows, *photo.shape[:2], patch)
+        result = crack_map(model, photo, params.overlap, params.batch_size, scales, ood, extract)
         overlay = overlay_image(photo, result.heatmap, params.alpha, result.ood_map)
         write_with(files.overlay, partial(overlay.save, **PNG))
         heat8 = Image.fromarray(np.round(result.heatmap * 255).astype(np.uint8), "L")
@@ -235,7 +241,7 @@ def map_photos(
             model=model_ref,
             threshold=threshold,
             overlap=params.overlap,
-            scale=params.scale,
+            scales=list(scales),
             engine=engine_label(engine),
             crack_area_fraction=round(result.crack_fraction(threshold), 6),
             tiles_flagged=sum(t.p >= threshold for t in result.tiles),

@@ -3,6 +3,7 @@ and rescaled so one window covers what a training patch covered."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +14,12 @@ from crackdet.core.errors import CrackdetError, first_line
 from crackdet.data.images import is_image_file, to_rgb
 
 
-def read_photo(path: Path, max_pixels: int, scale: float = 1.0) -> np.ndarray:
+def read_photo(
+    path: Path, max_pixels: int, scale: float | Callable[[int, int], float] = 1.0
+) -> np.ndarray:
     """A photo as uint8 HxWx3 RGB; refuse, before decoding its pixels, a photo that has more
-    than ``max_pixels`` pixels or would have at ``scale`` (the size it is mapped at)."""
+    than ``max_pixels`` pixels or would have at ``scale`` (the size it is mapped at; a function
+    of (height, width) gives the largest scale a photo of that size is mapped at)."""
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -24,6 +28,8 @@ def read_photo(path: Path, max_pixels: int, scale: float = 1.0) -> np.ndarray:
                     f"{path}: {width}x{height} = {width * height} pixels exceeds "
                     f"predict.max_pixels ({max_pixels}); downscale it or raise the limit"
                 )
+            if callable(scale):
+                scale = scale(height, width)
             mapped_w, mapped_h = max(1, round(width * scale)), max(1, round(height * scale))
             if mapped_w * mapped_h > max_pixels:
                 raise CrackdetError(
@@ -39,15 +45,6 @@ def read_photo(path: Path, max_pixels: int, scale: float = 1.0) -> np.ndarray:
         raise CrackdetError(f"{path}: refused as a decompression bomb (too many pixels)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise CrackdetError(f"{path}: not a readable image ({first_line(exc)})") from None
-
-
-def resize_photo(photo: np.ndarray, scale: float) -> np.ndarray:
-    """Rescale so one window covers what a training patch covered (``predict.scale``)."""
-    if scale == 1.0:
-        return photo
-    height, width = photo.shape[:2]
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR))
 
 
 @dataclass(frozen=True)

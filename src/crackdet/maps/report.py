@@ -80,7 +80,11 @@ def _card(out: Path, summary: PhotoSummary) -> str:
         ("threshold", f"{summary.threshold:.3f}"),
         ("windows over it", f"{summary.tiles_flagged} of {summary.tiles_total}"),
         ("model", summary.model or "-"),
-        ("mapped at", f"{summary.width}×{summary.height} px, scale {summary.scale:g}"),
+        (
+            "mapped at",
+            f"{summary.width}×{summary.height} px, scale "
+            + " and ".join(f"{s:g}" for s in summary.scales),
+        ),
         ("overlap, engine", f"{summary.overlap:g}, {summary.engine}"),
     ]
     details = "".join(f"<dt>{_text(k)}</dt><dd>{_text(v)}</dd>" for k, v in rows)

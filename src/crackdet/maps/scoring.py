@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import fnmatch
 import io
 import tempfile
 import time
@@ -27,50 +26,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from crackdet.core.errors import CrackdetError, first_line
+from crackdet.core.errors import CrackdetError
 from crackdet.data.archive import extract
-from crackdet.data.images import IMAGE_SUFFIXES, is_image_file
-from crackdet.maps.crackmap import Tile, crack_map
+from crackdet.data.labelled import ExtractLimits
+from crackdet.data.masks import PixelCounts, PixelSums, find_photos, read_mask
+from crackdet.data.windows import window_grid
+from crackdet.maps.crackmap import Tile, crack_map, scales_for
 from crackdet.maps.photos import read_photo
 from crackdet.model.calibrate import f1_optimal_threshold
 from crackdet.model.engines import classifier_features
+from crackdet.model.ood import OODModel
 
 MIN_PIXELS = 100
 CRACK, CLEAN, IGNORED = 1, 0, -1
-MASKS, PLANKING = "masks", "masks_planking"
-
-
-@dataclass(frozen=True)
-class MapsSample:
-    """One photo of the data set with its truth masks."""
-
-    name: str
-    image: Path
-    mask: Path
-    planking: Path | None
+NO_LIMITS_GIVEN = ExtractLimits()  # the archive bounds when a caller names none
+GRID_DIVISOR = 6.75  # scale auto's evaluation windows: the short side / this
+ACCEPTED_FIGURES = (
+    "auroc",
+    "precision",
+    "recall",
+    "planking_fpr",
+    "windows_crack",
+    "windows_clean",
+)
 
 
 @dataclass(frozen=True)
 class MapSettings:
     """How the photos are mapped and scored (``predict.*`` unless a command overrides them)."""
 
-    scale: float
+    scale: float | str  # a number, or auto (several scales from the photo's size)
+    auto_windows: tuple[float, ...]
     overlap: float
     batch_size: int
     threshold: float
     engine: str
     max_pixels: int
     min_pixels: int = MIN_PIXELS
-
-
-@dataclass(frozen=True)
-class ExtractLimits:
-    """Bounds on what an archive may unpack (``fetch.max_files``, ``fetch.max_bytes``)."""
-
-    max_files: int = 100_000
-    max_bytes: int = 4 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -84,6 +77,7 @@ class ScoredWindow:
     p: float
     label: str  # crack, clean or ignored
     planking: bool
+    ood: bool | None  # unlike the training data (None: no OOD model)
 
 
 @dataclass
@@ -106,70 +100,13 @@ def readable_folder(data: Path, limits: ExtractLimits) -> Iterator[Path]:
         yield folder
 
 
-def find_samples(root: Path, photos: str = "*") -> list[MapsSample]:
-    """Pair every ``images/<name>.<ext>`` whose file name matches the glob ``photos`` with
-    ``masks/<name>.png`` (and the planking mask)."""
-    base = _layout_root(root)
-    images = sorted(p for p in (base / "images").iterdir() if is_image_file(p))
-    if not images:
-        raise CrackdetError(f"{base / 'images'}: no photos ({', '.join(IMAGE_SUFFIXES)})")
-    images = [p for p in images if fnmatch.fnmatchcase(p.name, photos)]
-    if not images:
-        raise CrackdetError(f"--photos {photos!r}: matches none of the photos in {base / 'images'}")
-    samples = []
-    for image in images:
-        mask = base / MASKS / f"{image.stem}.png"
-        if not mask.is_file():
-            raise CrackdetError(f"{image}: no crack mask {mask}; every photo needs one")
-        planking = base / PLANKING / f"{image.stem}.png"
-        samples.append(
-            MapsSample(image.stem, image, mask, planking if planking.is_file() else None)
-        )
-    return samples
-
-
-def _layout_root(root: Path) -> Path:
-    """``root`` itself, or its only subfolder when an archive wraps everything in one folder."""
-    if (root / "images").is_dir():
-        return root
-    children = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
-    if len(children) == 1 and (children[0] / "images").is_dir():
-        return children[0]
-    raise CrackdetError(
-        f"{root}: no images/ folder (expected images/<name>.<ext> and masks/<name>.png)"
-    )
-
-
-def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A truth mask as a bool HxW array (pixels >= 128 are set), checked against ``shape``."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            gray = np.asarray(image.convert("L"))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CrackdetError(f"{path}: not a readable mask image ({first_line(exc)})") from None
-    if gray.shape != shape:
-        raise CrackdetError(
-            f"{path}: mask is {gray.shape[1]}x{gray.shape[0]} but its photo is "
-            f"{shape[1]}x{shape[0]}; masks must match their photo pixel for pixel"
-        )
-    # 8-bit masks are 0/255; a threshold (not == 255) tolerates resampled or lossy masks.
-    return gray >= 128
-
-
 def window_counts(mask: np.ndarray, tiles: list[Tile]) -> np.ndarray:
-    """Set pixels of ``mask`` inside each tile's square (clipped to the image), via an integral
-    image so thousands of windows cost one cumulative sum."""
-    height, width = mask.shape
-    integral = np.zeros((height + 1, width + 1), dtype=np.int64)
-    integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
-    counts = np.empty(len(tiles), dtype=np.int64)
-    for k, tile in enumerate(tiles):
-        # Rescaled (scale != 1) or padded (photo smaller than a window) tiles can overhang.
-        x0, y0 = min(max(tile.x, 0), width), min(max(tile.y, 0), height)
-        x1, y1 = min(x0 + tile.size, width), min(y0 + tile.size, height)
-        counts[k] = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    return counts
+    """Set pixels of ``mask`` inside each tile's square, clipped to the image (rescaled or
+    padded tiles can overhang it)."""
+    pixels = PixelCounts(mask)
+    return np.array(
+        [pixels.box(t.y, t.x, t.y + t.size, t.x + t.size) for t in tiles], dtype=np.int64
+    )
 
 
 def window_labels(mask: np.ndarray, tiles: list[Tile], min_pixels: int = MIN_PIXELS) -> np.ndarray:
@@ -232,65 +169,103 @@ def score_windows(
     }
 
 
+def evaluation_grid(heatmap: np.ndarray, ood_map: np.ndarray | None) -> list[Tile]:
+    """The windows ``scale: auto`` maps are scored on, whatever scales they combine: squares of
+    the photo's short side divided by :data:`GRID_DIVISOR` (76 px on a 512-px photo, the
+    windows of a scale-3 map), 50 % overlap, edge-flush; each scored by the mean of the map
+    inside it, and unfamiliar when most of it is."""
+    height, width = heatmap.shape
+    side = max(1, round(min(height, width) / GRID_DIVISOR))
+    values = PixelSums(heatmap)
+    flags = PixelSums(ood_map) if ood_map is not None else None
+    tiles = []
+    for y, x in window_grid(height, width, side, 0.5):
+        area = min(side, height - y) * min(side, width - x)
+        p = values.box(y, x, y + side, x + side) / area
+        ood = None if flags is None else bool(flags.box(y, x, y + side, x + side) / area >= 0.5)
+        tiles.append(Tile(x, y, side, round(float(p), 6), ood=ood))
+    return tiles
+
+
 def evaluate_maps(
     data: Path,
     model: Any,
     settings: MapSettings,
     *,
     photos: str = "*",
-    limits: ExtractLimits = ExtractLimits(),
+    limits: ExtractLimits = NO_LIMITS_GIVEN,
     graph_cache: Path | None = None,
+    ood: OODModel | None = None,
     progress: bool = False,
 ) -> MapsResult:
-    """Map every photo of ``data`` (folder or archive) with ``model`` and score its windows.
-    ``photos``: a file-name glob; ``graph_cache``: exported graphs for the graph engines."""
+    """Map every photo of ``data`` (folder or archive) with ``model`` and score its windows: a
+    numeric scale's own windows, or under ``scale: auto`` the :func:`evaluation_grid`.
+    ``photos``: a file-name glob; ``graph_cache``: exported graphs for the graph engines;
+    ``ood``: the model's OOD model (then the figures on accepted windows are reported too)."""
     if not data.exists():
         raise CrackdetError(f"{data}: no such folder or archive")
     features_fn = classifier_features(model, settings.engine, graph_cache)
-    all_labels, all_planking, all_scores = [], [], []
+    patch = model.spec.patch_size
+    all_labels, all_planking, all_scores, all_flags = [], [], [], []
     windows: list[ScoredWindow] = []
     map_seconds = 0.0
     names = {CRACK: "crack", CLEAN: "clean", IGNORED: "ignored"}
+
+    def largest_scale(height: int, width: int) -> float:
+        return max(scales_for(settings.scale, settings.auto_windows, height, width, patch))
+
     with readable_folder(data, limits) as folder:
         start = time.perf_counter()  # extraction is not counted
-        samples = find_samples(folder, photos)
+        samples, _ = find_photos(folder, photos, "--photos")
         for sample in samples:
-            photo = read_photo(sample.image, settings.max_pixels)
+            photo = read_photo(sample.image, settings.max_pixels, largest_scale)
             shape = photo.shape[:2]
             # Masks are read before mapping so a bad one stops the run before minutes of inference.
             mask = read_mask(sample.mask, shape)
             planking_mask = read_mask(sample.planking, shape) if sample.planking else None
+            scales = scales_for(settings.scale, settings.auto_windows, *shape, patch)
             result = crack_map(
-                model,
-                photo,
-                settings.overlap,
-                settings.batch_size,
-                settings.scale,
-                extract=features_fn,
+                model, photo, settings.overlap, settings.batch_size, scales, ood, features_fn
             )
             map_seconds += result.seconds
-            labels = window_labels(mask, result.tiles, settings.min_pixels)
-            planking = planking_windows(labels, planking_mask, result.tiles, settings.min_pixels)
+            tiles = (
+                evaluation_grid(result.heatmap, result.ood_map)
+                if settings.scale == "auto"
+                else result.tiles
+            )
+            labels = window_labels(mask, tiles, settings.min_pixels)
+            planking = planking_windows(labels, planking_mask, tiles, settings.min_pixels)
             all_labels.append(labels)
             all_planking.append(planking)
-            all_scores.append(np.array([t.p for t in result.tiles]))
+            all_scores.append(np.array([t.p for t in tiles]))
+            all_flags.append(np.array([bool(t.ood) for t in tiles]))
             windows.extend(
                 ScoredWindow(
-                    sample.image.name, t.x, t.y, t.size, t.p, names[int(label)], bool(plank)
+                    sample.image.name,
+                    t.x,
+                    t.y,
+                    t.size,
+                    t.p,
+                    names[int(label)],
+                    bool(plank),
+                    t.ood,
                 )
-                for t, label, plank in zip(result.tiles, labels, planking, strict=True)
+                for t, label, plank in zip(tiles, labels, planking, strict=True)
             )
             if progress:
                 print(
-                    f"eval-maps: {sample.image.name}: {len(result.tiles)} windows "
+                    f"eval-maps: {sample.image.name}: {len(tiles)} windows "
                     f"({int((labels == CRACK).sum())} crack) in {result.seconds:.1f} s"
                 )
-    metrics = score_windows(
-        np.concatenate(all_labels),
-        np.concatenate(all_planking),
-        np.concatenate(all_scores),
-        settings.threshold,
-    )
+    labels, planking = np.concatenate(all_labels), np.concatenate(all_planking)
+    scores, flags = np.concatenate(all_scores), np.concatenate(all_flags)
+    metrics = score_windows(labels, planking, scores, settings.threshold)
+    if ood is not None:  # risk and coverage: what the maps flag, and the figures on the rest
+        accepted = score_windows(
+            labels[~flags], planking[~flags], scores[~flags], settings.threshold
+        )
+        metrics["ood_share"] = float(flags.mean()) if len(flags) else 0.0
+        metrics.update({f"accepted_{k}": accepted[k] for k in ACCEPTED_FIGURES})
     metrics.update(
         {
             "photos": len(samples),

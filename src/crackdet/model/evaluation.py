@@ -54,6 +54,42 @@ class Evaluation:
             "confusion_matrix": [[tn, fp], [fn, tp]],
         }
 
+    def subset(self, keep: np.ndarray) -> Evaluation:
+        return Evaluation(self.targets[keep], self.probabilities[keep], self.threshold)
+
+    def summary(self) -> dict[str, float | int]:
+        """The headline figures of a part of the images (a source, the accepted ones): counts,
+        accuracy with its interval, and ROC AUC where both classes are present (else absent)."""
+        y, p = self.targets, self.predictions
+        correct = int(np.sum(p == y))
+        low, high = wilson_interval(correct, len(y))
+        figures: dict[str, float | int] = {
+            "n": len(y),
+            "positives": int(y.sum()),
+            "accuracy": correct / len(y) if len(y) else 0.0,
+            "accuracy_ci95_low": low,
+            "accuracy_ci95_high": high,
+        }
+        if 0 < y.sum() < len(y):
+            figures["roc_auc"] = float(skm.roc_auc_score(y, self.probabilities))
+        return figures
+
+
+def per_source(evaluation: Evaluation, sources: list[str]) -> dict[str, dict[str, float | int]]:
+    """:meth:`Evaluation.summary` of each source's images (``sources``: one name per image)."""
+    names = np.array(sources)
+    return {name: evaluation.subset(names == name).summary() for name in sorted(set(sources))}
+
+
+def coverage(evaluation: Evaluation, flagged: np.ndarray) -> dict[str, float | int]:
+    """Risk and coverage: the share of images the OOD model flags as unlike the training data,
+    and the figures on the ones it accepts (what an inspector relies on)."""
+    accepted = evaluation.subset(~flagged).summary()
+    return {
+        "ood_share": float(np.mean(flagged)) if len(flagged) else 0.0,
+        **{f"accepted_{key}": value for key, value in accepted.items()},
+    }
+
 
 @torch.inference_mode()
 def predict_probabilities(
@@ -62,21 +98,23 @@ def predict_probabilities(
     rows: list[ManifestRow],
     batch_size: int,
     features_fn: FeatureFn | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Crack probability of each image from any model taking float RGB [0, 1] NCHW (a checkpoint
     or a registry model), read and batched in chunks to bound memory. ``features_fn``: a crackdet
-    classifier's backbone features by an engine (crackdet.model.engines), then its head."""
-
+    classifier's backbone features by an engine (crackdet.model.engines), then its head; the
+    features come back too (None for a registry model, which is one black box)."""
     model.eval()
-    probs = []
+    probs, features = [], []
     for start in range(0, len(rows), batch_size):
         batch = load_images(images_dir, rows[start : start + batch_size]).float() / 255.0
         if features_fn is not None:
-            logits = model.logits_from_features(features_fn(batch))  # type: ignore[operator]
+            features.append(features_fn(batch))
+            logits = model.logits_from_features(features[-1])  # type: ignore[operator]
         else:
             logits = model(batch)
         probs.append(torch.softmax(logits, dim=1)[:, 1].numpy())
-    return np.concatenate(probs) if probs else np.zeros(0)
+    stacked = torch.cat(features).numpy() if features else None
+    return (np.concatenate(probs) if probs else np.zeros(0)), stacked
 
 
 def evaluate_rows(
@@ -87,9 +125,25 @@ def evaluate_rows(
     threshold: float = 0.5,
     features_fn: FeatureFn | None = None,
 ) -> Evaluation:
+    return evaluate_rows_with_features(model, images_dir, rows, batch_size, threshold, features_fn)[
+        0
+    ]
+
+
+def evaluate_rows_with_features(
+    model: torch.nn.Module,
+    images_dir: Path,
+    rows: list[ManifestRow],
+    batch_size: int,
+    threshold: float = 0.5,
+    features_fn: FeatureFn | None = None,
+) -> tuple[Evaluation, np.ndarray | None]:
+    """:func:`evaluate_rows` and the backbone features (for the OOD model), when there are."""
     targets = np.array([row.target for row in rows])
-    probabilities = predict_probabilities(model, images_dir, rows, batch_size, features_fn)
-    return Evaluation(targets, probabilities, threshold)
+    probabilities, features = predict_probabilities(
+        model, images_dir, rows, batch_size, features_fn
+    )
+    return Evaluation(targets, probabilities, threshold), features
 
 
 @torch.inference_mode()

@@ -114,19 +114,26 @@ def compute_features(
     device = model.mean.device
     chunks = []
     for start in range(0, len(images), FORWARD_CHUNK):
-        batch = images[start : start + FORWARD_CHUNK].to(device).float().div_(255.0)
+        chunk = images[start : start + FORWARD_CHUNK]
         if view > 0 and augment is not None:
-            batch = torch.stack(
-                [
-                    augment_image(img, augment, np.random.default_rng(image_seed(seed, view, sha)))
-                    for img, sha in zip(batch, shas[start : start + FORWARD_CHUNK], strict=True)
-                ]
-            )
-        batch = batch.contiguous(memory_format=torch.channels_last)
+            chunk = augmented_views(chunk, shas[start : start + FORWARD_CHUNK], augment, seed, view)
+        batch = chunk.to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last)
         chunks.append(extract(batch).cpu().numpy())
         if done is not None:
             done(len(batch))
     return np.concatenate(chunks) if chunks else np.zeros((0, model.spec.num_features), np.float32)
+
+
+def augmented_views(
+    images: torch.Tensor, shas: list[str], augment: AugmentParams, seed: int, view: int
+) -> torch.Tensor:
+    """View ``view`` of uint8 NCHW images, each drawn from (seed, view, its sha256)."""
+    hwc = images.permute(0, 2, 3, 1).numpy()
+    views = [
+        augment_image(image, augment, np.random.default_rng(image_seed(seed, view, sha)))
+        for image, sha in zip(hwc, shas, strict=True)
+    ]
+    return torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2).contiguous()
 
 
 def features_for(

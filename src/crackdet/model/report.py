@@ -62,10 +62,18 @@ def write_data_report(
     lines = [
         "# Data report",
         "",
-        f"Source: {fetched.source}; {fetched.count} images "
+        f"{fetched.count} images "
         f"({', '.join(f'{k} {v}' for k, v in fetched.per_class.items())}); "
-        f"manifest sha256 `{fetched.manifest_sha256}`"
-        + (f"; archive sha256 `{fetched.archive_sha256}`" if fetched.archive_sha256 else ""),
+        f"manifest sha256 `{fetched.manifest_sha256}`",
+        "",
+        "| source | kind | licence | images | Negative | Positive | archive sha256 |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {name} | {s.kind} | {s.licence} | {s.count} | {s.per_class.get(CLASSES[0], 0)} | "
+            f"{s.per_class.get(CLASSES[1], 0)} | {s.archive_sha256 or '–'} |"
+            for name, s in fetched.sources.items()
+        ],
+        "",
         f"Unreadable images left out: {len(fetched.skipped)}"
         + "".join(f"\n- {path}" for path in fetched.skipped),
         f"Other entries left out: {len(fetched.left_out)}"

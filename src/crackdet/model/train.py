@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +38,6 @@ from crackdet.core.params import TrainParams
 from crackdet.core.progress import progress
 from crackdet.data.images import CLASSES, PATCH_SIZE
 from crackdet.data.manifest import ManifestRow
-from crackdet.model.augment import augment_image, image_seed
 from crackdet.model.backbones import backbone_units, split_backbone
 from crackdet.model.calibrate import (
     expected_calibration_error,
@@ -47,7 +46,7 @@ from crackdet.model.calibrate import (
 )
 from crackdet.model.classifier import FORWARD_CHUNK, CrackClassifier, build_classifier
 from crackdet.model.engines import effective_engine, feature_fn
-from crackdet.model.features import FeatureCache, cache_key, features_for
+from crackdet.model.features import FeatureCache, augmented_views, cache_key, features_for
 from crackdet.model.inputs import load_images, targets_of
 
 
@@ -83,10 +82,47 @@ class TrainResult:
 
 @dataclass
 class _Split:
-    """One split's rows and their targets."""
+    """One split's rows, their targets, their loss weights, and which rows are never augmented."""
 
     rows: list[ManifestRow]
     targets: torch.Tensor
+    weights: torch.Tensor
+    plain: torch.Tensor  # bool: rows of sources whose images are seen as they are
+
+    @classmethod
+    def of(
+        cls,
+        rows: list[ManifestRow],
+        balance: str,
+        weights: Mapping[str, float],
+        plain_sources: frozenset[str],
+    ) -> _Split:
+        plain = torch.tensor([r.source in plain_sources for r in rows], dtype=torch.bool)
+        return cls(rows, targets_of(rows), sample_weights(rows, balance, weights), plain)
+
+
+def sample_weights(
+    rows: list[ManifestRow], balance: str, source_weights: Mapping[str, float] | None = None
+) -> torch.Tensor:
+    """Per-image loss weights, mean 1. ``source``: every source weighs its ``source_weights``
+    entry (default 1) in total, and within a source every class it has the same (400 deck
+    patches are not drowned by 4,000 others, nor a source's one class by another's); ``none``:
+    every image weighs its source's weight."""
+    if not rows:
+        return torch.ones(0)
+    weight = dict(source_weights or {})
+    if balance == "none":
+        raw = torch.tensor([weight.get(r.source, 1.0) for r in rows], dtype=torch.float64)
+        return (raw * len(rows) / raw.sum()).float()
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        counts[row.source, row.label] = counts.get((row.source, row.label), 0) + 1
+    classes = {s: sum(1 for (src, _) in counts if src == s) for s, _ in counts}
+    raw = torch.tensor(
+        [weight.get(r.source, 1.0) / (classes[r.source] * counts[r.source, r.label]) for r in rows],
+        dtype=torch.float64,
+    )
+    return (raw * len(rows) / raw.sum()).float()
 
 
 def pick_device() -> torch.device:
@@ -108,18 +144,20 @@ def train_model(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     features_cache: Path | None = None,
     graph_cache: Path | None = None,
+    plain_sources: frozenset[str] = frozenset(),
 ) -> TrainResult:
     """Train the classifier; the returned model holds the weights of the best val epoch.
 
     ``features_cache``: where frozen-backbone features, and for ``finetune: cached`` the trunk's
     activations, are cached (None: compute, don't store); ``graph_cache``: exported ONNX graphs
-    for the graph engines (None: a temporary export).
+    for the graph engines (None: a temporary export); ``plain_sources``: sources whose images
+    every view shows unaugmented (a masks source's windows: already cut at the maps' scales).
     """
     clock = time.perf_counter()
     model, trainable = _build(cfg, seed)
     timings = {"build_s": time.perf_counter() - clock}
-    train = _Split(train_rows, targets_of(train_rows))
-    val = _Split(val_rows, targets_of(val_rows))
+    train = _Split.of(train_rows, cfg.balance, cfg.source_weights, plain_sources)
+    val = _Split.of(val_rows, cfg.balance, cfg.source_weights, plain_sources)
     frozen = cfg.unfreeze == 0
     if not frozen and cfg.finetune == "cached":  # before any forward pass: a bad split fails now
         split_backbone(model.backbone, cfg.unfreeze)
@@ -169,9 +207,12 @@ def train_model(
 
 
 def calibrate_on_val(
-    result: TrainResult, images_dir: Path, val_rows: list[ManifestRow]
+    result: TrainResult, images_dir: Path, val_rows: list[ManifestRow], threshold_rule: str = "f1"
 ) -> dict[str, float]:
-    """Fit the temperature and the F1-optimal threshold on val; store both in the model."""
+    """Fit the temperature on val and set the operating threshold (``threshold_rule``: ``f1``,
+    the F1-optimal one on val, or ``fixed``, 0.5 on the calibrated probability, which carries
+    over to other sources better than a threshold tuned on the training sources' val split);
+    store both in the model."""
     model = result.model
     features = result.val_features
     if features is None:  # finetune: online: the tuned backbone's features were never computed
@@ -182,7 +223,7 @@ def calibrate_on_val(
     temperature = fit_temperature(raw, targets)
     raw_probs = torch.softmax(raw, 1)[:, 1].numpy()
     probs = torch.softmax(raw / temperature, 1)[:, 1].numpy()
-    threshold = f1_optimal_threshold(probs, targets.numpy())
+    threshold = f1_optimal_threshold(probs, targets.numpy()) if threshold_rule == "f1" else 0.5
     model.temperature.fill_(temperature)
     model.spec = dataclasses.replace(model.spec, threshold=threshold, temperature=temperature)
     return {
@@ -280,12 +321,15 @@ class _CachedFit:
             model, images_dir, val.rows, 0, None, seed, caches.get(0), extract, dtype
         )
         device = model.mean.device
-        views = []
+        views: list[torch.Tensor] = []
+        augmented = [
+            r for r, plain in zip(train.rows, train.plain.tolist(), strict=True) if not plain
+        ]
         for view in range(cfg.augment.views):
             features, n = features_for(
                 model,
                 images_dir,
-                train.rows,
+                augmented if view else train.rows,
                 view,
                 cfg.augment if view else None,
                 seed,
@@ -293,6 +337,8 @@ class _CachedFit:
                 extract,
                 dtype,
             )
+            if view:  # plain rows: the view-0 features again
+                features = views[0].cpu().index_put((~train.plain,), features)
             views.append(features.to(device))
             forwards += n
         return cls(model, learner, train, val, views, val_inputs.to(device), cfg, forwards)
@@ -305,13 +351,19 @@ class _CachedFit:
             self.learner,
             features,
             self.train.targets.to(self.device),
+            self.train.weights.to(self.device),
             optimizer,
             self.cfg.batch_size,
             shuffle,
         )
 
     def validate(self) -> tuple[float, float]:
-        return _evaluate_head(self.learner, self.val_inputs, self.val.targets.to(self.device))
+        return _evaluate_head(
+            self.learner,
+            self.val_inputs,
+            self.val.targets.to(self.device),
+            self.val.weights.to(self.device),
+        )
 
     def final_features(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The trained model's features of the plain train and val images."""
@@ -366,8 +418,7 @@ class _OnlineFit:
             self.model,
             self.trainable,
             self.train_images,
-            self.train.rows,
-            self.train.targets,
+            self.train,
             optimizer,
             self.cfg,
             self.seed,
@@ -381,7 +432,12 @@ class _OnlineFit:
             features = _in_chunks(
                 self.model.features, self.val_images, self.device, lambda x: x.float() / 255.0
             )
-        return _evaluate_head(self.model.head, features, self.val.targets.to(self.device))
+        return _evaluate_head(
+            self.model.head,
+            features,
+            self.val.targets.to(self.device),
+            self.val.weights.to(self.device),
+        )
 
     def final_features(self) -> tuple[None, None]:
         return None, None  # the tuned backbone's features were never computed
@@ -427,37 +483,49 @@ def _run_epochs(
     return history, best_epoch
 
 
+def _weighted_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy averaged with per-image weights (source balance)."""
+    per_image = nn.functional.cross_entropy(logits, targets, reduction="none")
+    return (per_image * weights).sum() / weights.sum()
+
+
 def _head_epoch(
     head: nn.Module,
     features: torch.Tensor,
     targets: torch.Tensor,
+    weights: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     batch_size: int,
     shuffle: torch.Generator,
 ) -> tuple[float, float]:
+    """One epoch over cached inputs; returns the weighted loss and accuracy."""
     head.train()
-    total_loss, correct = 0.0, 0
+    total_loss, correct = 0.0, 0.0
     order = torch.randperm(len(features), generator=shuffle)
     for begin in range(0, len(order), batch_size):
         idx = order[begin : begin + batch_size]
         logits = head(features[idx])
-        loss = nn.functional.cross_entropy(logits, targets[idx])
+        loss = _weighted_loss(logits, targets[idx], weights[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(idx)
-        correct += int((logits.argmax(1) == targets[idx]).sum())
-    return total_loss / len(features), correct / len(features)
+        total_loss += loss.item() * float(weights[idx].sum())
+        correct += float(((logits.argmax(1) == targets[idx]).float() * weights[idx]).sum())
+    return total_loss / float(weights.sum()), correct / float(weights.sum())
 
 
 def _evaluate_head(
-    head: nn.Module, features: torch.Tensor, targets: torch.Tensor
+    head: nn.Module, features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
 ) -> tuple[float, float]:
+    """Weighted loss and accuracy (each source counts alike under source balance)."""
     head.eval()
     with torch.no_grad():  # in slices: trunk activations (cached fine-tuning) are large
         logits = torch.cat([head(features[i : i + 1024]) for i in range(0, len(features), 1024)])
-        loss = nn.functional.cross_entropy(logits, targets).item()
-        acc = (logits.argmax(1) == targets).float().mean().item()
+        loss = _weighted_loss(logits, targets, weights).item()
+        hits = (logits.argmax(1) == targets).float()
+        acc = float((hits * weights).sum() / weights.sum())
     return loss, acc
 
 
@@ -465,8 +533,7 @@ def _finetune_epoch(
     model: CrackClassifier,
     trainable: list[nn.Module],
     images: torch.Tensor,
-    rows: list[ManifestRow],
-    targets: torch.Tensor,
+    split: _Split,
     optimizer: torch.optim.Optimizer,
     cfg: TrainParams,
     seed: int,
@@ -474,6 +541,7 @@ def _finetune_epoch(
     shuffle: torch.Generator,
 ) -> tuple[float, float]:
     """One epoch of fine-tuning: fresh augmentation per image and epoch, backbone partly trained."""
+    rows, targets, weights, plain = split.rows, split.targets, split.weights, split.plain
     device = model.mean.device
     model.eval()  # frozen blocks keep their BatchNorm statistics
     for unit in trainable:
@@ -483,24 +551,21 @@ def _finetune_epoch(
     order = torch.randperm(len(images), generator=shuffle)
     for begin in range(0, len(order), cfg.batch_size):
         idx = order[begin : begin + cfg.batch_size]
-        batch = torch.stack(
-            [
-                augment_image(
-                    images[i].float() / 255.0,
-                    cfg.augment,
-                    np.random.default_rng(image_seed(seed, epoch, rows[i].sha256)),
-                )
-                for i in idx.tolist()
-            ]
-        ).to(device)
+        views = images[idx].clone()
+        fresh = idx[~plain[idx]]  # plain rows are seen as they are
+        views[~plain[idx]] = augmented_views(
+            images[fresh], [rows[i].sha256 for i in fresh.tolist()], cfg.augment, seed, epoch
+        )
+        batch = views.to(device).float().div_(255.0)
         logits = model(batch.contiguous(memory_format=torch.channels_last))
-        loss = nn.functional.cross_entropy(logits, targets[idx].to(device))
+        loss = _weighted_loss(logits, targets[idx].to(device), weights[idx].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(idx)
-        correct += int((logits.argmax(1).cpu() == targets[idx]).sum())
-    return total_loss / len(images), correct / len(images)
+        total_loss += loss.item() * float(weights[idx].sum())
+        hits = (logits.argmax(1).cpu() == targets[idx]).float()
+        correct += float((hits * weights[idx]).sum())
+    return total_loss / float(weights.sum()), correct / float(weights.sum())
 
 
 def _in_chunks(

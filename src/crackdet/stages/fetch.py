@@ -12,12 +12,11 @@ from crackdet.stages._common import run_stage, stage_params
 def run(layout: Layout) -> None:
     params = stage_params(layout)
     summary = fetch(params.fetch, params.base.seed, layout)
-    skipped = f", {len(summary.skipped)} unreadable left out" if summary.skipped else ""
-    print(
-        f"fetch: {summary.count} images from {summary.source} "
-        f"({', '.join(f'{k} {v}' for k, v in summary.per_class.items())}{skipped}); "
-        f"manifest sha256 {summary.manifest_sha256[:12]}"
-    )
+    for name, source in summary.sources.items():
+        classes = ", ".join(f"{k} {v}" for k, v in source.per_class.items())
+        skipped = f", {len(source.skipped)} unreadable left out" if source.skipped else ""
+        print(f"fetch: {name} ({source.kind}, {source.licence}): {classes}{skipped}")
+    print(f"fetch: {summary.count} images; manifest sha256 {summary.manifest_sha256[:12]}")
     if summary.left_out:
         print(f"fetch: left out {len(summary.left_out)}: {'; '.join(summary.left_out)}")
 

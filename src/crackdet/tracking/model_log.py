@@ -35,7 +35,7 @@ def log_data_input(layout: Layout, lineage: dict[str, str]) -> None:
     # MLflow keeps at most 36 characters of a dataset digest; the full one is in the tags.
     dataset = MetaDataset(
         source,
-        name=f"crackdet-{lineage['data.source']}",
+        name=f"crackdet-{lineage['data.sources'].replace(',', '+')}",
         digest=lineage["data.manifest_sha256"][:32],
     )
     for attempt in range(1, DATASET_TRIES + 1):

@@ -61,7 +61,7 @@ def data_lineage(layout: Layout) -> dict[str, str]:
     fetched = FetchSummary.read(layout.fetch.summary)
     split = SplitSummary.read(layout.split.summary)
     tags = {
-        "data.source": fetched.source,
+        "data.sources": ",".join(fetched.sources),
         "data.manifest_sha256": fetched.manifest_sha256,
         "data.count": str(fetched.count),
         "data.split_fingerprint": split.fingerprint,
@@ -72,8 +72,11 @@ def data_lineage(layout: Layout) -> dict[str, str]:
         "data.skipped": str(len(fetched.skipped)),
         "data.left_out": str(len(fetched.left_out)),
     }
-    if fetched.archive_sha256:
-        tags["data.archive_sha256"] = fetched.archive_sha256
-    if fetched.archive_md5:
-        tags["data.archive_md5"] = fetched.archive_md5
+    for name, source in fetched.sources.items():
+        tags[f"data.{name}.count"] = str(source.count)
+        tags[f"data.{name}.licence"] = source.licence
+        if source.archive_sha256:
+            tags[f"data.{name}.archive_sha256"] = source.archive_sha256
+        if source.archive_md5:
+            tags[f"data.{name}.archive_md5"] = source.archive_md5
     return tags

@@ -83,31 +83,42 @@ def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None, quiet: b
 
 
 def _typed(old: Any, value: str) -> Any:
-    """A logged (string) param back in the type its params.yaml key has."""
+    """A logged (string) param back in the type its params.yaml key has; a key the commit's
+    params.yaml lacks (a source added for the run) gets the type YAML reads in the text."""
     if isinstance(old, bool):
         return value == "True"
     if isinstance(old, int):
         return int(value)
     if isinstance(old, float):
         return float(value)
-    return value
+    if isinstance(old, str):
+        return value
+    parsed = yaml.safe_load(value.replace("True", "true").replace("False", "false"))
+    return value if parsed is None else parsed
 
 
 def restore_params(path: Path, recorded: dict[str, str]) -> list[str]:
-    """Write the run's param values into a params.yaml; return the keys that had no slot."""
+    """Write the run's param values into a params.yaml, adding keys the file lacks (a fetch
+    source the run had); return the keys added."""
     tree = yaml.safe_load(path.read_text())
-    missing = []
+    # The run's sources are the sources: one the commit lists but the run did not have goes.
+    used = {key.split(".")[2] for key in recorded if key.startswith("fetch.sources.")}
+    sources = tree.get("fetch", {}).get("sources")
+    if used and isinstance(sources, dict):
+        tree["fetch"]["sources"] = {k: v for k, v in sources.items() if k in used}
+    added = []
     for dotted, value in recorded.items():
         node = tree
         *parents, leaf = dotted.split(".")
         for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node:
-            missing.append(dotted)
-            continue
-        node[leaf] = _typed(node[leaf], value)
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return missing
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        if leaf not in node:
+            added.append(dotted)
+        node[leaf] = _typed(node.get(leaf), value)
+    path.write_text(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True))
+    return added
 
 
 def replay_env(worktree: Path) -> dict[str, str]:
@@ -119,10 +130,15 @@ def replay_env(worktree: Path) -> dict[str, str]:
 
 
 def reproduce(
-    client: Any, run_id: str, root: Path, keep: bool = False, data: Path | None = None
+    client: Any,
+    run_id: str,
+    root: Path,
+    keep: bool = False,
+    data: dict[str, Path] | None = None,
 ) -> Replay:
     """Rerun the pipeline of ``run_id`` at its commit, params and data; compare its metrics.
-    ``data``: where the run's archive is now, when it is no longer where the run read it."""
+    ``data``: where a source's archive is now (by source name), when it is no longer where the
+    run read it."""
     import mlflow  # ~1.3 s to import: only when a run is replayed
 
     run, _ = resolve_run(client, run_id)
@@ -143,12 +159,12 @@ def reproduce(
         env = replay_env(worktree)
         # Share this repo's DVC cache: the data is usually there already, and no remote is needed.
         _run(["dvc", "config", "--local", "cache.dir", cache], worktree, env)
-        archive = locate_archive(run, root, worktree, env, data)
-        if archive is not None:
-            recorded["fetch.archive"] = str(archive)  # the verified copy, wherever it is now
-        missing = restore_params(worktree / "params.yaml", recorded)
-        if missing:
-            print(f"reproduce: params not in that commit's params.yaml, ignored: {missing}")
+        for name, archive in locate_archives(run, root, worktree, env, data or {}).items():
+            # The verified copy, wherever it is now.
+            recorded[f"fetch.sources.{name}.path"] = str(archive)
+        added = restore_params(worktree / "params.yaml", recorded)
+        if added:
+            print(f"reproduce: params the commit's params.yaml lacked, added: {added}")
         try:
             _run(["dvc", "checkout", "data.dvc"], worktree, env)
         except CrackdetError:
@@ -197,38 +213,83 @@ def _replay_run_id(client: Any) -> str:
     return runs[0].info.run_id
 
 
-def locate_archive(
-    run: Any, root: Path, worktree: Path, env: dict[str, str], override: Path | None
-) -> Path | None:
-    """The archive a run fetched (``fetch.source: archive``), found and checked by its sha256:
-    ``--data`` if given, else where the run read it (a relative ``fetch.archive`` is relative
-    to this repository, not to the replay's worktree), else DVC's cache or remote (by the md5
-    the run recorded). None for other sources; a folder source is checked by its manifest."""
+def locate_archives(
+    run: Any, root: Path, worktree: Path, env: dict[str, str], overrides: dict[str, Path]
+) -> dict[str, Path]:
+    """The archive each archive source of a run fetched, found and checked by its sha256:
+    ``overrides[name]`` (``--data``) if given, else where the run read it (a relative path is
+    relative to this repository, not to the replay's worktree), else DVC's cache or remote (by
+    the md5 the run recorded). Folder sources are checked by the manifest after fetch."""
     params = run_params(run)
-    expected = run.data.tags.get("data.archive_sha256")
-    if params.get("fetch.source") != "archive" or not expected:
-        return None
-    recorded = params.get("fetch.archive", "")
+    tags = run.data.tags
+    names = [
+        key.split(".")[2]
+        for key, value in params.items()
+        if key.startswith("fetch.sources.") and key.endswith(".kind") and value == "archive"
+    ]
+    if "" in overrides:  # --data PATH: the run's only archive source
+        if len(names) != 1:
+            raise CrackdetError(
+                f"--data {overrides['']}: run {run.info.run_id} has {len(names)} archive sources "
+                f"({', '.join(names) or 'none'}): name one, as --data SOURCE=PATH"
+            )
+        overrides = {names[0]: overrides[""]} | {k: v for k, v in overrides.items() if k}
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise CrackdetError(
+            f"--data {unknown[0]}=…: run {run.info.run_id} has no archive source of that name "
+            f"(its archive sources: {', '.join(names) or 'none'})"
+        )
+    found = {}
+    for name in names:
+        expected = tags.get(f"data.{name}.archive_sha256")
+        if not expected:
+            continue
+        found[name] = _locate(
+            run,
+            name,
+            params.get(f"fetch.sources.{name}.path", ""),
+            expected,
+            root,
+            worktree,
+            env,
+            overrides.get(name),
+        )
+    return found
+
+
+def _locate(
+    run: Any,
+    name: str,
+    recorded: str,
+    expected: str,
+    root: Path,
+    worktree: Path,
+    env: dict[str, str],
+    override: Path | None,
+) -> Path:
+    key = f"fetch.sources.{name}.path"
     where = override or _resolve(recorded, root)
     if where.is_file():
         found = sha256_file(where)
         if found == expected:
             return where.resolve()
-        shown = f"--data {override}" if override else f"fetch.archive {recorded}"
+        shown = f"--data {name}={override}" if override else f"{key} {recorded}"
         raise CrackdetError(
             f"{shown}: not the archive run {run.info.run_id} used (sha256 {found[:12]}…, the "
-            f"run's is {expected}); pass the original with --data PATH"
+            f"run's is {expected}); pass the original with --data {name}=PATH"
         )
     if override is not None:
         raise CrackdetError(
-            f"--data {override}: no such file (the run's archive has sha256 {expected})"
+            f"--data {name}={override}: no such file (the run's archive has sha256 {expected})"
         )
-    from_dvc = _archive_from_dvc(run.data.tags.get("data.archive_md5"), worktree, env)
+    md5 = run.data.tags.get(f"data.{name}.archive_md5")
+    from_dvc = _archive_from_dvc(md5, worktree, env)
     if from_dvc is not None and sha256_file(from_dvc) == expected:
         return from_dvc
     raise CrackdetError(
-        f"fetch.archive {recorded}: not found relative to {root} nor in DVC's cache or remote "
-        f"(run {run.info.run_id} used sha256 {expected}); pass a copy with --data PATH"
+        f"{key} {recorded}: not found relative to {root} nor in DVC's cache or remote (run "
+        f"{run.info.run_id} used sha256 {expected}); pass a copy with --data {name}=PATH"
     )
 
 
@@ -242,14 +303,12 @@ def _archive_from_dvc(md5: str | None, worktree: Path, env: dict[str, str]) -> P
     into the worktree through a throwaway ``.dvc`` file; None when DVC has no such file."""
     if not md5:
         return None
-    target = worktree / ".replay-data" / "archive"
-    (worktree / ".replay-archive.dvc").write_text(
-        yaml.safe_dump({"outs": [{"md5": md5, "path": ".replay-data/archive", "hash": "md5"}]})
+    target = worktree / ".replay-data" / md5
+    pointer = worktree / f".replay-{md5}.dvc"
+    pointer.write_text(
+        yaml.safe_dump({"outs": [{"md5": md5, "path": f".replay-data/{md5}", "hash": "md5"}]})
     )
-    for command in (
-        ["dvc", "checkout", ".replay-archive.dvc"],
-        ["dvc", "pull", ".replay-archive.dvc"],
-    ):
+    for command in (["dvc", "checkout", pointer.name], ["dvc", "pull", pointer.name]):
         try:
             _run(command, worktree, env)
         except CrackdetError:

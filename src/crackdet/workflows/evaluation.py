@@ -17,10 +17,13 @@ from crackdet.model.classifier import load_checkpoint
 from crackdet.model.evaluation import (
     Evaluation,
     compare_with_baseline,
+    coverage,
     evaluate_classifier,
     evaluate_rows,
+    per_source,
     pretrained_features,
 )
+from crackdet.model.ood import OODModel
 from crackdet.model.plots import write_curves, write_plot_images
 from crackdet.model.probe import Probe
 from crackdet.model.report import write_data_report
@@ -64,6 +67,10 @@ def evaluate(layout: Layout, cfg: EvaluateParams, gates: PromoteParams) -> dict[
             **{k: probe_metrics[k] for k in ("accuracy", "f1", "roc_auc")},
             **compare_with_baseline(evaluation, probe_eval),
         }
+    metrics["per_source"] = per_source(evaluation, [r.source for r in rows])
+    ood = OODModel.load(layout.train.ood)
+    if ood is not None:  # what an inspector would see flagged on test, and the rest's figures
+        metrics["coverage"] = coverage(evaluation, ood.is_ood(features))
     out = layout.evaluate
     write_curves(evaluation, rows, out.dir)
     plots = write_plot_images(evaluation, out.plots)
@@ -78,6 +85,14 @@ def evaluate(layout: Layout, cfg: EvaluateParams, gates: PromoteParams) -> dict[
         mlflow.log_metrics({f"test_{k}": v for k, v in scalars.items()})
         if "probe" in metrics:
             mlflow.log_metrics({f"probe_test_{k}": v for k, v in metrics["probe"].items()})
+        mlflow.log_metrics(
+            {
+                f"test_{name}_{k}": float(v)
+                for name, figures in metrics["per_source"].items()
+                for k, v in figures.items()
+            }
+            | {f"test_{k}": float(v) for k, v in metrics.get("coverage", {}).items()}
+        )
         mlflow.log_artifact(str(out.metrics), artifact_path="evaluate")
         for path in plots:
             mlflow.log_artifact(str(path), artifact_path="evaluate")

@@ -11,7 +11,6 @@ as traceable as a pipeline one.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,16 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import EvaluateParams, FetchParams
-from crackdet.data.fetch import import_labelled, index_images
+from crackdet.data.fetch import index_images
+from crackdet.data.labelled import ExtractLimits, import_labelled
 from crackdet.data.manifest import manifest_digest
 from crackdet.model.classifier import operating_threshold
 from crackdet.model.engines import classifier_features
-from crackdet.model.evaluation import evaluate_rows
+from crackdet.model.evaluation import coverage, evaluate_rows_with_features
 from crackdet.model.plots import write_curves, write_plot_images
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.runs import ending, start_evaluation_run
-from crackdet.workflows.models import load_model
+from crackdet.workflows.models import load_model, ood_beside
 
 
 def evaluate_dataset(
@@ -50,21 +50,24 @@ def evaluate_dataset(
     with ending(run), tempfile.TemporaryDirectory(prefix="crackdet-eval-") as tmp:
         mlflow.set_tags({"eval.data": data.name, "eval.model": model_ref, **git_state(layout.root)})
         model = load_model(model_ref, layout)
-        fetch_params = dataclasses.replace(fetch, on_bad_image="error")
+        limits = ExtractLimits(fetch.max_files, fetch.max_bytes)
         images, work = Path(tmp) / "images", Path(tmp) / "work"
         work.mkdir()
-        imported = import_labelled(data, images, work, fetch_params)
-        indexed = index_images(images, str(data), "error", fetch_params.max_pixels)
+        imported = import_labelled(data, images, work, limits)
+        indexed = index_images(images, str(data), "error", fetch.max_pixels)
         left_out = imported.left_out + indexed.left_out
         if left_out:
             print(f"eval: left out {len(left_out)} entries of {data}: {'; '.join(left_out)}")
         features_fn = classifier_features(model, cfg.engine, layout.graph_cache)
         # The operating threshold chosen on val travels with a checkpoint (as in evaluate).
         threshold = operating_threshold(model, 0.5)
-        evaluation = evaluate_rows(
+        evaluation, features = evaluate_rows_with_features(
             model, images, indexed.rows, cfg.batch_size, threshold, features_fn
         )
         metrics = evaluation.metrics()
+        ood = ood_beside(model_ref)
+        if ood is not None and features is not None:  # share flagged, figures on the rest
+            metrics["coverage"] = coverage(evaluation, ood.is_ood(features))
         data_tags = {
             "data.manifest_sha256": manifest_digest(indexed.rows),
             "data.left_out": str(len(left_out)),
@@ -73,6 +76,7 @@ def evaluate_dataset(
             data_tags["data.archive_sha256"] = imported.archive_sha256
         mlflow.set_tags(data_tags)
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        scalars |= {k: float(v) for k, v in metrics.get("coverage", {}).items()}
         mlflow.log_metrics({f"test_{k}": v for k, v in scalars.items()})
         report = Path(tmp) / "report"
         write_curves(evaluation, indexed.rows, report)

@@ -11,18 +11,13 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import Params
-from crackdet.maps.scoring import (
-    ExtractLimits,
-    MapSettings,
-    MapsResult,
-    evaluate_maps,
-    windows_csv,
-)
+from crackdet.data.labelled import ExtractLimits
+from crackdet.maps.scoring import MapSettings, MapsResult, evaluate_maps, windows_csv
 from crackdet.model.classifier import operating_threshold
 from crackdet.model.engines import effective_engine, engine_label
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.runs import ending, start_evaluation_run
-from crackdet.workflows.models import load_model
+from crackdet.workflows.models import load_model, ood_beside
 
 
 def run_eval_maps(
@@ -31,7 +26,7 @@ def run_eval_maps(
     params: Params,
     layout: Layout,
     *,
-    scale: float | None = None,
+    scale: float | str | None = None,
     overlap: float | None = None,
     threshold: float | None = None,
     out: Path | None = None,
@@ -47,8 +42,8 @@ def run_eval_maps(
     if not data.exists():
         raise CrackdetError(f"{data}: no such folder or archive")
     # Same ranges as params.yaml predict.scale / predict.overlap.
-    if scale is not None and not 0.0 < scale <= 8.0:
-        raise CrackdetError(f"--scale {scale}: out of range (above 0, at most 8)")
+    if scale is not None and scale != "auto" and not 0.0 < float(scale) <= 8.0:
+        raise CrackdetError(f"--scale {scale}: out of range (above 0, at most 8, or auto)")
     if overlap is not None and not 0.0 <= overlap <= 0.9:
         raise CrackdetError(f"--overlap {overlap}: out of range (0 to 0.9)")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -76,8 +71,8 @@ def run_eval_maps(
         mlflow.log_metrics(
             {
                 f"maps_{key}": float(metrics[key])
-                for key in ("auroc", "precision", "recall", "planking_fpr", "f1_threshold")
-                if metrics[key] is not None  # undefined figures are left out, not logged as 0
+                for key in (*FIGURES, *(f"accepted_{k}" for k in FIGURES), "ood_share")
+                if metrics.get(key) is not None  # undefined figures are left out, not logged as 0
             }
             | {
                 f"maps_{key}": float(metrics[key])
@@ -99,12 +94,15 @@ def run_eval_maps(
     return metrics
 
 
+FIGURES = ("auroc", "precision", "recall", "planking_fpr", "f1_threshold")
+
+
 def _score_maps(
     data: Path,
     model_ref: str,
     params: Params,
     layout: Layout,
-    scale: float | None,
+    scale: float | str | None,
     overlap: float | None,
     threshold: float | None,
     progress: bool,
@@ -117,6 +115,7 @@ def _score_maps(
         threshold = operating_threshold(model, predict.threshold, predict.use_model_threshold)
     settings = MapSettings(
         scale=predict.scale if scale is None else scale,
+        auto_windows=predict.auto_windows,
         overlap=predict.overlap if overlap is None else overlap,
         batch_size=predict.batch_size,
         threshold=threshold,
@@ -130,6 +129,7 @@ def _score_maps(
         photos=photos,
         limits=ExtractLimits(params.fetch.max_files, params.fetch.max_bytes),
         graph_cache=layout.graph_cache,
+        ood=ood_beside(model_ref),
         progress=progress,
     )
     return model, result
@@ -150,4 +150,10 @@ def summary_line(metrics: dict[str, Any]) -> str:
         f"{metrics['windows_ignored']} ignored on {metrics['photos']} photos "
         f"(scale {metrics['scale']}, overlap {metrics['overlap']}) in {metrics['seconds']:.1f} s; "
         f"F1-optimal threshold on these windows {fmt(metrics.get('f1_threshold'))}"
+        + (
+            f"; unfamiliar {metrics['ood_share']:.1%} of windows, auroc on the rest "
+            f"{fmt(metrics.get('accepted_auroc'))}"
+            if "ood_share" in metrics
+            else ""
+        )
     )

@@ -11,6 +11,7 @@ from torch import nn
 from crackdet.core.layout import Layout
 from crackdet.maps.mapping import checkpoint_digest
 from crackdet.model.classifier import load_checkpoint
+from crackdet.model.ood import OODModel
 from crackdet.tracking.registry import RegistryClassifier, load_registry_model, version_of
 from crackdet.tracking.store import client_for
 
@@ -48,3 +49,10 @@ def model_identity(reference: str, model: nn.Module, layout: Layout) -> ModelIde
         return ModelIdentity(label, model.digest)
     digest = checkpoint_digest(Path(reference))
     return ModelIdentity(f"{reference} ({digest[:12]})", digest)
+
+
+def ood_beside(reference: str) -> OODModel | None:
+    """The OOD model that lives next to a checkpoint folder; registry models carry none."""
+    if reference.startswith(REGISTRY_SCHEMES):
+        return None
+    return OODModel.load(Path(reference) / "ood.npz")

@@ -11,8 +11,7 @@ from crackdet.core.params import PredictParams
 from crackdet.maps.mapping import MappedPhotos, map_photos
 from crackdet.maps.photos import left_out_line, list_photos
 from crackdet.maps.report import write_report
-from crackdet.model.ood import OODModel
-from crackdet.workflows.models import REGISTRY_SCHEMES, load_model, model_identity
+from crackdet.workflows.models import load_model, model_identity, ood_beside
 
 
 def predict(
@@ -21,12 +20,7 @@ def predict(
     """``crackdet predict``: map photos and folders of photos with a checkpoint folder or a
     registry model into ``out``."""
     model = load_model(model_ref, layout)
-    # The OOD model lives next to a checkpoint; registry models have none.
-    ood = (
-        None
-        if model_ref.startswith(REGISTRY_SCHEMES)
-        else OODModel.load(Path(model_ref) / "ood.npz")
-    )
+    ood = ood_beside(model_ref)
     files: list[Path] = []
     left_out: list[Path] = []
     for item in photos:

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from crackdet.core.errors import CrackdetError
@@ -54,13 +55,17 @@ def upstream_params(layout: Layout) -> dict[str, object]:
     }
 
 
+def plain_sources(summary: FetchSummary) -> frozenset[str]:
+    """Sources whose images training never augments: masks windows, cut at the maps' scales,
+    are already the views the maps will score."""
+    return frozenset(name for name, s in summary.sources.items() if s.kind == "masks")
+
+
 def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
     """Run the train stage: outputs in ``outputs/train``, a new pipeline run in MLflow."""
     import mlflow  # ~1.3 s to import: only in the stages that log
 
-    train_rows = read_manifest(layout.split.manifest("train"))
     val_rows = read_manifest(layout.split.manifest("val"))
-    images = layout.fetch.images
     lineage = data_lineage(layout)
     with ending(start_pipeline_run(layout.root)) as run:
         logged = {
@@ -89,19 +94,11 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
                 f"val_loss {record.val_loss:.4f} val_acc {record.val_acc:.4f}"
             )
 
-        result = train_model(
-            cfg,
-            base.seed,
-            images,
-            train_rows,
-            val_rows,
-            on_epoch=log_epoch,
-            features_cache=layout.features_cache,
-            graph_cache=layout.graph_cache,
-        )
-        trained = _fit_companions(layout, result, base.seed, train_rows, val_rows)
+        trained = fit(layout, base, cfg, log_epoch)
+        result = trained.result
+        _log_fit(trained)
         _export_graph(layout, result)
-        example = load_images(images, val_rows[:2]).float() / 255.0
+        example = load_images(layout.fetch.images, val_rows[:2]).float() / 255.0
         model_uri = log_model(layout, result.model, example)
         mlflow.set_tags(model_tags(model_uri, trained.checkpoint_sha256))
         # Files last: a failure above (MLflow, the export) leaves the last good outputs.
@@ -130,18 +127,48 @@ class Trained:
         return hashlib.sha256(self.checkpoint).hexdigest()
 
 
-def _fit_companions(
+def fit(
     layout: Layout,
-    result: TrainResult,
+    base: BaseParams,
+    cfg: TrainParams,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> Trained:
+    """Train on ``outputs/split``'s train and val manifests: :func:`fit_rows` on them."""
+    return fit_rows(
+        layout,
+        base.seed,
+        cfg,
+        read_manifest(layout.split.manifest("train")),
+        read_manifest(layout.split.manifest("val")),
+        plain_sources(FetchSummary.read(layout.fetch.summary)),
+        on_epoch,
+    )
+
+
+def fit_rows(
+    layout: Layout,
     seed: int,
+    cfg: TrainParams,
     train_rows: list[ManifestRow],
     val_rows: list[ManifestRow],
+    plain: frozenset[str] = frozenset(),
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> Trained:
-    """Calibration, the probe baseline and the OOD model, fitted beside the trained model, and
-    their figures logged (timings to MLflow only)."""
-    import mlflow  # ~1.3 s to import: only in the stages that log
-
-    calibration = calibrate_on_val(result, layout.fetch.images, val_rows)
+    """Train on ``train_rows`` (images in ``layout``'s fetch output), then calibrate on
+    ``val_rows`` and fit the probe baseline and the OOD model beside the model: everything train
+    writes, in memory (no MLflow, no files: the benches train this way, on their own rows)."""
+    result = train_model(
+        cfg,
+        seed,
+        layout.fetch.images,
+        train_rows,
+        val_rows,
+        on_epoch=on_epoch,
+        features_cache=layout.features_cache,
+        graph_cache=layout.graph_cache,
+        plain_sources=plain,
+    )
+    calibration = calibrate_on_val(result, layout.fetch.images, val_rows, cfg.threshold)
     probe, probe_val_acc = None, None
     if result.probe_inputs is not None:
         probe_train, probe_val = (f.numpy() for f in result.probe_inputs)
@@ -152,19 +179,8 @@ def _fit_companions(
         probe_val_acc = float(hits.mean())
     ood = None
     if result.train_features is not None and result.val_features is not None:
-        ood = fit_ood(result.train_features.numpy(), result.val_features.numpy())
-        mlflow.log_metric("ood_threshold", ood.threshold)
+        ood = fit_ood(result.train_features.numpy(), result.val_features.numpy(), cfg.ood_quantile)
     best = result.best
-    mlflow.log_metrics(
-        {
-            "best_epoch": result.best_epoch,
-            "best_val_acc": best.val_acc,
-            "best_val_loss": best.val_loss,
-            **calibration,
-            **({"probe_val_acc": probe_val_acc} if probe_val_acc is not None else {}),
-            **{k: round(v, 3) for k, v in result.timings.items()},
-        }
-    )
     metrics = {
         "best_epoch": result.best_epoch,
         "val_acc": best.val_acc,
@@ -175,6 +191,24 @@ def _fit_companions(
         "val_images": len(val_rows),
     }
     return Trained(result, checkpoint_bytes(result.model.state_dict()), probe, ood, metrics)
+
+
+def _log_fit(trained: Trained) -> None:
+    """The fit's figures into the active run (timings to MLflow only, never metrics.json)."""
+    import mlflow  # ~1.3 s to import: only in the stages that log
+
+    result, metrics = trained.result, trained.metrics
+    figures = {k: v for k, v in metrics.items() if k not in ("best_epoch", "val_acc", "val_loss")}
+    mlflow.log_metrics(
+        {
+            "best_epoch": result.best_epoch,
+            "best_val_acc": result.best.val_acc,
+            "best_val_loss": result.best.val_loss,
+            **{k: float(v) for k, v in figures.items() if isinstance(v, int | float)},
+            **({"ood_threshold": trained.ood.threshold} if trained.ood else {}),
+            **{k: round(v, 3) for k, v in result.timings.items()},
+        }
+    )
 
 
 def _write_outputs(layout: Layout, trained: Trained) -> None:

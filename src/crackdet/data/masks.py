@@ -1,0 +1,291 @@
+"""The ``masks`` source: photos with pixel crack masks, cut into labelled training windows.
+
+A folder (or archive) holds ``images/<name>.<ext>``, ``masks/<name>.png`` (255 = crack pixel) and
+optionally ``masks_planking/<name>.png`` (255 = the wood grain timber formwork leaves: a classic
+false alarm). Every photo is resized by each of the source's scales and cut into the very windows
+a crack map at that scale slides (crackdet.data.windows). With ``side`` a window's side in photo
+pixels (all lengths are shares of it, so one rule labels every scale alike), a window is
+
+- a **crack** when the square at its centre (``centre`` x side) holds at least
+  ``crack_length`` x side crack pixels: a 1-px crack crossing a good part of what the model
+  sees, not one grazing an edge it might not show;
+- **clean** when no crack pixel lies in the window or within ``margin`` x side of it; clean and
+  holding ``planking_length`` x side planking pixels, a **hard negative**;
+- left out otherwise (a crack at the edge is neither a clear hit nor a clear miss), counted.
+
+Every crack window is kept; of the clean ones a seeded sample of ``max_clean`` in all, hard
+negatives first up to half of it, so the empty concrete of many windows does not drown the
+cracks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from crackdet.core.errors import CrackdetError, first_line
+from crackdet.core.params import MasksSource
+from crackdet.data.images import IMAGE_SUFFIXES, PATCH_SIZE, is_image_file, to_rgb
+from crackdet.data.windows import pad_to_window, resize_photo, window_grid
+
+MASKS, PLANKING = "masks", "masks_planking"
+OVERLAP = 0.5  # the crack maps' default overlap: the windows the maps will score
+
+
+@dataclass(frozen=True)
+class MaskedPhoto:
+    """One photo of a masks data set with its truth masks."""
+
+    name: str
+    image: Path
+    mask: Path
+    planking: Path | None
+
+
+@dataclass(frozen=True)
+class CutSummary:
+    """What cutting a masks source gave, per kind of window."""
+
+    photos: int
+    crack: int
+    clean: int
+    planking: int  # clean windows on planking (kept as hard negatives, counted in clean too)
+    ambiguous: int  # crack pixels near the edge only: left out
+    sampled_out: int  # clean windows beyond max_clean_per_photo: left out
+
+
+def layout_root(root: Path) -> Path:
+    """``root`` itself, or its only subfolder when an archive wraps everything in one folder."""
+    if (root / "images").is_dir():
+        return root
+    children = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
+    if len(children) == 1 and (children[0] / "images").is_dir():
+        return children[0]
+    raise CrackdetError(
+        f"{root}: no images/ folder (expected images/<name>.<ext> and masks/<name>.png)"
+    )
+
+
+def find_photos(
+    root: Path, photos: str = "*", key: str = "photos"
+) -> tuple[list[MaskedPhoto], list[str]]:
+    """Every ``images/<name>.<ext>`` whose file name matches the glob ``photos``, paired with
+    ``masks/<name>.png`` (and its planking mask); and the entries of ``images/`` that are not
+    photos, named."""
+    base = layout_root(root)
+    entries = sorted((base / "images").iterdir())
+    images = [p for p in entries if is_image_file(p)]
+    left_out = [f"images/{p.name} (not a photo)" for p in entries if p not in images]
+    if not images:
+        raise CrackdetError(f"{base / 'images'}: no photos ({', '.join(IMAGE_SUFFIXES)})")
+    chosen = [p for p in images if fnmatch.fnmatchcase(p.name, photos)]
+    if not chosen:
+        raise CrackdetError(f"{key} {photos!r}: matches none of the photos in {base / 'images'}")
+    samples = []
+    for image in chosen:
+        mask = base / MASKS / f"{image.stem}.png"
+        if not mask.is_file():
+            raise CrackdetError(f"{image}: no crack mask {mask}; every photo needs one")
+        planking = base / PLANKING / f"{image.stem}.png"
+        samples.append(
+            MaskedPhoto(image.stem, image, mask, planking if planking.is_file() else None)
+        )
+    return samples, left_out
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A truth mask as a bool HxW array (pixels >= 128 are set), checked against ``shape``."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            gray = np.asarray(image.convert("L"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CrackdetError(f"{path}: not a readable mask image ({first_line(exc)})") from None
+    if gray.shape != shape:
+        raise CrackdetError(
+            f"{path}: mask is {gray.shape[1]}x{gray.shape[0]} but its photo is "
+            f"{shape[1]}x{shape[0]}; masks must match their photo pixel for pixel"
+        )
+    # 8-bit masks are 0/255; a threshold (not == 255) tolerates resampled or lossy masks.
+    return gray >= 128
+
+
+class PixelSums:
+    """The sum of an image's values inside any rectangle, from one integral image (thousands
+    of windows cost one cumulative sum)."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.height, self.width = values.shape
+        kind = np.int64 if values.dtype == bool else np.float64
+        self.integral = np.zeros((self.height + 1, self.width + 1), dtype=kind)
+        self.integral[1:, 1:] = values.astype(kind).cumsum(0).cumsum(1)
+
+    def box(self, y0: float, x0: float, y1: float, x1: float) -> float:
+        """The sum over [y0, y1) x [x0, x1), clipped to the image."""
+        top, left = min(max(round(y0), 0), self.height), min(max(round(x0), 0), self.width)
+        bottom, right = min(max(round(y1), 0), self.height), min(max(round(x1), 0), self.width)
+        if bottom <= top or right <= left:
+            return 0
+        i = self.integral
+        return i[bottom, right] - i[top, right] - i[bottom, left] + i[top, left]
+
+
+class PixelCounts(PixelSums):
+    """Set pixels of a bool mask inside any rectangle."""
+
+    def box(self, y0: float, x0: float, y1: float, x1: float) -> int:
+        return int(super().box(y0, x0, y1, x1))
+
+
+def read_photo_rgb(path: Path, max_pixels: int) -> np.ndarray:
+    """A photo as uint8 HxWx3 RGB, refused before decoding when it has too many pixels."""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                raise CrackdetError(
+                    f"{path}: {image.width}x{image.height} pixels exceeds fetch.max_pixels "
+                    f"({max_pixels}); raise the limit if this photo is genuine"
+                )
+            image.load()
+            return np.asarray(to_rgb(image), dtype=np.uint8)
+    except CrackdetError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CrackdetError(f"{path}: not a readable image ({first_line(exc)})") from None
+
+
+@dataclass(frozen=True)
+class _Window:
+    photo: int  # index into the photos
+    scale: float
+    y: int  # top-left corner in the resized photo
+    x: int
+
+
+def label_windows(
+    cracks: PixelCounts,
+    planks: PixelCounts | None,
+    starts: list[tuple[int, int]],
+    scale: float,
+    source: MasksSource,
+) -> tuple[list[int], list[int], list[int], int]:
+    """Indices into ``starts`` (window corners in the photo resized by ``scale``) of the crack,
+    clean and hard-negative windows, and how many were ambiguous (see the module docstring)."""
+    side = PATCH_SIZE / scale
+    inset = side * (1 - source.centre) / 2
+    margin = side * source.margin
+    crack, clean, hard, ambiguous = [], [], [], 0
+    for i, (y, x) in enumerate(starts):
+        top, left = y / scale, x / scale
+        centre = cracks.box(top + inset, left + inset, top + side - inset, left + side - inset)
+        if centre >= source.crack_length * side:
+            crack.append(i)
+        elif cracks.box(top - margin, left - margin, top + side + margin, left + side + margin):
+            ambiguous += 1
+        elif planks and planks.box(top, left, top + side, left + side) >= (
+            source.planking_length * side
+        ):
+            hard.append(i)
+        else:
+            clean.append(i)
+    return crack, clean, hard, ambiguous
+
+
+def cut_windows(
+    root: Path, source: MasksSource, images: Path, seed: int, max_pixels: int
+) -> tuple[CutSummary, list[str]]:
+    """Write the labelled windows of every chosen photo into ``images/{Positive,Negative}`` as
+    ``<photo>_s<scale>_y<y>_x<x>.png`` (lossless: the model sees the photo's own pixels).
+    Returns what was cut and the entries left out of the source, named."""
+    photos, left_out = find_photos(root, source.photos, "photos")
+    crack: list[_Window] = []
+    clean: list[_Window] = []
+    hard: list[_Window] = []
+    ambiguous = 0
+    for number, sample in enumerate(photos):  # label first: which clean ones are kept is global
+        shape = read_photo_size(sample.image, max_pixels)
+        cracks = PixelCounts(read_mask(sample.mask, shape))
+        planks = PixelCounts(read_mask(sample.planking, shape)) if sample.planking else None
+        for scale in source.scales:
+            starts = scaled_starts(shape, scale)
+            c, n, h, a = label_windows(cracks, planks, starts, scale, source)
+            for kept, indices in ((crack, c), (clean, n), (hard, h)):
+                kept += [_Window(number, scale, *starts[i]) for i in indices]
+            ambiguous += a
+    rng = np.random.default_rng([seed, len(photos)])
+    total = len(clean) + len(hard)
+    if source.max_clean and total > source.max_clean:
+        n_hard = min(len(hard), source.max_clean // 2)
+        n_clean = min(len(clean), source.max_clean - n_hard)
+        hard = [hard[i] for i in np.sort(rng.choice(len(hard), n_hard, replace=False))]
+        clean = [clean[i] for i in np.sort(rng.choice(len(clean), n_clean, replace=False))]
+    _write_windows(
+        photos,
+        {"Positive": crack, "Negative": sorted(hard + clean, key=_order)},
+        images,
+        max_pixels,
+    )
+    summary = CutSummary(
+        photos=len(photos),
+        crack=len(crack),
+        clean=len(clean) + len(hard),
+        planking=len(hard),
+        ambiguous=ambiguous,
+        sampled_out=total - len(clean) - len(hard),
+    )
+    return summary, left_out
+
+
+def _order(window: _Window) -> tuple[int, float, int, int]:
+    return window.photo, window.scale, window.y, window.x
+
+
+def read_photo_size(path: Path, max_pixels: int) -> tuple[int, int]:
+    """A photo's (height, width), refused when it has more than ``max_pixels``."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CrackdetError(f"{path}: not a readable image ({first_line(exc)})") from None
+    if width * height > max_pixels:
+        raise CrackdetError(
+            f"{path}: {width}x{height} pixels exceeds fetch.max_pixels ({max_pixels}); "
+            "raise the limit if this photo is genuine"
+        )
+    return height, width
+
+
+def scaled_starts(shape: tuple[int, int], scale: float) -> list[tuple[int, int]]:
+    """The window corners a crack map slides over a photo of ``shape`` resized by ``scale``."""
+    height = max(round(shape[0] * scale), 1)
+    width = max(round(shape[1] * scale), 1)
+    return window_grid(max(height, PATCH_SIZE), max(width, PATCH_SIZE), PATCH_SIZE, OVERLAP)
+
+
+def _write_windows(
+    photos: list[MaskedPhoto], labelled: dict[str, list[_Window]], images: Path, max_pixels: int
+) -> None:
+    """Write the kept windows, one photo and scale resized at a time (memory stays bounded)."""
+    for label in labelled:
+        (images / label).mkdir(parents=True, exist_ok=True)
+    for number, sample in enumerate(photos):
+        photo = None
+        for scale in sorted({w.scale for ws in labelled.values() for w in ws if w.photo == number}):
+            photo = read_photo_rgb(sample.image, max_pixels) if photo is None else photo
+            scaled = pad_to_window(resize_photo(photo, scale), PATCH_SIZE)
+            for label, windows in labelled.items():
+                for w in windows:
+                    if w.photo != number or w.scale != scale:
+                        continue
+                    tile = scaled[w.y : w.y + PATCH_SIZE, w.x : w.x + PATCH_SIZE]
+                    name = f"{sample.name}_s{scale:g}_y{w.y}_x{w.x}.png"
+                    Image.fromarray(tile).save(images / label / name, compress_level=1)
+
+
+def photo_of(window_file: str) -> str:
+    """The photo a window file was cut from (``<photo>_s<scale>_y<y>_x<x>.png``): its group."""
+    return window_file.rsplit("_s", 1)[0]
