@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make repro   set up .venv (pinned), pull the embedded photos, run the DVC pipeline
+#   make repro   set up .venv (pinned), pull the embedded data (real sample, photos), run the DVC pipeline
 #   make test    set up .venv (pinned), lint, import contracts, docs build, the whole test suite
 # While working: make test-fast (the tests not marked slow), make lint, make docs.
 # make test-team: the team set-up's tests alone (PostgreSQL + S3 + mlflow server, docs/team.md);
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 repro: install
-	@test -n "$$(ls data/photos 2>/dev/null)" || dvc pull data.dvc
+	@test -n "$$(ls data/photos 2>/dev/null)" -a -n "$$(ls data/sources 2>/dev/null)" || dvc pull data.dvc
 	dvc repro
 
 test: lint docs
