@@ -124,7 +124,7 @@ def end_to_end(model: CrackClassifier, photo: np.ndarray, predict: Any) -> None:
         f"end to end (read JPEG, map, write overlay/heatmaps/mask/JSON; engine "
         f"{predict.engine}, scale {predict.scale}: {', '.join(f'{s:g}' for s in scales)}, "
         f"overlap {predict.overlap}): {seconds:.1f} s "
-        f"({mapped.summaries[0].seconds:.1f} s of it mapping)"
+        f"({mapped.seconds[0]:.1f} s of it mapping)"
     )
 
 
