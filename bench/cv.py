@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from protocols import Workspace, prepare, train_on, write_result
+from protocols import Workspace, classify, prepare, train_on, write_result
 
 from crackdet.data.manifest import ManifestRow
-from crackdet.model.evaluation import evaluate_classifier, mcnemar_exact, wilson_interval
+from crackdet.model.evaluation import mcnemar_exact, wilson_interval
 from crackdet.model.inputs import targets_of
 from crackdet.model.probe import fit_probe
 
@@ -71,24 +71,10 @@ def repetition(ws: Workspace, seed: int, k: int) -> dict[str, object]:
         train = [r for g, fold in enumerate(folds) if g not in (f, (f + 1) % k) for r in fold]
         trained = train_on(ws, train + ws.of("train", OTHERS), val + ws.of("val", OTHERS))
         model = trained.result.model
-        evaluation, features = evaluate_classifier(
-            model,
-            ws.layout.fetch.images,
-            test,
-            ws.layout.features_cache,
-            engine=ws.params.evaluate.engine,
-            graph_cache=ws.layout.graph_cache,
-        )
+        evaluation, features = classify(ws, model, test)
         y = evaluation.targets
         assert trained.probe is not None
-        _, oz_features = evaluate_classifier(  # plain-view features: from the cache
-            model,
-            ws.layout.fetch.images,
-            train,
-            ws.layout.features_cache,
-            engine=ws.params.evaluate.engine,
-            graph_cache=ws.layout.graph_cache,
-        )
+        _, oz_features = classify(ws, model, train)  # plain-view features: from the cache
         probe_oz = fit_probe(oz_features, targets_of(train).numpy(), seed)
         fold_wrong = {
             "model": evaluation.predictions != y,

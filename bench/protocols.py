@@ -28,8 +28,9 @@ from crackdet.data.records import FetchSummary
 from crackdet.data.split import run_split
 from crackdet.maps.crackmap import crack_map
 from crackdet.maps.scoring import MapSettings, evaluate_maps
+from crackdet.model.classifier import CrackClassifier
 from crackdet.model.engines import feature_fn
-from crackdet.model.evaluation import evaluate_classifier
+from crackdet.model.evaluation import Evaluation, evaluate_classifier
 from crackdet.workflows.training import Trained, fit_rows, plain_sources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,11 +130,12 @@ def train_on(ws: Workspace, train: list[ManifestRow], val: list[ManifestRow]) ->
     return fit_rows(ws.layout, ws.params.base.seed, ws.params.train, train, val, ws.plain)
 
 
-def score_patches(ws: Workspace, trained: Trained, rows: list[ManifestRow]) -> dict[str, Any]:
-    """Accuracy (with its Wilson interval) at the model's own threshold, ROC AUC, errors, and
-    the share of patches the OOD model flags."""
-    model = trained.result.model
-    evaluation, features = evaluate_classifier(
+def classify(
+    ws: Workspace, model: CrackClassifier, rows: list[ManifestRow]
+) -> tuple[Evaluation, np.ndarray]:
+    """The model's evaluation of ``rows`` at its own threshold, and their plain-view features
+    (from the workspace's cache when computed before), as the evaluate stage computes them."""
+    return evaluate_classifier(
         model,
         ws.layout.fetch.images,
         rows,
@@ -141,6 +143,13 @@ def score_patches(ws: Workspace, trained: Trained, rows: list[ManifestRow]) -> d
         engine=ws.params.evaluate.engine,
         graph_cache=ws.layout.graph_cache,
     )
+
+
+def score_patches(ws: Workspace, trained: Trained, rows: list[ManifestRow]) -> dict[str, Any]:
+    """Accuracy (with its Wilson interval) at the model's own threshold, ROC AUC, errors, and
+    the share of patches the OOD model flags."""
+    model = trained.result.model
+    evaluation, features = classify(ws, model, rows)
     figures = evaluation.metrics()
     keep = ("accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "roc_auc", "fp", "fn", "n")
     out: dict[str, Any] = {k: figures[k] for k in keep}

@@ -43,7 +43,7 @@ NAME = "crack-classifier"
 def build(root: Path) -> Path:
     """The repository, its pipeline, an experiment, an evaluation and a report; returns the
     report's folder."""
-    tree = tiny_params_tree(**{"fetch.synthetic_per_class": 120, "train.epochs": 4})
+    tree = tiny_params_tree(**{"fetch.sources.synthetic.per_class": 120, "train.epochs": 4})
     repo = make_repo(root / "repo", tree)
     env = tool_env(PYTHONPATH=str(repo / "src"))
     shutil.rmtree(repo / "data" / "photos")

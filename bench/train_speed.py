@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from crackdet.core.layout import Layout
-from crackdet.core.params import ENGINES, load_params
+from crackdet.core.params import ENGINES, LabelledSource, load_params
 from crackdet.data.fetch import fetch
 from crackdet.data.images import CLASSES, PATCH_SIZE
 from crackdet.data.manifest import read_manifest
@@ -64,9 +64,9 @@ def blog_recipe(params, images_dir: Path, train_rows, val_rows) -> float:
         model.head.train()
         for begin in range(0, len(order), 64):
             idx = order[begin : begin + 64]
-            batch = torch.stack(
-                [augment_image(train_images[i].float() / 255, cfg.augment, rng) for i in idx]
-            )
+            hwc = train_images[idx].permute(0, 2, 3, 1).numpy()  # augment works on uint8 HWC
+            views = np.stack([augment_image(image, cfg.augment, rng) for image in hwc])
+            batch = torch.from_numpy(views).permute(0, 3, 1, 2).float() / 255
             with torch.no_grad():
                 features = model.features(batch)
             loss = nn.functional.cross_entropy(model.head(features), targets[idx])
@@ -91,9 +91,14 @@ def main() -> None:
         root = Path(tmp)
         (root / "dvc.yaml").write_text("stages: {}\n")
         layout = Layout(root)
-        fetch_params = dataclasses.replace(
-            params.fetch, source="archive", archive=str(Path(args.data).resolve())
+        sample = LabelledSource(
+            kind="archive",
+            path=str(Path(args.data).resolve()),
+            sha256="",
+            licence="CC BY 4.0",
+            group_by="signature",
         )
+        fetch_params = dataclasses.replace(params.fetch, sources={"sample": sample})
         clock = time.perf_counter()
         summary = fetch(fetch_params, params.base.seed, layout)
         fetch_s = time.perf_counter() - clock

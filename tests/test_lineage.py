@@ -293,7 +293,7 @@ def test_reproduce_finds_an_archive_outside_the_repo_and_checks_it(
     archive_store: str, archive_run: tuple[str, Path, Path]
 ) -> None:
     run_id, archive, repo = archive_run
-    expected = client(archive_store).get_run(run_id).data.tags["data.archive_sha256"]
+    expected = client(archive_store).get_run(run_id).data.tags["data.elsewhere.archive_sha256"]
     result = crackdet(repo, archive_store, "reproduce", run_id)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert f"identical to run {run_id}" in result.stdout
@@ -316,11 +316,13 @@ def test_reproduce_finds_an_archive_outside_the_repo_and_checks_it(
         assert f"the run's is {expected}); pass the original with --data elsewhere=PATH" in (
             result.stderr
         )
-        # --data names the copy: by source, or bare when the run had one archive source.
-        for given in (f"elsewhere={moved}", str(moved)):
-            result = crackdet(repo, archive_store, "reproduce", run_id, "--data", given)
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-            assert f"identical to run {run_id}" in result.stdout
+        # --data names a copy: a bare PATH is the run's only archive source, checked by sha256
+        # before any work (SOURCE=PATH is parsed in test_cli_data_names_a_source_or_the_only_one).
+        result = crackdet(repo, archive_store, "reproduce", run_id, "--data", str(archive))
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert result.stderr.startswith(
+            f"crackdet reproduce: error: --data elsewhere={archive}: not the archive run {run_id}"
+        )
         result = crackdet(repo, archive_store, "reproduce", run_id, "--data", f"other={moved}")
         assert result.returncode == 2
         assert result.stderr == (
@@ -330,6 +332,14 @@ def test_reproduce_finds_an_archive_outside_the_repo_and_checks_it(
     finally:
         archive.unlink(missing_ok=True)
         moved.rename(archive)
+
+
+def test_cli_data_names_a_source_or_the_only_one() -> None:
+    from crackdet.cli.registry import _source_path
+
+    assert _source_path("ozgenel=../copies/oz.zip") == ("ozgenel", Path("../copies/oz.zip"))
+    assert _source_path("../copies/oz.zip") == ("", Path("../copies/oz.zip"))
+    assert _source_path("/data/a=b.zip") == ("", Path("/data/a=b.zip"))  # a path holding "="
 
 
 # --- ci-check --------------------------------------------------------------------------------

@@ -126,21 +126,23 @@ def test_exif_orientation_is_honoured(tmp_path) -> None:
     assert read_photo(path, 10**8).shape == (40, 20, 3)
 
 
+def features(model: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
+    """Backbone features of uint8 RGB patches."""
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        return model.features(batch).numpy()
+
+
 def test_ood_signal_separates_concrete_from_something_else(model) -> None:
     from crackdet.data.synthetic import patch_rng, render_patch, render_photo
     from crackdet.model.ood import fit_ood
-
-    def features(images: list[np.ndarray]) -> np.ndarray:
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-        with torch.inference_mode():
-            return model.features(batch).numpy()
 
     patches = [
         render_patch(patch_rng(0, label, i), label == "Positive")
         for label in ("Positive", "Negative")
         for i in range(40)
     ]
-    ood = fit_ood(features(patches[::2]), features(patches[1::2]))
+    ood = fit_ood(features(model, patches[::2]), features(model, patches[1::2]))
     concrete, _ = render_photo(np.random.default_rng(5), width=681, height=454)
     # Something clearly not concrete: saturated colour blocks and stripes.
     y, x = np.mgrid[0:454, 0:681]
@@ -300,18 +302,13 @@ def test_ood_flags_images_that_are_not_concrete(model) -> None:
     from crackdet.data.synthetic import patch_rng, render_randomised_patch
     from crackdet.model.ood import fit_ood
 
-    def features(images: list[np.ndarray]) -> np.ndarray:
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-        with torch.inference_mode():
-            return model.features(batch).numpy()
-
     patches = [
         render_randomised_patch(patch_rng(1, label, i), label == "Positive")
         for label in ("Positive", "Negative")
         for i in range(60)
     ]
-    ood = fit_ood(features(patches[:80:2]), features(patches[1:80:2]))
-    held_out = ood.is_ood(features(patches[80:])).mean()
+    ood = fit_ood(features(model, patches[:80:2]), features(model, patches[1:80:2]))
+    held_out = ood.is_ood(features(model, patches[80:])).mean()
     flagged = []
     for name in SKIMAGE_SAMPLES:
         image = getattr(skimage.data, name)()

@@ -18,6 +18,7 @@ Design goals, in order:
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -371,11 +372,19 @@ def _ar1(innovations: np.ndarray, persistence: float) -> np.ndarray:
     return out
 
 
-def _width_profile(rng: np.random.Generator, n: int, base: float) -> np.ndarray:
-    """Width along a crack: slowly varying around ``base`` and clipped to 0.8-6.5 px."""
+def _width_along(
+    rng: np.random.Generator, n: int, base: float, spread: float, widest: float
+) -> np.ndarray:
+    """Width along a crack: slowly varying around ``base`` (log-spread up to ``spread``) and
+    clipped to 0.8-``widest`` px."""
     var = ndimage.gaussian_filter1d(rng.standard_normal(n + 40), rng.uniform(8, 30))[20:-20]
     var /= var.std() + 1e-6
-    return np.clip(base * np.exp(rng.uniform(0.1, 0.35) * var), 0.8, 6.5)
+    return np.clip(base * np.exp(rng.uniform(0.1, spread) * var), 0.8, widest)
+
+
+def _width_profile(rng: np.random.Generator, n: int, base: float) -> np.ndarray:
+    """The classic renderer's widths: 0.8-6.5 px."""
+    return _width_along(rng, n, base, 0.35, 6.5)
 
 
 def _crack_system(
@@ -391,26 +400,53 @@ def _crack_system(
     wiggle = rng.uniform(0.03, 0.09)
     base = float(np.exp(rng.uniform(np.log(1.0), np.log(5.5))))
     contrast = rng.uniform(0.15, 0.4) if rng.random() < faint_p else rng.uniform(0.35, 0.85)
-    fwd, a_f = _walk(rng, centre, heading, reach[0], wiggle)
-    back, a_b = _walk(rng, centre, heading + np.pi, reach[1], wiggle)
+    shape = _CrackShape(heading, wiggle, base, contrast, _width_profile, (0.4, 0.8), 0.92)
+    return _trace(rng, centre, reach, n_branches, branch_len, shape)
+
+
+@dataclass(frozen=True)
+class _CrackShape:
+    """What differs between the renderers' cracks; :func:`_trace` draws the rest."""
+
+    heading: float
+    wiggle: float
+    base: float  # width in px
+    contrast: float
+    profile: Callable[[np.random.Generator, int, float], np.ndarray]  # width along the line
+    branch_share: tuple[float, float]  # a branch's width relative to the crack where it joins
+    darkest: float  # the largest contrast
+
+
+def _trace(
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    reach: tuple[float, float],
+    n_branches: int,
+    branch_len: tuple[float, float],
+    shape: _CrackShape,
+) -> list[_Polyline]:
+    """A crack of ``shape`` through ``centre``, ``reach`` px each way, plus tapering branches."""
+    fwd, a_f = _walk(rng, centre, shape.heading, reach[0], shape.wiggle)
+    back, a_b = _walk(rng, centre, shape.heading + np.pi, reach[1], shape.wiggle)
     pts = np.concatenate([back[::-1], fwd])
     ang = np.concatenate([a_b[::-1] + np.pi, a_f])
-    width = _width_profile(rng, len(pts), base)
+    width = shape.profile(rng, len(pts), shape.base)
     # Cracks thin out to a tip where they end; ends outside the image are cut anyway.
     taper = np.minimum(np.arange(len(pts)) + 1, np.arange(len(pts))[::-1] + 1) / 25.0
     width = np.maximum(0.8, width * np.minimum(1.0, 0.3 + taper))
     cvar = ndimage.gaussian_filter1d(rng.standard_normal(len(pts)), 15)
-    con = contrast * np.exp(0.15 * cvar / (cvar.std() + 1e-6))
-    lines = [_Polyline(pts, width, np.clip(con, 0.08, 0.92))]
+    con = shape.contrast * np.exp(0.15 * cvar / (cvar.std() + 1e-6))
+    lines = [_Polyline(pts, width, np.clip(con, 0.08, shape.darkest))]
     for _ in range(n_branches):
         i = int(rng.integers(len(pts) // 8, max(len(pts) // 8 + 1, 7 * len(pts) // 8)))
         side = rng.choice([-1, 1])
         b_head = ang[i] + side * rng.uniform(np.deg2rad(20), np.deg2rad(75))
         b_len = rng.uniform(*branch_len)
-        b_pts, _ = _walk(rng, pts[i], b_head, b_len, wiggle * 1.3)
+        b_pts, _ = _walk(rng, pts[i], b_head, b_len, shape.wiggle * 1.3)
         tip = np.linspace(1.0, 0.25, len(b_pts))  # branches taper from the join to their tip
-        b_w = np.maximum(0.7, _width_profile(rng, len(b_pts), width[i] * rng.uniform(0.4, 0.8)))
-        b_c = np.clip(con[i] * rng.uniform(0.6, 1.0) * (0.6 + 0.4 * tip), 0.08, 0.92)
+        b_base = width[i] * rng.uniform(*shape.branch_share)
+        b_w = np.maximum(0.7, shape.profile(rng, len(b_pts), b_base))
+        b_c = np.clip(con[i] * rng.uniform(0.6, 1.0) * (0.6 + 0.4 * tip), 0.08, shape.darkest)
         lines.append(_Polyline(b_pts, b_w * tip + 0.5 * (1 - tip), b_c))
     return lines
 
@@ -521,9 +557,8 @@ ZOOM = (1 / 3, 1.5)
 
 
 def _wide_width_profile(rng: np.random.Generator, n: int, base: float) -> np.ndarray:
-    var = ndimage.gaussian_filter1d(rng.standard_normal(n + 40), rng.uniform(8, 30))[20:-20]
-    var /= var.std() + 1e-6
-    return np.clip(base * np.exp(rng.uniform(0.1, 0.4) * var), 0.8, 40.0)
+    """The randomised renderer's widths: up to 40 px (gaping cracks)."""
+    return _width_along(rng, n, base, 0.4, 40.0)
 
 
 def _wide_crack_system(
@@ -542,28 +577,8 @@ def _wide_crack_system(
         contrast = rng.uniform(0.55, 0.92)
     else:
         contrast = rng.uniform(0.15, 0.4) if rng.random() < 0.25 else rng.uniform(0.35, 0.85)
-    fwd, a_f = _walk(rng, centre, heading, reach[0], wiggle)
-    back, a_b = _walk(rng, centre, heading + np.pi, reach[1], wiggle)
-    pts = np.concatenate([back[::-1], fwd])
-    ang = np.concatenate([a_b[::-1] + np.pi, a_f])
-    width = _wide_width_profile(rng, len(pts), base)
-    taper = np.minimum(np.arange(len(pts)) + 1, np.arange(len(pts))[::-1] + 1) / 25.0
-    width = np.maximum(0.8, width * np.minimum(1.0, 0.3 + taper))
-    cvar = ndimage.gaussian_filter1d(rng.standard_normal(len(pts)), 15)
-    con = contrast * np.exp(0.15 * cvar / (cvar.std() + 1e-6))
-    lines = [_Polyline(pts, width, np.clip(con, 0.08, 0.95))]
-    for _ in range(n_branches):
-        i = int(rng.integers(len(pts) // 8, max(len(pts) // 8 + 1, 7 * len(pts) // 8)))
-        side = rng.choice([-1, 1])
-        b_head = ang[i] + side * rng.uniform(np.deg2rad(20), np.deg2rad(75))
-        b_pts, _ = _walk(rng, pts[i], b_head, rng.uniform(*branch_len), wiggle * 1.3)
-        tip = np.linspace(1.0, 0.25, len(b_pts))
-        b_w = np.maximum(
-            0.7, _wide_width_profile(rng, len(b_pts), width[i] * rng.uniform(0.2, 0.6))
-        )
-        b_c = np.clip(con[i] * rng.uniform(0.6, 1.0) * (0.6 + 0.4 * tip), 0.08, 0.95)
-        lines.append(_Polyline(b_pts, b_w * tip + 0.5 * (1 - tip), b_c))
-    return lines
+    shape = _CrackShape(heading, wiggle, base, contrast, _wide_width_profile, (0.2, 0.6), 0.95)
+    return _trace(rng, centre, reach, n_branches, branch_len, shape)
 
 
 def _render_wide_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]) -> None:
