@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     ws = prepare(args.work, args.shared, args.set)
+    if ws.params.train.unfreeze:  # the probes are fitted on the model's own features
+        parser.error("train.unfreeze > 0: the probes need the frozen backbone's features")
     clock = time.perf_counter()
     reps = [repetition(ws, int(s), args.folds) for s in args.seeds.split(",")]
     record = summarise(reps) | {

@@ -9,8 +9,8 @@ stage trains) on the other default sources and scored on every image of the held
   Özgenel test patches, and scikit-image's non-concrete sample images.
 - ``sdnet`` / ``ozgenel`` held out: patch ROC AUC and accuracy at the model's own threshold,
   with a 95 % Wilson interval.
-- ``+uav75 train_*``: UAV75's ``train_*`` photos join as a masks source; maps of the 15
-  ``val_*`` photos (window ROC AUC, planking false-positive rate), and Özgenel held out again.
+- ``uav75+train``: UAV75's 50 ``train_*`` photos join as a masks source; maps of its 10
+  ``val_*`` photos (window ROC AUC, planking false-positive rate), and Özgenel's test split.
 
     python bench/loso.py [--shared ../shared/data] [--work .cache/bench] [--only uav75,...]
         [--set train.backbone=efficientnet_lite1 ...]

@@ -354,3 +354,15 @@ def test_masks_source_cuts_labelled_windows_at_each_scale(chdir_tmp: Path, tiny_
     assert fewer["crack"] == windows["crack"]
     assert fewer["clean"] == 4 and fewer["planking"] == 2
     assert fewer["sampled_out"] == windows["clean"] - 4
+
+
+def test_masks_photo_size_follows_its_exif_orientation(tmp_path: Path) -> None:
+    """Windows are cut from the photo as it is shown (EXIF applied): labels use that size."""
+    from crackdet.data.masks import ORIENTATION, read_photo_rgb, read_photo_size
+
+    image = Image.new("RGB", (300, 200), (120, 120, 120))
+    exif = image.getexif()
+    exif[ORIENTATION] = 6  # a quarter turn
+    image.save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    assert read_photo_size(tmp_path / "turned.jpg", 10**7) == (300, 200)
+    assert read_photo_rgb(tmp_path / "turned.jpg", 10**7).shape[:2] == (300, 200)

@@ -38,6 +38,14 @@ def _error_for(mutate) -> str:
     ("mutate", "expected"),
     [
         (lambda t: t["train"].pop("epochs"), "missing key train.epochs"),
+        (
+            lambda t: t["train"]["augment"].update(zoom=[0.5]),
+            "train.augment.zoom must be a range [low, high] with low <= high; got [0.5]",
+        ),
+        (
+            lambda t: t["train"]["augment"].update(jpeg_quality=[95, 30]),
+            "train.augment.jpeg_quality must be a range [low, high] with low <= high; got [95, 30]",
+        ),
         (lambda t: t["train"]["augment"].pop("vflip"), "missing key train.augment.vflip"),
         (lambda t: t.pop("split"), "missing key split"),
         (lambda t: t["train"].update(epoch=3), "unknown key train.epoch"),

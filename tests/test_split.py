@@ -95,3 +95,28 @@ def test_hardest_examples_are_the_highest_loss() -> None:
     worst = hardest(rows, targets, probabilities, 2)
     assert [w[0].path for w in worst] == ["Negative/00000.jpg", "Positive/00001.jpg"]
     assert worst[0][2] == pytest.approx(-np.log(0.05))
+
+
+def test_a_duplicate_in_two_sources_stays_on_one_side() -> None:
+    """Sources are shared out on their own, except where a duplicate ties two of them: then
+    they are shared out together and the duplicate's copies land in one split."""
+    from crackdet.core.params import SplitParams
+    from crackdet.data.manifest import ManifestRow
+    from crackdet.data.split import split_rows
+
+    rows = [
+        ManifestRow(f"{src}/{label}/{i:03d}.jpg", label, f"{src}{label}{i}", 8, 8, src, f"p{i}")
+        for src in ("a", "b")
+        for label in ("Negative", "Positive")
+        for i in range(20)
+    ]
+    twins = [
+        ["a/Positive/007.jpg", "b/Positive/013.jpg"],
+        ["a/Negative/002.jpg", "b/Negative/019.jpg"],
+    ]
+    params = SplitParams(strategy="random", groups=4, train=0.7, val=0.15, test=0.15)
+    for seed in range(8):
+        result = split_rows(rows, params, seed, twins)
+        where = {r.path: name for name, part in result.splits.items() for r in part}
+        for first, second in twins:
+            assert where[first] == where[second], (seed, first, second)

@@ -262,3 +262,18 @@ def test_plain_sources_are_never_augmented(chdir_tmp: Path, tiny_params) -> None
     augmented = train(params, images, train_rows, val_rows)
     assert torch.equal(plain.model.head[0].weight, single.model.head[0].weight)
     assert not torch.equal(plain.model.head[0].weight, augmented.model.head[0].weight)
+
+
+def test_online_fine_tuning_on_plain_rows_only_trains(chdir_tmp: Path, tiny_params) -> None:
+    # Batches of plain rows only (a masks source) have nothing to augment: they train as they are.
+    params = tiny_params(
+        **{
+            "train.epochs": 1,
+            "train.unfreeze": 1,
+            "train.finetune": "online",
+            "train.engine": "torch",
+        }
+    )
+    images, train_rows, val_rows = _data(chdir_tmp, params)
+    result = train(params, images, train_rows, val_rows, plain_sources=frozenset({"synthetic"}))
+    assert len(result.history) == 1 and result.history[0].train_loss > 0

@@ -405,6 +405,13 @@ def parse_params(raw: Any) -> Params:
         )
     for name, source in params.fetch.sources.items():
         _check_source(f"fetch.sources.{name}", source)
+    augment = params.train.augment
+    for key, pair in (("zoom", augment.zoom), ("jpeg_quality", augment.jpeg_quality)):
+        if len(pair) != 2 or pair[0] > pair[1]:
+            raise CrackdetError(
+                f"params.yaml: train.augment.{key} must be a range [low, high] with low <= high; "
+                f"got {list(pair)}"
+            )
     for name in params.train.source_weights:
         if name not in params.fetch.sources:
             raise CrackdetError(

@@ -33,6 +33,7 @@ from crackdet.data.images import IMAGE_SUFFIXES, PATCH_SIZE, is_image_file, to_r
 from crackdet.data.windows import pad_to_window, resize_photo, window_grid
 
 MASKS, PLANKING = "masks", "masks_planking"
+ORIENTATION = 0x0112  # the EXIF tag
 OVERLAP = 0.5  # the crack maps' default overlap: the windows the maps will score
 
 
@@ -245,10 +246,13 @@ def _order(window: _Window) -> tuple[int, float, int, int]:
 
 
 def read_photo_size(path: Path, max_pixels: int) -> tuple[int, int]:
-    """A photo's (height, width), refused when it has more than ``max_pixels``."""
+    """A photo's (height, width) as it is read for windows (EXIF orientation applied, as
+    ``to_rgb`` applies it), refused when it has more than ``max_pixels``."""
     try:
         with Image.open(path) as image:
             width, height = image.size
+            if image.getexif().get(ORIENTATION) in (5, 6, 7, 8):  # a quarter turn
+                width, height = height, width
     except (OSError, SyntaxError, ValueError) as exc:
         raise CrackdetError(f"{path}: not a readable image ({first_line(exc)})") from None
     if width * height > max_pixels:

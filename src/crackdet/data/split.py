@@ -144,6 +144,22 @@ def _assign(
     return assignment
 
 
+def _pools(rows: list[ManifestRow], group_ids: list[int]) -> list[list[int]]:
+    """Row indices per pool of sources shared out together: a source on its own, or sources
+    tied by a group they share; in order of their first source's name."""
+    sources = sorted({r.source for r in rows})
+    union = UnionFind(len(sources))
+    number = {name: k for k, name in enumerate(sources)}
+    first: dict[int, int] = {}
+    for row, group in zip(rows, group_ids, strict=True):
+        union.union(first.setdefault(group, number[row.source]), number[row.source])
+    pool_of = union.labels()
+    pools: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        pools.setdefault(pool_of[number[row.source]], []).append(i)
+    return [pools[k] for k in sorted(pools, key=lambda k: pool_of.index(k))]
+
+
 def split_rows(
     rows: list[ManifestRow],
     params: SplitParams,
@@ -162,10 +178,10 @@ def split_rows(
         )
     group_ids = _groups(rows, params.strategy, params.groups, seed, duplicates or [], signatures)
     # Each source is shared out on its own, so every source is in every split where its groups
-    # allow (a source whose negatives are one photo has them in one split only).
+    # allow (a source whose negatives are one photo has them in one split only); sources that
+    # share a group (a duplicate found in both) are shared out together, so it stays on one side.
     splits: dict[str, list[ManifestRow]] = {name: [] for name in SPLITS}
-    for source in sorted({r.source for r in rows}):
-        members = [i for i, r in enumerate(rows) if r.source == source]
+    for members in _pools(rows, group_ids):
         part = _assign([rows[i] for i in members], [group_ids[i] for i in members], params, seed)
         for name in SPLITS:
             splits[name] += part[name]

@@ -128,6 +128,8 @@ def augmented_views(
     images: torch.Tensor, shas: list[str], augment: AugmentParams, seed: int, view: int
 ) -> torch.Tensor:
     """View ``view`` of uint8 NCHW images, each drawn from (seed, view, its sha256)."""
+    if len(images) == 0:
+        return images
     hwc = images.permute(0, 2, 3, 1).numpy()
     views = [
         augment_image(image, augment, np.random.default_rng(image_seed(seed, view, sha)))

@@ -326,6 +326,9 @@ class _CachedFit:
             r for r, plain in zip(train.rows, train.plain.tolist(), strict=True) if not plain
         ]
         for view in range(cfg.augment.views):
+            if view and not augmented:  # every row plain (masks windows only): view 0 again
+                views.append(views[0])
+                continue
             features, n = features_for(
                 model,
                 images_dir,
@@ -553,9 +556,10 @@ def _finetune_epoch(
         idx = order[begin : begin + cfg.batch_size]
         views = images[idx].clone()
         fresh = idx[~plain[idx]]  # plain rows are seen as they are
-        views[~plain[idx]] = augmented_views(
-            images[fresh], [rows[i].sha256 for i in fresh.tolist()], cfg.augment, seed, epoch
-        )
+        if len(fresh):  # a batch of plain rows only has nothing to augment
+            views[~plain[idx]] = augmented_views(
+                images[fresh], [rows[i].sha256 for i in fresh.tolist()], cfg.augment, seed, epoch
+            )
         batch = views.to(device).float().div_(255.0)
         logits = model(batch.contiguous(memory_format=torch.channels_last))
         loss = _weighted_loss(logits, targets[idx].to(device), weights[idx].to(device))
