@@ -8,20 +8,27 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 # Stage commands are `python -m crackdet.stages.*`: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
 .PHONY: install repro test test-fast test-team lint docs ui screenshots clean-outputs
 
-$(STAMP): pyproject.toml requirements.lock
+# Two stamps: the pipeline needs the package alone (make repro installs only that); the tests,
+# linters, docs and team tools come on top of it.
+$(RUN_STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,team]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-repro: install
+repro: $(RUN_STAMP)
 	@test -n "$$(ls data/photos 2>/dev/null)" -a -n "$$(ls data/sources 2>/dev/null)" || dvc pull data.dvc
 	dvc repro
 
