@@ -32,8 +32,8 @@ import numpy as np
 from protocols import Workspace, classify, prepare, train_on, write_result
 
 from crackdet.data.manifest import ManifestRow
-from crackdet.model.evaluation import mcnemar_exact, wilson_interval
 from crackdet.model.inputs import targets_of
+from crackdet.model.metrics import mcnemar_exact, wilson_interval
 from crackdet.model.probe import fit_probe
 
 OTHERS = {"sdnet", "synthetic"}  # params.yaml's other sources

@@ -34,10 +34,10 @@ import numpy as np
 from crackdet.core.layout import Layout
 from crackdet.core.params import Params, load_params
 from crackdet.data.manifest import ManifestRow, read_manifest
-from crackdet.model.evaluation import evaluate_classifier, pretrained_features
+from crackdet.model.fitting import TrainResult, calibrate_on_val, train_model
 from crackdet.model.inputs import targets_of
+from crackdet.model.metrics import evaluate_classifier, pretrained_features
 from crackdet.model.probe import Probe, fit_probe
-from crackdet.model.train import TrainResult, calibrate_on_val, train_model
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},

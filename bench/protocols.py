@@ -25,13 +25,13 @@ from crackdet.core.params import Params, load_params
 from crackdet.data.fetch import fetch
 from crackdet.data.manifest import ManifestRow, read_manifest
 from crackdet.data.records import FetchSummary
-from crackdet.data.split import run_split
+from crackdet.data.splitting import run_split
 from crackdet.maps.crackmap import crack_map
 from crackdet.maps.scoring import MapSettings, evaluate_maps
 from crackdet.model.classifier import CrackClassifier
 from crackdet.model.engines import feature_fn
-from crackdet.model.evaluation import Evaluation, evaluate_classifier
-from crackdet.workflows.training import Trained, fit_rows, plain_sources
+from crackdet.model.metrics import Evaluation, evaluate_classifier
+from crackdet.workflows.train import Trained, fit_rows, plain_sources
 
 REPO = Path(__file__).resolve().parents[1]
 UAV_ZIP = "uav75/uav75-trainval.zip"

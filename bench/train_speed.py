@@ -34,10 +34,10 @@ from crackdet.core.params import ENGINES, LabelledSource, load_params
 from crackdet.data.fetch import fetch
 from crackdet.data.images import CLASSES, PATCH_SIZE
 from crackdet.data.manifest import read_manifest
-from crackdet.data.split import run_split
+from crackdet.data.splitting import run_split
 from crackdet.model.augment import augment_image
+from crackdet.model.fitting import set_determinism, train_model
 from crackdet.model.inputs import load_images, targets_of
-from crackdet.model.train import set_determinism, train_model
 
 FULL_SET = 40_000
 

@@ -27,8 +27,8 @@ import torch
 from crackdet.core.layout import Layout
 from crackdet.core.params import load_params
 from crackdet.data.manifest import read_manifest
-from crackdet.model.evaluation import evaluate_classifier
-from crackdet.model.train import pick_device, train_model
+from crackdet.model.fitting import pick_device, train_model
+from crackdet.model.metrics import evaluate_classifier
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from crackdet.model.evaluation import (
+from crackdet.model.metrics import (
     Evaluation,
     compare_with_baseline,
     mcnemar_exact,

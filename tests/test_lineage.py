@@ -180,7 +180,7 @@ def test_champion_rescored_on_the_split_and_predicts(
     import mlflow
 
     from crackdet.core.layout import Layout
-    from crackdet.workflows.evaluation import split_reevaluator
+    from crackdet.workflows.evaluate import split_reevaluator
 
     mlflow.set_tracking_uri(server)
     version = client(server).get_model_version(NAME, "1")
@@ -335,7 +335,7 @@ def test_reproduce_finds_an_archive_outside_the_repo_and_checks_it(
 
 
 def test_cli_data_names_a_source_or_the_only_one() -> None:
-    from crackdet.cli.registry import _source_path
+    from crackdet.cli.tracking import _source_path
 
     assert _source_path("ozgenel=../copies/oz.zip") == ("ozgenel", Path("../copies/oz.zip"))
     assert _source_path("../copies/oz.zip") == ("", Path("../copies/oz.zip"))

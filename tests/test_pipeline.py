@@ -47,7 +47,7 @@ def _runs(repo: Path):
 def assert_probe_comparison_adds_up(metrics: dict) -> None:
     """Images only the model gets wrong minus those only the probe gets wrong is the difference
     of their error counts, and the McNemar p-value is that of those counts."""
-    from crackdet.model.evaluation import mcnemar_exact
+    from crackdet.model.metrics import mcnemar_exact
 
     probe = metrics["probe"]
     model_wrong = metrics["fp"] + metrics["fn"]
@@ -237,7 +237,7 @@ def test_an_eval_run_spans_the_evaluation(
     from crackdet.core.params import load_params
     from crackdet.data.synthetic import write_patch_set
     from crackdet.tracking.store import EVALUATIONS, init_store
-    from crackdet.workflows.external_eval import evaluate_dataset
+    from crackdet.workflows.eval_data import evaluate_dataset
 
     for var in [v for v in os.environ if v.startswith(("MLFLOW_", "DVC_"))]:
         monkeypatch.delenv(var)

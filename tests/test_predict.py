@@ -13,8 +13,8 @@ from crackdet.core.errors import CrackdetError
 from crackdet.data.images import CLASSES
 from crackdet.data.windows import window_starts
 from crackdet.maps.crackmap import crack_map
+from crackdet.maps.drawing import overlay_image
 from crackdet.maps.photos import read_photo
-from crackdet.maps.render import overlay_image
 from crackdet.model.classifier import build_classifier
 
 
@@ -155,7 +155,7 @@ def test_ood_signal_separates_concrete_from_something_else(model) -> None:
     assert on_other.ood_map is not None and on_other.ood_map.shape == (454, 681)
     # Unfamiliar windows are hatched and outlined over the map, not painted over: between the
     # stripes the crack colour of the map is still there.
-    from crackdet.maps.render import HATCH_PERIOD, HATCH_WIDTH
+    from crackdet.maps.drawing import HATCH_PERIOD, HATCH_WIDTH
 
     shown = np.asarray(
         overlay_image(other.astype(np.uint8), on_other.heatmap, 1.0, on_other.ood_map)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from crackdet.maps.html_report import REPORT, write_report
 from crackdet.maps.mapping import MappedPhotos, PhotoFiles, PhotoSummary
-from crackdet.maps.report import REPORT, write_report
 from tests.browser import browser, check_page, missing_browser
 from tests.conftest import require
 

@@ -10,7 +10,7 @@ import pytest
 from crackdet.core.errors import CrackdetError
 from crackdet.core.params import SplitParams
 from crackdet.data.manifest import ManifestRow
-from crackdet.data.split import split_rows
+from crackdet.data.splitting import split_rows
 
 PARAMS = SplitParams(strategy="random", groups=458, train=0.7, val=0.15, test=0.15)
 
@@ -87,7 +87,7 @@ def test_grouped_split_keeps_groups_whole_and_balanced() -> None:
 
 
 def test_hardest_examples_are_the_highest_loss() -> None:
-    from crackdet.model.report import hardest
+    from crackdet.model.data_report import hardest
 
     rows = _rows(2, 2)  # Positive 0, 1 then Negative 0, 1
     targets = np.array([1, 1, 0, 0])
@@ -102,7 +102,7 @@ def test_a_duplicate_in_two_sources_stays_on_one_side() -> None:
     they are shared out together and the duplicate's copies land in one split."""
     from crackdet.core.params import SplitParams
     from crackdet.data.manifest import ManifestRow
-    from crackdet.data.split import split_rows
+    from crackdet.data.splitting import split_rows
 
     rows = [
         ManifestRow(f"{src}/{label}/{i:03d}.jpg", label, f"{src}{label}{i}", 8, 8, src, f"p{i}")

@@ -13,8 +13,8 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.layout import Layout
 from crackdet.data.fetch import fetch
 from crackdet.data.manifest import read_manifest
-from crackdet.data.split import run_split
-from crackdet.model.train import TrainResult, train_model
+from crackdet.data.splitting import run_split
+from crackdet.model.fitting import TrainResult, train_model
 
 
 def train(params, images, train_rows, val_rows, cache: Path | None = None, **kw) -> TrainResult:
@@ -149,8 +149,8 @@ def test_fine_tuning_last_block_changes_only_that_block(
 def test_cached_fine_tuning_trains_on_cached_trunk_activations(
     chdir_tmp: Path, tiny_params
 ) -> None:
-    from crackdet.model.evaluation import pretrained_features
     from crackdet.model.features import features_for
+    from crackdet.model.metrics import pretrained_features
 
     params = tiny_params(**{"train.epochs": 2, "train.unfreeze": 1})
     images, train_rows, val_rows = _data(chdir_tmp, params)
@@ -229,7 +229,7 @@ def _rows(*spec: tuple[str, str, int]) -> list:
 
 
 def test_sample_weights_give_each_source_its_share_and_each_class_alike() -> None:
-    from crackdet.model.train import sample_weights
+    from crackdet.model.fitting import sample_weights
 
     rows = _rows(("big", "Positive", 300), ("big", "Negative", 100), ("small", "Positive", 20))
     weights = sample_weights(rows, "source")

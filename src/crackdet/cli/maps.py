@@ -7,10 +7,10 @@ from pathlib import Path
 
 from crackdet.core.layout import Layout, repo_root
 from crackdet.core.params import load_params
-from crackdet.maps.report import REPORT
-from crackdet.workflows.external_eval import evaluate_dataset
-from crackdet.workflows.maps_eval import run_eval_maps, summary_line
-from crackdet.workflows.photo_maps import predict as predict_photos
+from crackdet.maps.html_report import REPORT
+from crackdet.workflows.eval_data import evaluate_dataset
+from crackdet.workflows.eval_maps import run_eval_maps, summary_line
+from crackdet.workflows.predict import predict as predict_photos
 
 
 def predict(args: argparse.Namespace) -> int:

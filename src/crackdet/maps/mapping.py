@@ -24,8 +24,8 @@ from crackdet.core.io import save_npy, sha256_file, write_json, write_with
 from crackdet.core.params import PredictParams
 from crackdet.core.progress import progress, say
 from crackdet.maps.crackmap import crack_map, scales_for
+from crackdet.maps.drawing import contact_sheet, overlay_image
 from crackdet.maps.photos import read_photo
-from crackdet.maps.render import contact_sheet, overlay_image
 from crackdet.model.classifier import CrackClassifier, operating_threshold
 from crackdet.model.engines import classifier_features, effective_engine, engine_label
 from crackdet.model.ood import OODModel

@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 from crackdet.core.io import write_text, write_with
 from crackdet.data.images import CLASSES
 from crackdet.data.manifest import ManifestRow
-from crackdet.model.evaluation import Evaluation
+from crackdet.model.metrics import Evaluation
 
 
 def _csv(header: list[str], rows: list[list[object]]) -> str:

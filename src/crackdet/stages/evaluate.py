@@ -1,7 +1,7 @@
 """DVC stage ``evaluate``: ``python -m crackdet.stages.evaluate`` (params: evaluate, promote).
 
 Scores the checkpoint on the test split, logs into the pipeline's run, registers and promotes
-the model version (crackdet.workflows.evaluation).
+the model version (crackdet.workflows.evaluate).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 from crackdet.core.layout import Layout
 from crackdet.stages._common import run_stage, stage_params
-from crackdet.workflows.evaluation import evaluate
+from crackdet.workflows.evaluate import evaluate
 
 
 def run(layout: Layout) -> None:

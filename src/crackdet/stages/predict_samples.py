@@ -1,6 +1,7 @@
 """DVC stage ``predict_samples``: ``python -m crackdet.stages.predict_samples`` (params: predict).
 
-Maps every photo in ``data/photos/`` with the trained checkpoint (crackdet.workflows.sample_maps).
+Maps every photo in ``data/photos/`` with the trained checkpoint
+(crackdet.workflows.predict_samples).
 A photo that cannot be read is named on one line and the others are still mapped; the stage then
 fails so DVC does not record an incomplete result.
 """
@@ -11,7 +12,7 @@ import sys
 
 from crackdet.core.layout import Layout
 from crackdet.stages._common import run_stage, stage_params
-from crackdet.workflows.sample_maps import predict_samples
+from crackdet.workflows.predict_samples import predict_samples
 
 
 def run(layout: Layout) -> None:

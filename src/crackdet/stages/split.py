@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from crackdet.core.layout import Layout
-from crackdet.data.split import run_split
+from crackdet.data.splitting import run_split
 from crackdet.stages._common import run_stage, stage_params
 
 

@@ -1,6 +1,6 @@
 """DVC stage ``train``: ``python -m crackdet.stages.train`` (params: base, train).
 
-Trains the classifier and creates the pipeline's MLflow run (crackdet.workflows.training).
+Trains the classifier and creates the pipeline's MLflow run (crackdet.workflows.train).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 from crackdet.core.layout import Layout
 from crackdet.stages._common import run_stage, stage_params
-from crackdet.workflows.training import train
+from crackdet.workflows.train import train
 
 
 def run(layout: Layout) -> None:

@@ -24,7 +24,7 @@ from crackdet.data.labelled import ExtractLimits, import_labelled
 from crackdet.data.manifest import manifest_digest
 from crackdet.model.classifier import operating_threshold
 from crackdet.model.engines import classifier_features
-from crackdet.model.evaluation import coverage, evaluate_rows_with_features
+from crackdet.model.metrics import coverage, evaluate_rows_with_features
 from crackdet.model.plots import write_curves, write_plot_images
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.runs import ending, start_evaluation_run

@@ -10,15 +10,15 @@ from pathlib import Path
 from crackdet.cli.format import format_log, format_table
 from crackdet.core.layout import Layout, repo_root
 from crackdet.core.params import load_params
-from crackdet.tracking.ci_check import ci_check as run_ci_check
-from crackdet.tracking.ci_check import markdown, write_report
 from crackdet.tracking.lineage import format_trace
 from crackdet.tracking.lineage import trace as trace_run
 from crackdet.tracking.promotion import manual_promote
 from crackdet.tracking.registry import get_version, list_versions, read_log
 from crackdet.tracking.replay import reproduce as replay_run
 from crackdet.tracking.store import client_for
-from crackdet.workflows.evaluation import workspace_reevaluator
+from crackdet.workflows.ci_check import ci_check as run_ci_check
+from crackdet.workflows.ci_check import markdown, write_report
+from crackdet.workflows.evaluate import workspace_reevaluator
 
 
 def models(args: argparse.Namespace) -> int:

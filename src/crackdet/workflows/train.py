@@ -19,10 +19,10 @@ from crackdet.data.manifest import ManifestRow, read_manifest
 from crackdet.data.records import FetchSummary, SplitSummary
 from crackdet.model.classifier import checkpoint_bytes
 from crackdet.model.engines import GRAPH_ENGINES, effective_engine, ensure_graph
+from crackdet.model.fitting import EpochRecord, TrainResult, calibrate_on_val, train_model
 from crackdet.model.inputs import load_images, targets_of
 from crackdet.model.ood import OODModel, fit_ood, save_empty
 from crackdet.model.probe import Probe, fit_probe_cached
-from crackdet.model.train import EpochRecord, TrainResult, calibrate_on_val, train_model
 from crackdet.tracking.model_log import log_data_input, log_model
 from crackdet.tracking.provenance import data_lineage, lineage_tags
 from crackdet.tracking.redact import safe_params

@@ -14,7 +14,8 @@ from crackdet.core.params import EvaluateParams, PromoteParams
 from crackdet.data.manifest import read_manifest
 from crackdet.data.records import SplitSummary
 from crackdet.model.classifier import load_checkpoint
-from crackdet.model.evaluation import (
+from crackdet.model.data_report import write_data_report
+from crackdet.model.metrics import (
     Evaluation,
     compare_with_baseline,
     coverage,
@@ -26,7 +27,6 @@ from crackdet.model.evaluation import (
 from crackdet.model.ood import OODModel
 from crackdet.model.plots import write_curves, write_plot_images
 from crackdet.model.probe import Probe
-from crackdet.model.report import write_data_report
 from crackdet.tracking.descriptions import BaselineFigures, SplitFigures, VersionCard
 from crackdet.tracking.promotion import Reevaluator, auto_promote
 from crackdet.tracking.provenance import git_state

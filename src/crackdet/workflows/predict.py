@@ -8,9 +8,9 @@ from pathlib import Path
 
 from crackdet.core.layout import Layout
 from crackdet.core.params import PredictParams
+from crackdet.maps.html_report import write_report
 from crackdet.maps.mapping import MappedPhotos, map_photos
 from crackdet.maps.photos import left_out_line, list_photos
-from crackdet.maps.report import write_report
 from crackdet.workflows.models import load_model, model_identity, ood_beside
 
 

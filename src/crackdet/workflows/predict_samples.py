@@ -10,9 +10,9 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import atomic_dir, sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import PredictParams
+from crackdet.maps.html_report import write_report
 from crackdet.maps.mapping import MappedPhotos, checkpoint_digest, map_photos
 from crackdet.maps.photos import left_out_line, list_photos
-from crackdet.maps.report import write_report
 from crackdet.model.classifier import load_checkpoint
 from crackdet.model.ood import OODModel
 from crackdet.tracking.runs import log_stage_params, resume_pipeline_run
