@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from crackdet.tracking.store import _retrying
-from tests.conftest import make_repo, run_cmd, tiny_params_tree, tool_env
+from tests.helpers import make_repo, run_cmd, tiny_params_tree, tool_env
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 240.0) -> Any:
