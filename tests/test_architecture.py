@@ -1,7 +1,7 @@
 """The package's shape, checked: imports flow one way (import-linter, in ``make test``), no
 crackdet module imports another inside a function, stages stay thin and declare in dvc.yaml
 exactly the code and params sections they use (``scripts/sync_dvc_deps.py`` fixes the code
-deps), and ``bench/`` and the CLI never reach into stages."""
+deps), and ``bench/``, ``scripts/`` and the CLI never reach into stages."""
 
 from __future__ import annotations
 
@@ -100,12 +100,13 @@ def test_no_crackdet_import_inside_a_function_and_every_deferred_import_says_why
     assert problems == []
 
 
-def test_bench_and_cli_import_nothing_from_stages() -> None:
+def test_bench_scripts_and_cli_import_nothing_from_stages() -> None:
     """They call workflows; the CLI's stage commands run ``python -m crackdet.stages.<name>`` as
     a process, exactly as dvc.yaml does."""
     offenders = []
     for path in [
-        *sorted((PROJECT / "bench").glob("*.py")),
+        *sorted((PROJECT / "bench").rglob("*.py")),
+        *sorted((PROJECT / "scripts").glob("*.py")),
         *sorted((PACKAGE / "cli").glob("*.py")),
     ]:
         text = path.read_text()

@@ -22,7 +22,7 @@
   call ``setsid()``, so the process group alone misses them), and children get
   ``PR_SET_PDEATHSIG`` so a killed test runner does not leave them behind.
 
-Standard library and boto3 only: no crackdet import (``bench/screenshots.py`` uses it too).
+Standard library and boto3 only: no crackdet import (``scripts/screenshots.py`` uses it too).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The team stack's costs: start-up of PostgreSQL, S3 (moto) and ``mlflow server``, the server's
 memory, and how long an MLflow client takes to give up on a dead server.
 
-    python bench/team_stack.py                   # timings, memory, give-up with fast retries
-    python bench/team_stack.py --default-retries # also MLflow's default retry budget (~4 min)
+    python bench/infra/team_stack.py                   # timings, memory, give-up with fast retries
+    python bench/infra/team_stack.py --default-retries # also MLflow's default retry budget (~4 min)
 
 Uses tests/helpers/team_stack.py, as the team tests do (docs/team.md quotes these figures).
 """
@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))  # run as `python bench/team_stack.py` from the root
+PROJECT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(PROJECT))  # run as `python bench/infra/team_stack.py` from the root
 
 from tests.helpers.team_stack import TeamStack, free_port, process_tree  # noqa: E402
 
