@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.helpers import PROJECT
-from tests.helpers.import_graph import SRC, imported_modules, stage_code
+from tests.helpers.import_graph import SRC, imported_modules, module_file, stage_code
 
 PACKAGE = SRC / "crackdet"
 STAGES = ("fetch", "split", "train", "evaluate", "predict_samples")
@@ -171,3 +171,23 @@ def test_sync_script_puts_back_a_dropped_dep_and_keeps_the_rest(tmp_path: Path) 
     # train's list is rewritten sorted; every other line stays as written.
     assert sorted(synced["train"].pop("deps")) == sorted(expected["train"].pop("deps"))
     assert synced == expected
+
+
+def test_every_cli_command_names_a_function_that_exists() -> None:
+    """A command's handler is ``"<module of crackdet.cli>:<function>"``, imported only when the
+    command runs: a renamed module breaks it silently unless checked here."""
+    from crackdet.cli.main import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    broken = []
+    for name, parser in commands.items():
+        module, function = parser.get_default("handler").split(":")
+        path = module_file(f"crackdet.cli.{module}")
+        defined = path is not None and any(
+            isinstance(node, ast.FunctionDef) and node.name == function
+            for node in ast.parse(path.read_text()).body
+        )
+        if not defined:
+            broken.append(f"{name}: crackdet.cli.{module}.{function}")
+    assert "models" in commands
+    assert broken == []
