@@ -3,7 +3,7 @@
 #   make test    set up .venv (pinned), lint, import contracts, docs build, the whole test suite
 # While working: make test-fast (the tests not marked slow), make lint, make docs.
 # make test-team: the team set-up's tests alone (PostgreSQL + S3 + mlflow server, docs/team.md);
-# make screenshots: regenerate the screenshots in docs/ (bench/screenshots.py).
+# make screenshots: regenerate the screenshots in docs/ (scripts/screenshots.py).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
@@ -64,4 +64,4 @@ endef
 export UI_URLS
 
 screenshots: install
-	python bench/screenshots.py --out docs
+	python scripts/screenshots.py --out docs

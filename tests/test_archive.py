@@ -1,21 +1,15 @@
-"""Tests for crackdet.archive: resumable download against a local HTTP server, safe extraction."""
+"""Tests for crackdet.data.archive: resumable download from a local HTTP server, safe extraction."""
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import io
 import random
-import re
 import socket
 import struct
 import tarfile
-import threading
-import time
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,98 +17,17 @@ import pytest
 from crackdet.core.errors import CrackdetError
 from crackdet.core.io import sha256_file
 from crackdet.data.archive import download, extract
-
-# Deterministic, incompressible payload, large enough to span several read chunks.
-PAYLOAD = random.Random(1234).randbytes(2 * 1024 * 1024 + 12345)
-PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
-
+from tests.helpers.file_server import PAYLOAD, PAYLOAD_SHA, FileServer, serve_file
 
 # --------------------------------------------------------------------------------------------
-# local HTTP server
+# local HTTP server (tests/helpers/file_server.py)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ServerState:
-    """What the handler serves and how it misbehaves; the tests flip these between calls."""
-
-    payload: bytes = PAYLOAD
-    cut_after: int | None = None  # send only this many body bytes, then drop the connection
-    ignore_range: bool = False  # answer 200 with the whole file even when asked for a range
-    status: int | None = None  # answer with this error status instead of the file
-    delay: float = 0.0  # sleep before answering (to trigger client timeouts)
-    requests: list[dict[str, str]] = field(default_factory=list)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    # HTTP/1.0: the connection closes after every response, so a cut body ends in EOF.
-    protocol_version = "HTTP/1.0"
-
-    def log_message(self, fmt: str, *args: object) -> None:
-        pass  # keep pytest output clean
-
-    def do_GET(self) -> None:
-        state: ServerState = self.server.state  # type: ignore[attr-defined]
-        state.requests.append(dict(self.headers.items()))
-        if state.delay:
-            time.sleep(state.delay)
-        if self.path != "/data.bin" or state.status is not None:
-            code = state.status or 404
-            self.send_response(code)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        data = state.payload
-        size = len(data)
-        start = 0
-        status = 200
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        if match and not state.ignore_range:
-            start = int(match.group(1))
-            if start >= size:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            status = 206
-        body = data[start:]
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        self.end_headers()
-        if state.cut_after is not None:
-            body = body[: state.cut_after]
-        self.wfile.write(body)
-        self.wfile.flush()
-
-
-@dataclass
-class Server:
-    state: ServerState
-    base: str
-
-    @property
-    def url(self) -> str:
-        return f"{self.base}/data.bin"
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.state = ServerState()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        host, port = httpd.server_address[:2]
-        yield Server(httpd.state, f"http://{host}:{port}")  # type: ignore[attr-defined]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+def server() -> Iterator[FileServer]:
+    with serve_file() as running:
+        yield running
 
 
 def _free_port() -> int:
@@ -135,7 +48,7 @@ def _one_line(exc: pytest.ExceptionInfo[CrackdetError]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def test_download_full_file_and_sha(server: Server, tmp_path: Path) -> None:
+def test_download_full_file_and_sha(server: FileServer, tmp_path: Path) -> None:
     dest = tmp_path / "sub" / "data.bin"
     digest = download(server.url, dest, sha256=PAYLOAD_SHA.upper(), progress=False)
     assert digest == PAYLOAD_SHA
@@ -145,7 +58,7 @@ def test_download_full_file_and_sha(server: Server, tmp_path: Path) -> None:
     assert "Range" not in server.state.requests[0]
 
 
-def test_download_resumes_after_truncation(server: Server, tmp_path: Path) -> None:
+def test_download_resumes_after_truncation(server: FileServer, tmp_path: Path) -> None:
     dest = tmp_path / "data.bin"
     part = tmp_path / "data.bin.part"
     cut = 700_001
@@ -165,7 +78,7 @@ def test_download_resumes_after_truncation(server: Server, tmp_path: Path) -> No
     assert not part.exists()
 
 
-def test_download_restarts_when_server_ignores_range(server: Server, tmp_path: Path) -> None:
+def test_download_restarts_when_server_ignores_range(server: FileServer, tmp_path: Path) -> None:
     dest = tmp_path / "data.bin"
     part = tmp_path / "data.bin.part"
     # Bytes that do not match the payload: appending to them would corrupt the result.
@@ -177,7 +90,7 @@ def test_download_restarts_when_server_ignores_range(server: Server, tmp_path: P
     assert dest.read_bytes() == PAYLOAD
 
 
-def test_download_416_means_part_is_complete(server: Server, tmp_path: Path) -> None:
+def test_download_416_means_part_is_complete(server: FileServer, tmp_path: Path) -> None:
     dest = tmp_path / "data.bin"
     (tmp_path / "data.bin.part").write_bytes(PAYLOAD)
     digest = download(server.url, dest, sha256=PAYLOAD_SHA, progress=False)
@@ -186,7 +99,7 @@ def test_download_416_means_part_is_complete(server: Server, tmp_path: Path) -> 
     assert dest.read_bytes() == PAYLOAD
 
 
-def test_download_checksum_mismatch(server: Server, tmp_path: Path) -> None:
+def test_download_checksum_mismatch(server: FileServer, tmp_path: Path) -> None:
     dest = tmp_path / "data.bin"
     wrong = "0" * 64
     with pytest.raises(CrackdetError, match="checksum mismatch") as exc:
@@ -209,14 +122,14 @@ def test_download_unreachable_host_says_offline(tmp_path: Path) -> None:
     assert not (tmp_path / "data.bin").exists()
 
 
-def test_download_timeout_says_offline(server: Server, tmp_path: Path) -> None:
+def test_download_timeout_says_offline(server: FileServer, tmp_path: Path) -> None:
     server.state.delay = 1.0
     with pytest.raises(CrackdetError, match="Offline") as exc:
         download(server.url, tmp_path / "data.bin", progress=False, timeout=0.2)
     assert server.url in _one_line(exc)
 
 
-def test_download_http_404(server: Server, tmp_path: Path) -> None:
+def test_download_http_404(server: FileServer, tmp_path: Path) -> None:
     url = f"{server.base}/missing.bin"
     with pytest.raises(CrackdetError, match="HTTP 404") as exc:
         download(url, tmp_path / "data.bin", progress=False)

@@ -9,7 +9,6 @@ RGBA, 16-bit, CMYK, duplicate names across class folders) come after, in a secon
 
 from __future__ import annotations
 
-import http.server
 import io
 import os
 import resource
@@ -18,7 +17,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -31,8 +29,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import PROJECT, archive_source, tiny_params_tree, tool_env
-from tests.test_archive import ServerState, _Handler
+from tests.helpers.file_server import FileServer, ServerState, serve_file
+from tests.helpers.params import archive_source, tiny_params_tree
+from tests.helpers.project import PROJECT
+from tests.helpers.repo import tool_env
 
 DOWNLOAD = Path(".cache/downloads/concrete-crack-images-5y9wdsg2zt.rar")
 
@@ -152,26 +152,17 @@ _DELETE = object()
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[str, ServerState]]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.state = ServerState()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/data.bin", httpd.state  # type: ignore[attr-defined]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+def server() -> Iterator[FileServer]:
+    with serve_file() as running:
+        yield running
 
 
 @pytest.fixture
-def repo(tmp_path: Path, server: tuple[str, ServerState]) -> Repo:
+def repo(tmp_path: Path, server: FileServer) -> Repo:
     root = tmp_path / "repo"
     root.mkdir()
     shutil.copy2(PROJECT / "dvc.yaml", root / "dvc.yaml")
-    return Repo(root, server[0], server[1])
+    return Repo(root, server.url, server.state)
 
 
 def run_stage(repo: Repo, stage: str) -> subprocess.CompletedProcess[str]:

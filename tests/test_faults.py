@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from crackdet.tracking.store import _retrying
-from tests.conftest import make_repo, run_cmd, tiny_params_tree, tool_env
+from tests.helpers import make_repo, run_cmd, tiny_params_tree, tool_env
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 240.0) -> Any:
@@ -247,7 +247,7 @@ def test_four_queued_experiments_two_at_a_time_share_the_store(tmp_path: Path) -
     for stage in ("predict_samples", "evaluate"):
         _without_stage(root / "dvc.yaml", stage)
     run_cmd(["git", "commit", "-qam", "fetch, split, train"], root)
-    # As the README says: record the stages the experiments share before starting parallel
+    # As docs/guarantees.md says: record the stages the experiments share before starting parallel
     # workers. Two workers that meet a stage the run cache lacks can fail each other
     # (treeverse/dvc#10673: one lists the other's half-written entry and deletes it).
     run_cmd(["dvc", "repro", "split"], root)

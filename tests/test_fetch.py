@@ -23,7 +23,7 @@ from crackdet.core.params import FetchParams, LabelledSource
 from crackdet.data.fetch import fetch
 from crackdet.data.images import decode_image, to_rgb
 from crackdet.data.manifest import read_manifest
-from tests.conftest import OZGENEL_4K, needs_real_sample
+from tests.helpers import OZGENEL_4K, needs_real_sample
 
 
 def _params(

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import BIN, default_params_tree, make_repo, run_cmd, tiny_params_tree, tool_env
+from tests.helpers import BIN, default_params_tree, make_repo, run_cmd, tiny_params_tree, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -271,7 +271,7 @@ def archive_run(repo: Path, archive_store: str) -> tuple[str, Path, Path]:
 def _sample_archive(path: Path, per_class: int = 24) -> None:
     import zipfile
 
-    from tests.conftest import OZGENEL_4K
+    from tests.helpers import OZGENEL_4K
 
     with zipfile.ZipFile(path, "w") as out:
         if OZGENEL_4K.exists():

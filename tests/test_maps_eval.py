@@ -29,8 +29,7 @@ from crackdet.maps.scoring import (
     window_labels,
 )
 from crackdet.model.classifier import build_classifier
-
-from .conftest import PROJECT
+from tests.helpers import PROJECT
 
 SIZE = 454  # 3 x 3 windows of 227 px at 50 % overlap
 PLANK_BOX = (slice(0, 120), slice(300, SIZE))  # planking pixels in photo "b" (y, x)

@@ -11,7 +11,7 @@ import yaml
 
 from crackdet.core.errors import CrackdetError
 from crackdet.core.params import load_params, parse_params
-from tests.conftest import PROJECT, default_params_tree
+from tests.helpers import PROJECT, default_params_tree
 
 
 def test_shipped_params_are_valid() -> None:

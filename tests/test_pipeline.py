@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import make_repo, run_cmd, tiny_params_tree
+from tests.helpers import make_repo, run_cmd, tiny_params_tree
 
 pytestmark = pytest.mark.slow
 

@@ -190,7 +190,7 @@ def test_photos_sharing_a_name_get_outputs_of_their_own(model, tmp_path, capsys)
 
     from crackdet.core.params import parse_params
     from crackdet.maps.mapping import map_photos, output_stems
-    from tests.conftest import tiny_params_tree
+    from tests.helpers import tiny_params_tree
 
     photos = []
     for folder, name, shade in (("a", "x.jpg", 60), ("a", "x.png", 120), ("b", "x.jpg", 180)):
@@ -216,7 +216,7 @@ def test_a_rerun_keeps_complete_outputs_and_remaps_what_changed(model, tmp_path)
     missing output file, another model or other settings: mapped again."""
     from crackdet.core.params import parse_params
     from crackdet.maps.mapping import PhotoFiles, map_photos
-    from tests.conftest import tiny_params_tree
+    from tests.helpers import tiny_params_tree
 
     photos = []
     for name, shade in (("a.jpg", 60), ("b.jpg", 150), ("c.jpg", 220)):

@@ -153,7 +153,7 @@ def test_cli_models_promote_and_log(
 ) -> None:
     import yaml
 
-    from tests.conftest import default_params_tree
+    from tests.helpers import default_params_tree
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params_tree()))

@@ -11,8 +11,8 @@ from PIL import Image
 
 from crackdet.maps.html_report import REPORT, write_report
 from crackdet.maps.mapping import MappedPhotos, PhotoFiles, PhotoSummary
-from tests.browser import browser, check_page, missing_browser
-from tests.conftest import require
+from tests.helpers import require
+from tests.helpers.browser import browser, check_page, missing_browser
 
 
 def summary(photo: str, stem: str, area: float, ood: float | None) -> PhotoSummary:

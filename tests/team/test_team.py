@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from crackdet.data.synthetic import write_patch_set
-from tests.browser import MLFLOW_STORAGE, browser, check_page, missing_browser, screenshot
-from tests.conftest import make_repo, require, run_cmd, tiny_params_tree
-from tests.team.conftest import add_team_remote, team_env
-from tests.team.servers import TeamStack
+from tests.helpers import make_repo, require, run_cmd, tiny_params_tree
+from tests.helpers.browser import MLFLOW_STORAGE, browser, check_page, missing_browser, screenshot
+from tests.helpers.team import add_team_remote, team_env
+from tests.helpers.team_stack import TeamStack
 
 pytestmark = [pytest.mark.team, pytest.mark.slow]
 

@@ -1,20 +1,20 @@
 """Inference engines for the frozen backbone: PyTorch, ONNX Runtime or OpenVINO on CPU.
 
 With a frozen backbone every image costs one backbone forward pass, in training (feature cache),
-evaluation and crack maps alike. On a 2-core CPU, ONNX Runtime runs EfficientNet-Lite0 about twice
-as fast as PyTorch eager, and OpenVINO with bfloat16 arithmetic (on CPUs that have it natively:
-AVX512-BF16, AMX, AVX2-VNNI-2) about 1.6 times as fast again (bench/predict_speed.py prints all
-three). The graph holds only normalisation + backbone (what ``CrackClassifier.features``
+evaluation and crack maps alike. ONNX Runtime runs EfficientNet-Lite0 faster than PyTorch eager
+on a CPU, and OpenVINO faster again, most where the CPU computes bfloat16 natively (AVX512-BF16,
+AMX, AVX2-VNNI-2); docs/results.md has the figures, bench/speed/predict_speed.py prints all
+three. The graph holds only normalisation + backbone (what ``CrackClassifier.features``
 computes); the head, temperature and OOD score stay in PyTorch, so every engine shares every line
-after the features. ONNX Runtime agrees with PyTorch to ~1e-5 on the features, so training and
-evaluation use it (their figures then hold for the registered PyTorch model); OpenVINO's bfloat16
-features differ by a few per cent (tests/test_engine.py bounds both), close enough for crack maps,
-which is where it is the default. The feature cache keys on the engine, with OpenVINO's precision
-and instruction set, so features of two engines never mix.
+after the features. ONNX Runtime agrees with PyTorch to ~1e-5 on the features, so it is the
+default everywhere (the figures of training and evaluation then hold for the registered PyTorch
+model); OpenVINO's bfloat16 features differ by a few per cent (tests/test_engine.py bounds both),
+close enough for crack maps (``predict.engine: openvino``). The feature cache keys on the engine,
+with OpenVINO's precision and instruction set, so features of two engines never mix.
 
 The exported ONNX graph is cached in ``.cache/onnx/`` (beside the feature cache) under a digest of
-the backbone's weights, the preprocessing and the torch version, so an export (about a second)
-happens once per model; ONNX Runtime and OpenVINO both run that one file.
+the backbone's weights, the preprocessing and the torch version, so an export happens once per
+model; ONNX Runtime and OpenVINO both run that one file.
 """
 
 from __future__ import annotations

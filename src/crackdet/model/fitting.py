@@ -6,7 +6,7 @@ the backbone features of this epoch's view of every training image, then train t
 Features come from :mod:`crackdet.model.features`: ``train.augment.views`` views per image (view 0
 plain, the others augmented from (seed, view, image sha256)), computed once and cached, and epochs
 cycle through the views. The blog instead ran the backbone over freshly augmented images every
-epoch: the same kind of augmentation at several times the cost.
+epoch: the same kind of augmentation at a multiple of the cost (bench/speed/train_speed.py).
 
 With ``train.unfreeze: N > 0`` the last N backbone blocks are fine-tuned with the head (the device
 is picked automatically). ``train.finetune: cached`` splits the backbone into a frozen trunk and

@@ -45,7 +45,7 @@ def run_params(run: Any) -> dict[str, str]:
     """The params a run ended with: logged params, overridden by ``params.<key>`` tags.
 
     MLflow params are immutable; a later stage rerun with a changed value records it as a tag
-    (crackdet.tracking.log_stage_params), and that tag is the value the run's outputs used.
+    (crackdet.tracking.runs.log_stage_params), and that tag is the value the run's outputs used.
     """
     params = dict(run.data.params)
     for key, value in run.data.tags.items():

@@ -6,12 +6,13 @@ For each value of ``--unfreeze`` it trains exactly what the train stage trains w
 augmentation views with ``--finetune cached``, or with fresh augmentation and a whole forward
 pass every epoch with ``--finetune online``) and prints the wall time (nothing cached: every
 forward pass is timed), the best epoch, validation accuracy and loss, and the test errors. The
-test column is for the record only: choices are made on val (see bench/head_choices.py).
+test column is for the record only: choices are made on val (see bench/protocols/head_choices.py).
 
 Run it in a checkout where the pipeline has run on real data (it reads ``outputs/fetch`` and
 ``outputs/split``); N = 1 with ``cached`` runs on a CPU, the rest is meant for a GPU:
 
-    python bench/unfreeze.py [--params params.yaml] [--unfreeze 0,1,2,4] [--finetune cached]
+    python bench/protocols/unfreeze.py [--params params.yaml] [--unfreeze 0,1,2,4]
+        [--finetune cached]
 """
 
 from __future__ import annotations

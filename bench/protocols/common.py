@@ -33,7 +33,7 @@ from crackdet.model.engines import feature_fn
 from crackdet.model.metrics import Evaluation, evaluate_classifier
 from crackdet.workflows.train import Trained, fit_rows, plain_sources
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UAV_ZIP = "uav75/uav75-trainval.zip"
 # Images scikit-image ships (no download) that are surely not concrete surfaces.
 NOT_CONCRETE = (

@@ -1,4 +1,4 @@
-"""Headless Chromium (Debian's, driven by Playwright) for the tests and ``bench/screenshots.py``:
+"""Headless Chromium (Debian's, driven by Playwright) for the tests and ``scripts/screenshots.py``:
 load a page, say what failed to load, take screenshots of MLflow's UI.
 
 Playwright cannot download its own browsers without internet, and needs none: it drives the

@@ -18,7 +18,7 @@ the probe get wrong: candidates for a label audit.
 Run it in a checkout where the pipeline has run on real data (it reads ``outputs/fetch``,
 ``outputs/split`` and the feature cache; cold features are computed and cached):
 
-    python bench/head_choices.py [--params params.yaml] [--folds 5]
+    python bench/protocols/head_choices.py [--params params.yaml] [--folds 5]
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The team stack's costs: start-up of PostgreSQL, S3 (moto) and ``mlflow server``, the server's
 memory, and how long an MLflow client takes to give up on a dead server.
 
-    python bench/team_stack.py                   # timings, memory, give-up with fast retries
-    python bench/team_stack.py --default-retries # also MLflow's default retry budget (~4 min)
+    python bench/infra/team_stack.py                   # timings, memory, give-up with fast retries
+    python bench/infra/team_stack.py --default-retries # also MLflow's default retry budget (~4 min)
 
-Uses tests/team/servers.py, as the team tests do (docs/team.md quotes these figures).
+Uses tests/helpers/team_stack.py, as the team tests do (docs/team.md quotes these figures).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))  # run as `python bench/team_stack.py` from the root
+PROJECT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(PROJECT))  # run as `python bench/infra/team_stack.py` from the root
 
-from tests.team.servers import TeamStack, _tree, free_port  # noqa: E402
+from tests.helpers.team_stack import TeamStack, free_port, process_tree  # noqa: E402
 
 # A client that asks a server for something once: how long until it gives up.
 CLIENT = (
@@ -35,7 +35,7 @@ CLIENT = (
 def rss_mb(leader: int) -> float:
     """Resident memory of a process tree, in MB (shared pages counted once per process)."""
     total = 0
-    for pid in _tree(leader) | {leader}:
+    for pid in process_tree(leader) | {leader}:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

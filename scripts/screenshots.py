@@ -11,7 +11,7 @@ set-up) and photographs it in headless Chromium, with the URLs docs/team.md give
     docs/mlflow-model.png     the registered model: the promotion log as a table
     docs/report.png           crackdet predict's index.html
 
-    python bench/screenshots.py --out docs        # make screenshots; ~8 min on 2 busy cores
+    python scripts/screenshots.py --out docs        # make screenshots; ~8 min on 2 busy cores
 
 Needs the ``team`` extras (Playwright) and Debian's ``chromium`` (as .ci/run installs).
 """
@@ -30,12 +30,12 @@ from pathlib import Path
 from PIL import Image
 
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))  # run as `python bench/screenshots.py` from the root
+sys.path.insert(0, str(PROJECT))  # run as `python scripts/screenshots.py` from the root
 
 from crackdet.data.synthetic import write_patch_set  # noqa: E402
-from tests.browser import MLFLOW_STORAGE, browser, missing_browser, screenshot  # noqa: E402
-from tests.conftest import BIN, make_repo, run_cmd, tiny_params_tree, tool_env  # noqa: E402
-from tests.team.servers import Server, free_port, http_ok  # noqa: E402
+from tests.helpers import BIN, make_repo, run_cmd, tiny_params_tree, tool_env  # noqa: E402
+from tests.helpers.browser import MLFLOW_STORAGE, browser, missing_browser, screenshot  # noqa: E402
+from tests.helpers.team_stack import Server, free_port, http_ok  # noqa: E402
 
 NAME = "crack-classifier"
 

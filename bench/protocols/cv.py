@@ -13,7 +13,7 @@ Two baselines, each a logistic-regression probe on the same frozen features:
 - ``probe_ozgenel``: trained on the Özgenel training folds alone: what an in-domain-only model
   gets on in-domain patches.
 
-    python bench/cv.py [--shared ../shared/data] [--work .cache/bench] [--seeds 42,43,44]
+    python bench/protocols/cv.py [--shared ../shared/data] [--work .cache/bench] [--seeds 42,43,44]
         [--set KEY=VALUE ...]
 
 Prints errors per fold and totals with 95 % Wilson intervals on accuracy, and McNemar's exact
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from protocols import Workspace, classify, prepare, train_on, write_result
+from common import Workspace, classify, prepare, train_on, write_result
 
 from crackdet.data.manifest import ManifestRow
 from crackdet.model.inputs import targets_of

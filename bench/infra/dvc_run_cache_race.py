@@ -9,7 +9,7 @@ other worker's half-written `.tmp` (judged corrupt and deleted, so the saver fai
 repo, `cold` (every save is a stage's first) and `warm` (the entry exists already, as after
 `dvc repro` + committed `dvc.lock`), and prints how many calls failed.
 
-    python bench/dvc_run_cache_race.py [--rounds 300]
+    python bench/infra/dvc_run_cache_race.py [--rounds 300]
 """
 
 from __future__ import annotations

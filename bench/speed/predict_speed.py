@@ -17,7 +17,7 @@ Prints, on this machine and in one run:
   other engine's thread pool (ONNX Runtime's, OpenVINO's) is alive to slow PyTorch down.
 
 Usage (from the repo root, venv active):
-    python bench/predict_speed.py [--model outputs/train] [--blog-tiles 80] [--repeats 3]
+    python bench/speed/predict_speed.py [--model outputs/train] [--blog-tiles 80] [--repeats 3]
 """
 
 from __future__ import annotations

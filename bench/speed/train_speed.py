@@ -12,7 +12,7 @@ Prints, on this machine and in one run:
   (crackdet.model.engines).
 
 Usage (from the repo root, venv active):
-    python bench/train_speed.py [--data ../shared/data/ozgenel-4k.zip] [--images 1200]
+    python bench/speed/train_speed.py [--data ../shared/data/ozgenel-4k.zip] [--images 1200]
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ stage trains) on the other default sources and scored on every image of the held
 - ``uav75+train``: UAV75's 50 ``train_*`` photos join as a masks source; maps of its 10
   ``val_*`` photos (window ROC AUC, planking false-positive rate), and Özgenel's test split.
 
-    python bench/loso.py [--shared ../shared/data] [--work .cache/bench] [--only uav75,...]
-        [--set train.backbone=efficientnet_lite1 ...]
+    python bench/protocols/loso.py [--shared ../shared/data] [--work .cache/bench]
+        [--only uav75,...] [--set train.backbone=efficientnet_lite1 ...]
 
 Prints one line per run and appends it to ``WORK/loso.jsonl``. Takes about an hour on 2 cores
 the first time (features of every source and its augmented views, then ~30,000 map windows).
@@ -25,7 +25,7 @@ import argparse
 import time
 from pathlib import Path
 
-from protocols import (
+from common import (
     UAV_ZIP,
     Workspace,
     not_concrete_ood,

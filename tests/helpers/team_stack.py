@@ -22,7 +22,7 @@
   call ``setsid()``, so the process group alone misses them), and children get
   ``PR_SET_PDEATHSIG`` so a killed test runner does not leave them behind.
 
-Standard library and boto3 only: no crackdet import (``bench/screenshots.py`` uses it too).
+Standard library and boto3 only: no crackdet import (``scripts/screenshots.py`` uses it too).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _processes() -> dict[int, tuple[int, int]]:
     return table
 
 
-def _tree(leader: int) -> set[int]:
+def process_tree(leader: int) -> set[int]:
     """The process group of ``leader`` and every descendant of it."""
     table = _processes()
     found = {pid for pid, (_, pgid) in table.items() if pgid == leader}
@@ -166,13 +166,13 @@ class Server:
     def stop(self, first: signal.Signals = signal.SIGTERM, grace: float = 10.0) -> None:
         """Signal the group, then SIGKILL whatever of the tree is left after ``grace`` s."""
         leader = self.process.pid
-        tracked = _tree(leader) | {leader}
+        tracked = process_tree(leader) | {leader}
         with contextlib.suppress(ProcessLookupError):
             os.killpg(leader, first)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             self.process.poll()
-            tracked |= _tree(leader)
+            tracked |= process_tree(leader)
             if not tracked & set(_processes()):
                 break
             time.sleep(0.05)
