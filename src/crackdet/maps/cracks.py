@@ -15,6 +15,7 @@ moderate to 0.05 in = 1.27 mm, wide above), see docs/maps.md.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,7 @@ def check_bands(bands: tuple[WidthBand, ...], key: str = "predict.width_bands") 
         limits.append(band.below_mm)
     if not all(limit > 0 and math.isfinite(limit) for limit in limits):
         raise CrackdetError(f"{key}: band limits must be positive millimetres")
-    if any(later <= earlier for earlier, later in zip(limits, limits[1:], strict=False)):
+    if any(later <= earlier for earlier, later in itertools.pairwise(limits)):
         raise CrackdetError(
             f"{key}: band limits out of order ({', '.join(f'{v:g}' for v in limits)}); "
             "list them from the narrowest up"
