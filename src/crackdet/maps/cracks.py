@@ -1,0 +1,256 @@
+"""Measured cracks from crack pixels: skeleton, instances, length, width, severity, polylines.
+
+A crack-pixel mask (True = crack) is thinned to a one-pixel skeleton; each 8-connected piece of
+skeleton is one crack instance (branches included). Length is the skeleton's path length
+(1 per orthogonal step, sqrt 2 per diagonal step that no orthogonal pair already covers);
+width at a skeleton pixel is ``2 d - 1``, ``d`` the Euclidean distance from that pixel to the
+nearest non-crack pixel (a straight crack ``w`` pixels wide measures ``w`` for odd ``w``,
+``w - 1`` for even ``w``). Pixels become millimetres when the photo's scale is known.
+
+The severity of a crack is the band its *maximum* width falls in: an inspector grades a crack by
+its widest point. :data:`DEFAULT_BANDS` follow the AASHTO Manual for Bridge Element Inspection's
+condition states for cracking in reinforced concrete (insignificant below 0.012 in = 0.3 mm,
+moderate to 0.05 in = 1.27 mm, wide above), see docs/maps.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from crackdet.core.errors import CrackdetError
+
+EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: diagonal neighbours belong to one crack
+
+
+@dataclass(frozen=True)
+class WidthBand:
+    """A severity class: cracks whose maximum width is below ``below_mm`` (None: no upper
+    bound) and not in an earlier band."""
+
+    name: str
+    below_mm: float | None
+
+
+DEFAULT_BANDS = (
+    WidthBand("insignificant", 0.3),
+    WidthBand("moderate", 1.27),
+    WidthBand("wide", None),
+)
+
+
+def check_bands(bands: tuple[WidthBand, ...], key: str = "predict.width_bands") -> None:
+    """Bands must be named apart, strictly increasing, positive, and end open (None)."""
+    if not bands:
+        raise CrackdetError(f"{key}: no bands; give at least one, the last without an upper bound")
+    names = [b.name for b in bands]
+    if len(set(names)) != len(names):
+        raise CrackdetError(f"{key}: band names repeat ({', '.join(names)}); name each once")
+    if bands[-1].below_mm is not None:
+        raise CrackdetError(f"{key}: the last band ({bands[-1].name}) needs no upper bound")
+    limits: list[float] = []
+    for band in bands[:-1]:
+        if band.below_mm is None:
+            raise CrackdetError(f"{key}: only the last band may be open-ended ({band.name} is)")
+        limits.append(band.below_mm)
+    if not all(limit > 0 and math.isfinite(limit) for limit in limits):
+        raise CrackdetError(f"{key}: band limits must be positive millimetres")
+    if any(later <= earlier for earlier, later in itertools.pairwise(limits)):
+        raise CrackdetError(
+            f"{key}: band limits out of order ({', '.join(f'{v:g}' for v in limits)}); "
+            "list them from the narrowest up"
+        )
+
+
+def severity(max_width_mm: float | None, bands: tuple[WidthBand, ...] = DEFAULT_BANDS) -> str:
+    """The band a crack's maximum width falls in ("" when the scale is unknown)."""
+    if max_width_mm is None:
+        return ""
+    for band in bands:
+        if band.below_mm is None or max_width_mm < band.below_mm:
+            return band.name
+    return bands[-1].name
+
+
+@dataclass(frozen=True)
+class Crack:
+    """One traced crack: a connected piece of skeleton with its branches."""
+
+    id: int
+    length_px: float
+    mean_width_px: float
+    max_width_px: float
+    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 (inclusive pixels of the skeleton)
+    branches: int  # skeleton segments between end and junction points
+    polylines: tuple[tuple[tuple[float, float], ...], ...]  # (x, y) points, one line a segment
+    mm_per_pixel: float | None = None
+    severity: str = ""
+
+    @property
+    def length_mm(self) -> float | None:
+        return None if self.mm_per_pixel is None else self.length_px * self.mm_per_pixel
+
+    @property
+    def mean_width_mm(self) -> float | None:
+        return None if self.mm_per_pixel is None else self.mean_width_px * self.mm_per_pixel
+
+    @property
+    def max_width_mm(self) -> float | None:
+        return None if self.mm_per_pixel is None else self.max_width_px * self.mm_per_pixel
+
+    def row(self) -> dict[str, Any]:
+        """The crack table's row (CSV): millimetre columns empty when the scale is unknown."""
+
+        def mm(value: float | None) -> float | str:
+            return "" if value is None else round(value, 3)
+
+        return {
+            "crack": self.id,
+            "length_px": round(self.length_px, 2),
+            "mean_width_px": round(self.mean_width_px, 2),
+            "max_width_px": round(self.max_width_px, 2),
+            "length_mm": mm(self.length_mm),
+            "mean_width_mm": mm(self.mean_width_mm),
+            "max_width_mm": mm(self.max_width_mm),
+            "severity": self.severity,
+            "branches": self.branches,
+            "x0": self.bbox[0],
+            "y0": self.bbox[1],
+            "x1": self.bbox[2],
+            "y1": self.bbox[3],
+        }
+
+
+def skeleton_length(skeleton: np.ndarray) -> float:
+    """Path length of a one-pixel skeleton: orthogonal neighbour pairs count 1, diagonal pairs
+    sqrt 2 unless an orthogonal pixel already joins them (an L corner is 2, not 2 + sqrt 2)."""
+    s = np.asarray(skeleton, dtype=bool)
+    length = float(np.count_nonzero(s[:, :-1] & s[:, 1:]))
+    length += float(np.count_nonzero(s[:-1, :] & s[1:, :]))
+    # Down-right diagonal (a, d) with corners b (right of a) and c (below a).
+    a, b, c, d = s[:-1, :-1], s[:-1, 1:], s[1:, :-1], s[1:, 1:]
+    length += math.sqrt(2) * np.count_nonzero(a & d & ~b & ~c)
+    # Down-left diagonal (b, c) with corners a and d.
+    length += math.sqrt(2) * np.count_nonzero(b & c & ~a & ~d)
+    return length
+
+
+def _neighbours(skeleton: np.ndarray) -> np.ndarray:
+    """Per skeleton pixel, how many of its 8 neighbours are skeleton (0 elsewhere)."""
+    from scipy import ndimage  # scipy.ndimage: only where cracks are traced
+
+    s = skeleton.astype(np.uint8)
+    counts = ndimage.convolve(s, EIGHT.astype(np.uint8), mode="constant") - s
+    return np.where(skeleton, counts, 0)
+
+
+def _segments(piece: np.ndarray) -> list[list[tuple[int, int]]]:
+    """A connected skeleton split into paths between end points and junctions, each a list of
+    (row, col) pixels in order. A closed loop with no end or junction is one path."""
+    degree = _neighbours(piece)
+    nodes = {tuple(p) for p in np.argwhere(piece & (degree != 2))}
+    pixels = {tuple(p) for p in np.argwhere(piece)}
+    used: set[frozenset[tuple[int, int]]] = set()  # steps walked, so each segment is walked once
+    paths: list[list[tuple[int, int]]] = []
+
+    def steps(p: tuple[int, int]) -> list[tuple[int, int]]:
+        r, c = p
+        around = [(r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
+        # Orthogonal steps first: a diagonal beside an orthogonal pair is not a separate path.
+        around.sort(key=lambda q: abs(q[0] - r) + abs(q[1] - c))
+        return [q for q in around if q in pixels]
+
+    def walk(start: tuple[int, int], first: tuple[int, int]) -> list[tuple[int, int]]:
+        path, prev, here = [start], start, first
+        used.add(frozenset((start, first)))
+        while True:
+            path.append(here)
+            if here in nodes or here == start:  # an end, a junction, or round a loop
+                return path
+            nxt = [q for q in steps(here) if q != prev and frozenset((here, q)) not in used]
+            if not nxt:
+                return path
+            used.add(frozenset((here, nxt[0])))
+            prev, here = here, nxt[0]
+
+    for node in sorted(nodes):
+        for q in steps(node):
+            if frozenset((node, q)) not in used:
+                paths.append(walk(node, q))
+    if not paths and pixels:  # a loop: start anywhere
+        start = min(pixels)
+        first = steps(start)[0]
+        paths.append(walk(start, first))
+    return paths
+
+
+def _simplify(path: list[tuple[int, int]], tolerance: float) -> tuple[tuple[float, float], ...]:
+    """(x, y) points of a pixel path, Douglas-Peucker-simplified to ``tolerance`` pixels."""
+    from skimage.measure import approximate_polygon  # scikit-image: only where cracks are traced
+
+    rc = np.array(path, dtype=float)
+    if len(rc) > 2 and tolerance > 0:
+        rc = approximate_polygon(rc, tolerance)
+    return tuple((float(c), float(r)) for r, c in rc)
+
+
+def trace_cracks(
+    mask: np.ndarray,
+    *,
+    mm_per_pixel: float | None = None,
+    bands: tuple[WidthBand, ...] = DEFAULT_BANDS,
+    min_length_px: float = 0.0,
+    tolerance: float = 1.0,
+) -> tuple[list[Crack], np.ndarray]:
+    """The cracks in a boolean crack-pixel mask, longest first, and the skeleton they come from.
+    Pieces shorter than ``min_length_px`` are dropped (specks, not cracks); ``tolerance``: how far
+    (pixels) a polyline may stray from the skeleton."""
+    from scipy import ndimage  # scipy.ndimage / scikit-image: only where cracks are traced
+    from skimage.morphology import skeletonize
+
+    if mm_per_pixel is not None and not (mm_per_pixel > 0 and math.isfinite(mm_per_pixel)):
+        raise CrackdetError(f"mm per pixel {mm_per_pixel}: must be a positive number")
+    crack = np.asarray(mask, dtype=bool)
+    skeleton = skeletonize(crack)
+    distance = ndimage.distance_transform_edt(np.pad(crack, 1))[1:-1, 1:-1]
+    labels, _ = ndimage.label(skeleton, structure=EIGHT)
+    found = []
+    for index, window in enumerate(ndimage.find_objects(labels), start=1):
+        if window is None:
+            continue
+        piece = labels[window] == index
+        length = skeleton_length(piece)
+        if length < min_length_px:
+            continue
+        widths = 2.0 * distance[window][piece] - 1.0
+        rows, cols = np.nonzero(piece)
+        y0, x0 = window[0].start, window[1].start
+        shifted = [[(r + y0, c + x0) for r, c in path] for path in _segments(piece)]
+        max_width = float(widths.max())
+        found.append(
+            Crack(
+                id=0,
+                length_px=length,
+                mean_width_px=float(widths.mean()),
+                max_width_px=max_width,
+                bbox=(
+                    int(x0 + cols.min()),
+                    int(y0 + rows.min()),
+                    int(x0 + cols.max()),
+                    int(y0 + rows.max()),
+                ),
+                branches=len(shifted),
+                polylines=tuple(_simplify(path, tolerance) for path in shifted),
+                mm_per_pixel=mm_per_pixel,
+                severity=severity(
+                    None if mm_per_pixel is None else max_width * mm_per_pixel, bands
+                ),
+            )
+        )
+    found.sort(key=lambda k: (-k.length_px, k.bbox))
+    numbered = [Crack(**{**k.__dict__, "id": number}) for number, k in enumerate(found, start=1)]
+    return numbered, skeleton

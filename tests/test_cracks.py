@@ -1,0 +1,124 @@
+"""Measured cracks (crackdet.maps.cracks) on drawn masks whose length and width are known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from crackdet.core.errors import CrackdetError
+from crackdet.maps.cracks import (
+    DEFAULT_BANDS,
+    WidthBand,
+    check_bands,
+    severity,
+    skeleton_length,
+    trace_cracks,
+)
+
+
+def bar(width: int, length: int, shape=(60, 200), top: int = 20, left: int = 30) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[top : top + width, left : left + length] = True
+    return mask
+
+
+@pytest.mark.parametrize("width", [1, 3, 5, 7])
+def test_straight_crack_length_and_width(width: int) -> None:
+    cracks, skeleton = trace_cracks(bar(width, 120))
+    assert len(cracks) == 1
+    crack = cracks[0]
+    # The skeleton of a bar stops about half a width short of each end.
+    assert 120 - width - 1 <= crack.length_px <= 120
+    assert crack.max_width_px == pytest.approx(width, abs=0.01)
+    assert crack.mean_width_px == pytest.approx(width, abs=1.0)
+    assert crack.branches == 1
+    assert skeleton.sum() == pytest.approx(crack.length_px + 1, abs=1)
+
+
+def test_diagonal_steps_count_sqrt2_and_l_corners_do_not_double_count() -> None:
+    diagonal = np.eye(50, dtype=bool)
+    assert skeleton_length(diagonal) == pytest.approx(49 * math.sqrt(2))
+    corner = np.zeros((5, 5), dtype=bool)
+    corner[0, 0:3] = True
+    corner[0:3, 2] = True  # an L: 2 right, 2 down
+    assert skeleton_length(corner) == pytest.approx(4.0)
+
+
+def test_two_cracks_longest_first_with_boxes() -> None:
+    mask = bar(3, 120) | bar(3, 40, top=45, left=100)
+    cracks, _ = trace_cracks(mask)
+    assert [c.id for c in cracks] == [1, 2]
+    assert cracks[0].length_px > cracks[1].length_px
+    x0, y0, x1, y1 = cracks[1].bbox
+    assert 100 <= x0 < x1 <= 139 and 45 <= y0 <= y1 <= 47
+
+
+def test_branches_of_a_y_and_a_closed_loop() -> None:
+    mask = np.zeros((80, 80), dtype=bool)
+    mask[40, 10:40] = True  # stem
+    for i in range(25):  # two arms from (40, 40)
+        mask[40 - i, 40 + i] = True
+        mask[40 + i, 40 + i] = True
+    cracks, _ = trace_cracks(mask)
+    assert len(cracks) == 1 and cracks[0].branches == 3
+    ring = np.zeros((60, 60), dtype=bool)
+    yy, xx = np.mgrid[:60, :60]
+    ring[(np.hypot(yy - 30, xx - 30) > 18) & (np.hypot(yy - 30, xx - 30) < 21)] = True
+    (loop,), _ = trace_cracks(ring)
+    assert loop.branches == 1
+    assert loop.length_px == pytest.approx(2 * math.pi * 19.5, rel=0.1)
+    assert loop.polylines[0][0] == loop.polylines[0][-1]  # closed
+
+
+def test_polylines_follow_the_skeleton_in_x_y() -> None:
+    (crack,), _ = trace_cracks(bar(3, 100, top=10, left=20))
+    (line,) = crack.polylines
+    xs, ys = zip(*line, strict=True)
+    assert len(line) == 2  # a straight crack simplifies to its two ends
+    assert min(xs) >= 20 and max(xs) <= 119 and set(ys) <= {10.0, 11.0, 12.0}
+
+
+def test_millimetres_and_severity() -> None:
+    (crack,), _ = trace_cracks(bar(5, 100), mm_per_pixel=0.1)
+    assert crack.max_width_mm == pytest.approx(0.5)
+    assert crack.length_mm == pytest.approx(crack.length_px * 0.1)
+    assert crack.severity == "moderate"
+    (unknown,), _ = trace_cracks(bar(5, 100))
+    assert unknown.length_mm is None and unknown.severity == ""
+    assert unknown.row()["length_mm"] == ""
+    assert severity(0.29) == "insignificant"
+    assert severity(0.3) == "moderate"
+    assert severity(1.27) == "wide"
+
+
+def test_specks_are_dropped_and_empty_masks_give_nothing() -> None:
+    mask = bar(3, 100)
+    mask[50, 190] = True
+    cracks, _ = trace_cracks(mask, min_length_px=5)
+    assert len(cracks) == 1
+    assert trace_cracks(np.zeros((10, 10), dtype=bool))[0] == []
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1, float("nan"), float("inf")])
+def test_bad_mm_per_pixel_is_one_line(value: float) -> None:
+    with pytest.raises(CrackdetError, match="mm per pixel"):
+        trace_cracks(bar(3, 50), mm_per_pixel=value)
+
+
+@pytest.mark.parametrize(
+    ("bands", "words"),
+    [
+        ((), "no bands"),
+        ((WidthBand("a", 1.0), WidthBand("a", None)), "repeat"),
+        ((WidthBand("a", 1.0), WidthBand("b", 2.0)), "no upper bound"),
+        ((WidthBand("a", 1.0), WidthBand("b", 0.5), WidthBand("c", None)), "out of order"),
+        ((WidthBand("a", -1.0), WidthBand("b", None)), "positive"),
+        ((WidthBand("a", None), WidthBand("b", None)), "only the last"),
+    ],
+)
+def test_width_bands_are_checked(bands: tuple[WidthBand, ...], words: str) -> None:
+    with pytest.raises(CrackdetError, match=words):
+        check_bands(bands)
+    check_bands(DEFAULT_BANDS)
