@@ -237,6 +237,22 @@ def _copy(dataset: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(dataset, tmp_path / "copy"))
 
 
+def test_masks_in_other_encodings_score_as_0_255_masks(model, dataset: Path, tmp_path) -> None:
+    """A 0/1 crack mask and a red-on-black planking mask are the truth they show (they were
+    read as "no crack" and "no planking": scored against the wrong truth, silently)."""
+    data = _copy(dataset, tmp_path)
+    crack = np.asarray(Image.open(data / "masks" / "a.png")) > 0
+    Image.fromarray(crack.astype(np.uint8)).save(data / "masks" / "a.png")
+    plank = np.asarray(Image.open(data / "masks_planking" / "b.png")) > 0
+    red = np.stack([plank * 180, plank * 0, plank * 0], axis=2).astype(np.uint8)
+    Image.fromarray(red).save(data / "masks_planking" / "b.png")
+    expected, got = _maps(model, dataset), _maps(model, data)
+    assert expected.metrics["windows_crack"] > 0 and expected.metrics["windows_planking"] > 0
+    assert [(w.label, w.planking) for w in got.windows] == [
+        (w.label, w.planking) for w in expected.windows
+    ]
+
+
 def test_missing_mask_names_the_photo(model, dataset: Path, tmp_path: Path) -> None:
     data = _copy(dataset, tmp_path)
     (data / "masks" / "b.png").unlink()
