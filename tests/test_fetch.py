@@ -521,3 +521,35 @@ def test_masks_source_without_a_kind_of_window_says_what_to_change(
             f"{key}.crack_length"
         )
     assert str(info.value) == expected
+
+
+@pytest.mark.parametrize("kind", ["folder", "archive"])
+def test_two_class_layouts_in_one_source_are_refused(chdir_tmp: Path, tiny_params, kind) -> None:
+    """set1/ and set2/ each with Positive/ and Negative/: only set1 was used, nothing said."""
+    files = _layout("data/set1/") | _layout("data/set2/")
+    if kind == "archive":
+        _zip(chdir_tmp / "sets.zip", files)
+        path, shown = "sets.zip", str(chdir_tmp / "sets.zip")
+    else:
+        for name, data in files.items():
+            (chdir_tmp / "sets" / name).parent.mkdir(parents=True, exist_ok=True)
+            (chdir_tmp / "sets" / name).write_bytes(data)
+        path, shown = "sets", str(chdir_tmp / "sets")
+    with pytest.raises(CrackdetError) as info:
+        fetch(_params(tiny_params, source="archive", archive=path), 1, Layout(chdir_tmp))
+    assert str(info.value) == (
+        f"{shown}: Positive/ and Negative/ in 2 places (data/set1/, data/set2/); one path "
+        "holds one data set: point at one of them (for fetch: a source for each)"
+    )
+
+
+def test_entries_outside_the_class_folders_are_named(chdir_tmp: Path, tiny_params) -> None:
+    files = _layout("concrete/") | {"README.txt": b"about\n", "concrete/labels.csv": b"a,b\n"}
+    files |= {"extra/Positive/00009.jpg": _jpeg((10, 10, 10))}  # one class: not a data set
+    _zip(chdir_tmp / "set.zip", files)
+    summary = fetch(_params(tiny_params, source="archive", archive="set.zip"), 1, Layout(chdir_tmp))
+    assert summary.sources["set"].left_out == [
+        "README.txt (not a class folder)",
+        "concrete/labels.csv (not a class folder)",
+        "extra/ (not a class folder)",
+    ]
