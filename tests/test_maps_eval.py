@@ -327,6 +327,47 @@ def test_cli_logs_an_mlflow_run(
     assert "--overlap 0.95" in capsys.readouterr().err
 
 
+def test_eval_honours_fetch_on_bad_image_as_its_hint_says(
+    model, chdir_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``crackdet eval`` hinted "set fetch.on_bad_image: skip" and then ignored the setting."""
+    import mlflow
+    import yaml
+
+    from crackdet.cli.main import main
+    from crackdet.data.synthetic import write_patch_set
+
+    (chdir_tmp / "dvc.yaml").write_text("stages: {}\n")
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    (chdir_tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ckpt = chdir_tmp / "ckpt"
+    ckpt.mkdir()
+    torch.save(model.state_dict(), ckpt / "model.pt")
+    (ckpt / "model.json").write_text(json.dumps(model.spec.to_dict()))
+    write_patch_set(chdir_tmp / "set", 3, seed=4)
+    (chdir_tmp / "set" / "Positive" / "broken.jpg").write_bytes(b"<html>404</html>")
+    command = ["eval", "set", "--model", str(ckpt), "--out", "m.json"]
+    assert main(command) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own log lines
+    assert error == (
+        "crackdet eval: error: set: Positive/broken.jpg: not a readable image (not in any image "
+        "format Pillow knows); remove or replace it, or set fetch.on_bad_image: skip"
+    )
+    params["fetch"]["on_bad_image"] = "skip"
+    (chdir_tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert (
+        "eval: skipped 1 unreadable image of set (fetch.on_bad_image: skip): Positive/broken.jpg"
+    ) in out.splitlines()
+    metrics = json.loads((chdir_tmp / "m.json").read_text())
+    assert metrics["n"] == 6 and metrics["skipped"] == ["Positive/broken.jpg"]
+    run = mlflow.search_runs(
+        experiment_names=["crackdet-evaluations"], output_format="list", max_results=1
+    )[0]
+    assert run.data.tags["data.skipped"] == "1"
+
+
 def test_photos_pattern_scores_only_matching_photos(model, dataset: Path) -> None:
     """A held-out part of a set is scored alone (``--photos 'val_*'``), window for window as in
     the whole-set run, and a pattern matching nothing is a one-line error."""
