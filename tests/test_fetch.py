@@ -553,3 +553,17 @@ def test_entries_outside_the_class_folders_are_named(chdir_tmp: Path, tiny_param
         "concrete/labels.csv (not a class folder)",
         "extra/ (not a class folder)",
     ]
+
+
+def test_a_32_bit_mask_is_refused_not_counted_level_by_level(tmp_path: Path) -> None:
+    """Levels are counted with a table as long as the value range: bounded at 16 bits."""
+    from crackdet.data.masks import read_mask
+
+    pixels = np.zeros((40, 60), np.int32)
+    pixels[5, 5] = 2**31 - 1
+    Image.fromarray(pixels, "I").save(tmp_path / "m.png", format="TIFF")
+    with pytest.raises(CrackdetError) as info:
+        read_mask(tmp_path / "m.png", (40, 60))
+    assert str(info.value) == (
+        f"{tmp_path / 'm.png'}: not a readable mask image (pixel values outside 0..65535)"
+    )

@@ -163,9 +163,9 @@ def _mask_values(image: Image.Image) -> tuple[np.ndarray, int]:
     """A mask's pixel values (unsigned integers, HxW) and its full scale (255 or 65535)."""
     if image.mode.startswith("I"):  # 16-bit PNGs
         values = np.asarray(image)
-        if values.min() < 0:
-            raise ValueError("negative pixel values")
-        return values.astype(np.uint16 if values.max() <= 65535 else np.uint32), 65535
+        if values.min() < 0 or values.max() > 65535:  # 32-bit: no mask needs it
+            raise ValueError("pixel values outside 0..65535")
+        return values.astype(np.uint16), 65535
     if image.mode == "L":  # the common 0/255 mask: no conversion
         return np.asarray(image), 255
     if image.mode in ("1", "P") or image.mode not in ("LA", "RGB", "RGBA"):
