@@ -567,3 +567,26 @@ def test_a_32_bit_mask_is_refused_not_counted_level_by_level(tmp_path: Path) -> 
     assert str(info.value) == (
         f"{tmp_path / 'm.png'}: not a readable mask image (pixel values outside 0..65535)"
     )
+
+
+def test_a_mask_far_bigger_than_its_photo_is_refused_before_decoding(tmp_path: Path) -> None:
+    import struct
+    import warnings
+    import zlib
+
+    from crackdet.data.masks import read_mask
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 12_000, 12_000, 8, 0, 0, 0, 0)  # 144 megapixels
+    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    (tmp_path / "m.png").write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+    with pytest.raises(CrackdetError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        read_mask(tmp_path / "m.png", (40, 60))
+    assert str(info.value) == (
+        f"{tmp_path / 'm.png'}: mask is 12000x12000 but its photo is 60x40; masks must match "
+        "their photo pixel for pixel"
+    )

@@ -132,15 +132,18 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     guessed."""
     try:
         with Image.open(path) as image:
+            # The size is checked before any pixel is decoded: the photo's is bounded already.
+            if image.size != (shape[1], shape[0]):
+                raise CrackdetError(
+                    f"{path}: mask is {image.width}x{image.height} but its photo is "
+                    f"{shape[1]}x{shape[0]}; masks must match their photo pixel for pixel"
+                )
             image.load()
             values, full = _mask_values(image)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except CrackdetError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CrackdetError(f"{path}: not a readable mask image ({first_line(exc)})") from None
-    if values.shape != shape:
-        raise CrackdetError(
-            f"{path}: mask is {values.shape[1]}x{values.shape[0]} but its photo is "
-            f"{shape[1]}x{shape[0]}; masks must match their photo pixel for pixel"
-        )
     levels = np.flatnonzero(np.bincount(values.ravel()))
     if len(levels) <= 2 and (len(levels) < 2 or levels[0] == 0):
         return values > 0
