@@ -319,11 +319,23 @@ def _checkpoint(r: Repo) -> None:
     Image.open(io.BytesIO(jpeg(120, size=300))).save(r.root / "data/photos/a.jpg")
 
 
-def _ood_file(data: bytes | None = None, pickled: bool = False) -> Callable[[Repo], None]:
+def _ood_file(
+    data: bytes | None = None, pickled: bool = False, **arrays: Any
+) -> Callable[[Repo], None]:
     def setup(r: Repo) -> None:
         _checkpoint(r)
         target = r.root / "outputs/train/ood.npz"
-        if pickled:  # an object array: np.load must refuse it, not unpickle it
+        if arrays:  # a well-formed file holding the wrong values
+            consistent = {
+                "mean": np.zeros(8),
+                "components": np.eye(8)[:3],
+                "scale": np.ones(3),
+                "residual_scale": np.array(1.0),
+                "threshold": np.array(2.0),
+            }
+            with open(target, "wb") as handle:
+                np.savez(handle, **(consistent | arrays))
+        elif pickled:  # an object array: np.load must refuse it, not unpickle it
             with open(target, "wb") as handle:
                 np.savez(handle, mean=np.array([_Payload()], dtype=object))
         else:
@@ -635,6 +647,27 @@ CATALOGUE: list[Case] = [
         "plain-array .npz (Object arrays cannot be loaded when allow_pickle=False); rerun train "
         "(dvc repro -f train)",
         absent=("PWNED",),
+    ),
+    Case(
+        "ood-model-with-a-nan-threshold",
+        "predict_samples",
+        _ood_file(threshold=np.array(float("nan"))),
+        "crackdet predict_samples: error: {root}/outputs/train/ood.npz: not a valid OOD model "
+        "(threshold is not finite); rerun train (dvc repro -f train)",
+    ),
+    Case(
+        "ood-model-with-text-arrays",
+        "predict_samples",
+        _ood_file(components=np.array([["a", "b"]])),
+        "crackdet predict_samples: error: {root}/outputs/train/ood.npz: not a valid OOD model "
+        "(components is not numeric); rerun train (dvc repro -f train)",
+    ),
+    Case(
+        "ood-model-with-mismatched-shapes",
+        "predict_samples",
+        _ood_file(components=np.eye(5)[:3]),
+        "crackdet predict_samples: error: {root}/outputs/train/ood.npz: not a valid OOD model "
+        "(components is 3x5, expected 3x8); rerun train (dvc repro -f train)",
     ),
     Case(
         "checkpoint-of-random-bytes",

@@ -19,7 +19,7 @@ from PIL import Image
 
 from crackdet.core.errors import CrackdetError
 from crackdet.core.layout import Layout
-from crackdet.core.params import FetchParams, LabelledSource
+from crackdet.core.params import FetchParams, LabelledSource, MasksSource
 from crackdet.data.fetch import fetch
 from crackdet.data.images import decode_image, to_rgb
 from crackdet.data.manifest import read_manifest
@@ -366,3 +366,227 @@ def test_masks_photo_size_follows_its_exif_orientation(tmp_path: Path) -> None:
     image.save(tmp_path / "turned.jpg", exif=exif.tobytes())
     assert read_photo_size(tmp_path / "turned.jpg", 10**7) == (300, 200)
     assert read_photo_rgb(tmp_path / "turned.jpg", 10**7).shape[:2] == (300, 200)
+
+
+def _masks_source(**changes) -> MasksSource:
+    source = MasksSource(
+        kind="masks",
+        path="uav",
+        photos="train_*",
+        scales=(1.0, 2.0),
+        centre=0.5,
+        crack_length=0.25,
+        margin=0.125,
+        planking_length=0.5,
+        max_clean=0,
+        licence="GPL-3.0",
+    )
+    return dataclasses.replace(source, **changes)
+
+
+def _encode_mask(truth: np.ndarray, encoding: str) -> Image.Image:
+    """A bool mask written as people write masks (the crack's value, colour or transparency)."""
+    on = truth.astype(np.uint8)
+    if encoding == "0-255":
+        return Image.fromarray(on * 255)
+    if encoding == "0-1":
+        return Image.fromarray(on)
+    if encoding == "grey-100":
+        return Image.fromarray(on * 100)
+    if encoding == "red-on-black":
+        return Image.fromarray(np.stack([on * 200, on * 0, on * 0], axis=2))
+    if encoding == "white-on-transparent":
+        alpha = on * 255
+        return Image.fromarray(np.stack([np.full_like(on, 255)] * 3 + [alpha], axis=2), "RGBA")
+    if encoding == "16-bit":
+        return Image.fromarray(truth.astype(np.uint16) * 65535)
+    if encoding == "bilevel":
+        return Image.fromarray(truth).convert("1")
+    if encoding == "palette":
+        image = Image.fromarray(on, "P")
+        image.putpalette([0, 0, 0, 0, 255, 0])
+        return image
+    if encoding == "soft-edges":  # 0/255 resampled: a few in-between values at the edges
+        values = on * 255
+        edge = np.zeros_like(truth)
+        edge[:, 1:] = truth[:, :-1] & ~truth[:, 1:]
+        values[edge] = 90
+        return Image.fromarray(values)
+    raise AssertionError(encoding)
+
+
+MASK_ENCODINGS = [
+    "0-255",
+    "0-1",
+    "grey-100",
+    "red-on-black",
+    "white-on-transparent",
+    "16-bit",
+    "bilevel",
+    "palette",
+    "soft-edges",
+]
+
+
+@pytest.mark.parametrize("encoding", MASK_ENCODINGS)
+def test_masks_are_read_whatever_value_marks_the_crack(tmp_path: Path, encoding: str) -> None:
+    from crackdet.data.masks import read_mask
+
+    truth = np.zeros((40, 60), bool)
+    truth[5:35, 20:23] = True
+    truth[30, 10:50] = True
+    _encode_mask(truth, encoding).save(tmp_path / "m.png")
+    assert (read_mask(tmp_path / "m.png", (40, 60)) == truth).all()
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [
+        ([0, 1, 2], "levels 0, 1, 2"),  # a label map: which level is the crack?
+        (list(range(0, 250, 10)), "25 levels: 0, 10, 20, 30, 40, …"),  # a photo, not a mask
+    ],
+    ids=["label-map", "grey-levels"],
+)
+def test_a_mask_of_many_levels_is_refused_in_one_line(tmp_path: Path, values, shown) -> None:
+    from crackdet.data.masks import read_mask
+
+    pixels = np.resize(np.array(values, np.uint8), (40, 60))
+    Image.fromarray(pixels).save(tmp_path / "m.png")
+    with pytest.raises(CrackdetError) as info:
+        read_mask(tmp_path / "m.png", (40, 60))
+    assert str(info.value) == (
+        f"{tmp_path / 'm.png'}: not a two-level mask ({shown}); save crack pixels as 255 "
+        "(or any one value) and all others as 0"
+    )
+
+
+def test_masks_source_with_0_1_masks_cuts_the_same_windows(chdir_tmp: Path, tiny_params) -> None:
+    """Defect: 0/1 masks read as "no crack" made crack windows negatives, silently."""
+    _masks_folder(chdir_tmp / "uav")
+    params = dataclasses.replace(tiny_params().fetch, sources={"uav": _masks_source()})
+    expected = fetch(params, 3, Layout(chdir_tmp)).sources["uav"].windows
+    for stem in ("train_a", "train_b"):
+        mask = np.asarray(Image.open(chdir_tmp / "uav/masks" / f"{stem}.png"))
+        Image.fromarray((mask > 0).astype(np.uint8)).save(chdir_tmp / "uav/masks" / f"{stem}.png")
+    assert fetch(params, 3, Layout(chdir_tmp)).sources["uav"].windows == expected
+
+
+def test_masks_without_their_photo_are_named(chdir_tmp: Path, tiny_params) -> None:
+    from crackdet.data.masks import find_photos
+
+    root = _masks_folder(chdir_tmp / "uav")
+    Image.new("L", (400, 400)).save(root / "masks" / "train_c.png")
+    Image.new("L", (400, 400)).save(root / "masks_planking" / "lost.png")
+    (root / "masks" / "train_a.jpg").write_bytes(b"a mask that is not a .png")
+    (root / "README.md").write_text("about this set\n")
+    left_out = [
+        "README.md (not images/, masks/ or masks_planking/)",
+        "images/notes.txt (not a photo)",
+        "masks/train_a.jpg (not a .png mask)",
+        "masks/train_c.png (no photo images/train_c.*)",
+        "masks_planking/lost.png (no photo images/lost.*)",
+    ]
+    photos, named = find_photos(root, "train_*")
+    assert [p.name for p in photos] == ["train_a", "train_b"] and named == left_out
+    # A photo the glob leaves out is the user's choice: its masks are not "without a photo".
+    assert find_photos(root, "train_a*")[1] == left_out
+    params = dataclasses.replace(tiny_params().fetch, sources={"uav": _masks_source()})
+    assert fetch(params, 3, Layout(chdir_tmp)).sources["uav"].left_out == left_out
+
+
+@pytest.mark.parametrize("missing", ["clean", "crack"])
+def test_masks_source_without_a_kind_of_window_says_what_to_change(
+    chdir_tmp: Path, tiny_params, missing: str
+) -> None:
+    """Not the labelled sources' hint about a Negative/ folder a masks source does not have."""
+    root = _masks_folder(chdir_tmp / "uav")
+    for stem in ("train_a", "train_b"):
+        mask = np.zeros((400, 400), np.uint8)
+        if missing == "clean":
+            mask[::60, :] = 255  # a crack line in every window's margin
+        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+    params = dataclasses.replace(tiny_params().fetch, sources={"uav": _masks_source()})
+    with pytest.raises(CrackdetError) as info:
+        fetch(params, 3, Layout(chdir_tmp))
+    key = "fetch.sources.uav"
+    if missing == "clean":
+        expected = (
+            f"{key}: no clean windows in 2 photos (every window has crack pixels within "
+            f"{key}.margin of it); add photos with crack-free areas or lower {key}.margin"
+        )
+    else:
+        expected = (
+            f"{key}: no crack windows in 2 photos (none holds {key}.crack_length x side crack "
+            f"pixels at its centre); check that masks/ marks the cracks or lower "
+            f"{key}.crack_length"
+        )
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize("kind", ["folder", "archive"])
+def test_two_class_layouts_in_one_source_are_refused(chdir_tmp: Path, tiny_params, kind) -> None:
+    """set1/ and set2/ each with Positive/ and Negative/: only set1 was used, nothing said."""
+    files = _layout("data/set1/") | _layout("data/set2/")
+    if kind == "archive":
+        _zip(chdir_tmp / "sets.zip", files)
+        path, shown = "sets.zip", str(chdir_tmp / "sets.zip")
+    else:
+        for name, data in files.items():
+            (chdir_tmp / "sets" / name).parent.mkdir(parents=True, exist_ok=True)
+            (chdir_tmp / "sets" / name).write_bytes(data)
+        path, shown = "sets", str(chdir_tmp / "sets")
+    with pytest.raises(CrackdetError) as info:
+        fetch(_params(tiny_params, source="archive", archive=path), 1, Layout(chdir_tmp))
+    assert str(info.value) == (
+        f"{shown}: Positive/ and Negative/ in 2 places (data/set1/, data/set2/); one path "
+        "holds one data set: point at one of them (for fetch: a source for each)"
+    )
+
+
+def test_entries_outside_the_class_folders_are_named(chdir_tmp: Path, tiny_params) -> None:
+    files = _layout("concrete/") | {"README.txt": b"about\n", "concrete/labels.csv": b"a,b\n"}
+    files |= {"extra/Positive/00009.jpg": _jpeg((10, 10, 10))}  # one class: not a data set
+    _zip(chdir_tmp / "set.zip", files)
+    summary = fetch(_params(tiny_params, source="archive", archive="set.zip"), 1, Layout(chdir_tmp))
+    assert summary.sources["set"].left_out == [
+        "README.txt (not a class folder)",
+        "concrete/labels.csv (not a class folder)",
+        "extra/ (not a class folder)",
+    ]
+
+
+def test_a_32_bit_mask_is_refused_not_counted_level_by_level(tmp_path: Path) -> None:
+    """Levels are counted with a table as long as the value range: bounded at 16 bits."""
+    from crackdet.data.masks import read_mask
+
+    pixels = np.zeros((40, 60), np.int32)
+    pixels[5, 5] = 2**31 - 1
+    Image.fromarray(pixels, "I").save(tmp_path / "m.png", format="TIFF")
+    with pytest.raises(CrackdetError) as info:
+        read_mask(tmp_path / "m.png", (40, 60))
+    assert str(info.value) == (
+        f"{tmp_path / 'm.png'}: not a readable mask image (pixel values outside 0..65535)"
+    )
+
+
+def test_a_mask_far_bigger_than_its_photo_is_refused_before_decoding(tmp_path: Path) -> None:
+    import struct
+    import warnings
+    import zlib
+
+    from crackdet.data.masks import read_mask
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 12_000, 12_000, 8, 0, 0, 0, 0)  # 144 megapixels
+    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    (tmp_path / "m.png").write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+    with pytest.raises(CrackdetError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        read_mask(tmp_path / "m.png", (40, 60))
+    assert str(info.value) == (
+        f"{tmp_path / 'm.png'}: mask is 12000x12000 but its photo is 60x40; masks must match "
+        "their photo pixel for pixel"
+    )

@@ -236,6 +236,22 @@ def _copy(dataset: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(dataset, tmp_path / "copy"))
 
 
+def test_masks_in_other_encodings_score_as_0_255_masks(model, dataset: Path, tmp_path) -> None:
+    """A 0/1 crack mask and a red-on-black planking mask are the truth they show (they were
+    read as "no crack" and "no planking": scored against the wrong truth, silently)."""
+    data = _copy(dataset, tmp_path)
+    crack = np.asarray(Image.open(data / "masks" / "a.png")) > 0
+    Image.fromarray(crack.astype(np.uint8)).save(data / "masks" / "a.png")
+    plank = np.asarray(Image.open(data / "masks_planking" / "b.png")) > 0
+    red = np.stack([plank * 180, plank * 0, plank * 0], axis=2).astype(np.uint8)
+    Image.fromarray(red).save(data / "masks_planking" / "b.png")
+    expected, got = _maps(model, dataset), _maps(model, data)
+    assert expected.metrics["windows_crack"] > 0 and expected.metrics["windows_planking"] > 0
+    assert [(w.label, w.planking) for w in got.windows] == [
+        (w.label, w.planking) for w in expected.windows
+    ]
+
+
 def test_missing_mask_names_the_photo(model, dataset: Path, tmp_path: Path) -> None:
     data = _copy(dataset, tmp_path)
     (data / "masks" / "b.png").unlink()
@@ -308,6 +324,47 @@ def test_cli_logs_an_mlflow_run(
 
     assert main(["eval-maps", str(archive), "--model", str(ckpt), "--overlap", "0.95"]) == 2
     assert "--overlap 0.95" in capsys.readouterr().err
+
+
+def test_eval_honours_fetch_on_bad_image_as_its_hint_says(
+    model, chdir_tmp: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``crackdet eval`` hinted "set fetch.on_bad_image: skip" and then ignored the setting."""
+    import mlflow
+    import yaml
+
+    from crackdet.cli.main import main
+    from crackdet.data.synthetic import write_patch_set
+
+    (chdir_tmp / "dvc.yaml").write_text("stages: {}\n")
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    (chdir_tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ckpt = chdir_tmp / "ckpt"
+    ckpt.mkdir()
+    torch.save(model.state_dict(), ckpt / "model.pt")
+    (ckpt / "model.json").write_text(json.dumps(model.spec.to_dict()))
+    write_patch_set(chdir_tmp / "set", 3, seed=4)
+    (chdir_tmp / "set" / "Positive" / "broken.jpg").write_bytes(b"<html>404</html>")
+    command = ["eval", "set", "--model", str(ckpt), "--out", "m.json"]
+    assert main(command) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's own log lines
+    assert error == (
+        "crackdet eval: error: set: Positive/broken.jpg: not a readable image (not in any image "
+        "format Pillow knows); remove or replace it, or set fetch.on_bad_image: skip"
+    )
+    params["fetch"]["on_bad_image"] = "skip"
+    (chdir_tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert (
+        "eval: skipped 1 unreadable image of set (fetch.on_bad_image: skip): Positive/broken.jpg"
+    ) in out.splitlines()
+    metrics = json.loads((chdir_tmp / "m.json").read_text())
+    assert metrics["n"] == 6 and metrics["skipped"] == ["Positive/broken.jpg"]
+    run = mlflow.search_runs(
+        experiment_names=["crackdet-evaluations"], output_format="list", max_results=1
+    )[0]
+    assert run.data.tags["data.skipped"] == "1"
 
 
 def test_photos_pattern_scores_only_matching_photos(model, dataset: Path) -> None:

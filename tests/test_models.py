@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,58 @@ def test_split_refuses_a_block_count_the_backbone_does_not_have(units: int) -> N
     backbone = build_classifier("efficientnet_lite0", False, 8, 0.0, 227, CLASSES).backbone
     with pytest.raises(CrackdetError, match=f"train.unfreeze is {units}; the backbone has 8"):
         split_backbone(backbone, units)
+
+
+def _ood_arrays(**changes) -> dict:
+    """A consistent OOD model's arrays (8 features, 3 components), with ``changes`` applied."""
+    arrays = {
+        "mean": np.zeros(8),
+        "components": np.eye(8)[:3],
+        "scale": np.ones(3),
+        "residual_scale": np.array(1.0),
+        "threshold": np.array(2.0),
+    }
+    return arrays | changes
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"components": np.eye(7)[:3]}, "components is 3x7, expected 3x8"),
+        ({"mean": np.zeros((2, 8))}, "mean is 2x8, expected one row"),
+        ({"scale": np.ones(4)}, "scale has 4 values, expected 3"),
+        ({"threshold": np.array(["high"])}, "threshold is not numeric"),
+        ({"mean": np.array(list("abcdefgh"))}, "mean is not numeric"),
+        ({"threshold": np.array(float("nan"))}, "threshold is not finite"),
+        ({"scale": np.array([1.0, 0.0, 1.0])}, "scale must be above 0"),
+        ({"residual_scale": np.ones(2)}, "residual_scale is not one number"),
+    ],
+    ids=["components", "mean-2d", "scale", "threshold-str", "mean-str", "nan", "zero", "resid"],
+)
+def test_a_malformed_ood_model_is_one_line_naming_the_file(tmp_path, changes, problem) -> None:
+    from crackdet.core.io import write_npz
+    from crackdet.model.ood import OODModel
+
+    path = tmp_path / "ood.npz"
+    write_npz(path, _ood_arrays())
+    assert OODModel.load(path).is_ood(np.ones((2, 8))).tolist() == [False] * 2
+    write_npz(path, _ood_arrays(**changes))
+    with pytest.raises(CrackdetError) as info:
+        OODModel.load(path)
+    assert str(info.value) == (
+        f"{path}: not a valid OOD model ({problem}); rerun train (dvc repro -f train)"
+    )
+
+
+def test_ood_model_of_another_backbone_is_refused_when_scoring(tmp_path) -> None:
+    from crackdet.core.io import write_npz
+    from crackdet.model.ood import OODModel
+
+    write_npz(tmp_path / "ood.npz", _ood_arrays())
+    ood = OODModel.load(tmp_path / "ood.npz")
+    with pytest.raises(CrackdetError) as info:
+        ood.is_ood(np.ones((2, 5)))
+    assert str(info.value) == (
+        f"{tmp_path / 'ood.npz'}: OOD model fits 8 features, the model gives 5 (a model of "
+        "another backbone); rerun train (dvc repro -f train)"
+    )

@@ -180,7 +180,7 @@ def _fetch_source(
         path = resolve_path(layout.root, source.path, f"{key}.path")
         origin = source.path
         masks = import_masks(path, work, limits)
-        cut, left_out = cut_windows(masks.folder, source, target, seed, params.max_pixels)
+        cut, left_out = cut_windows(masks.folder, source, target, seed, params.max_pixels, key)
         imported = Imported(masks.archive_sha256, masks.archive_md5, left_out)
         extra = asdict(cut)
         group_of = photo_of

@@ -41,17 +41,29 @@ class Imported:
 
 
 def find_class_root(folder: Path, origin: str) -> Path:
-    """The folder holding ``Positive/`` and ``Negative/`` (at the top or up to 3 levels down)."""
-    candidates = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]
-    for candidate in candidates:
+    """The folder holding ``Positive/`` and ``Negative/`` (at the top or up to 3 levels down).
+    Two such folders (``set1/``, ``set2/``) are refused: using one would drop the other
+    unsaid, and merging them could mix two data sets' file names."""
+    found: list[Path] = []
+    for candidate in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]:
         if len(candidate.relative_to(folder).parts) > 3:
             continue
+        if any(candidate.is_relative_to(root) for root in found):
+            continue  # inside a class folder already found: its images
         if all((candidate / name).is_dir() for name in CLASSES):
-            return candidate
-    found = sorted(p.name for p in folder.iterdir())[:6]
+            found.append(candidate)
+    if len(found) > 1:
+        places = ", ".join(f"{p.relative_to(folder).as_posix()}/" for p in found[:4])
+        raise CrackdetError(
+            f"{origin}: Positive/ and Negative/ in {len(found)} places ({places}); one path "
+            "holds one data set: point at one of them (for fetch: a source for each)"
+        )
+    if found:
+        return found[0]
+    listed = sorted(p.name for p in folder.iterdir())[:6]
     raise CrackdetError(
         f"{origin}: expected folders Positive/ and Negative/ (the public set's layout); "
-        f"found {', '.join(found) or 'nothing'}"
+        f"found {', '.join(listed) or 'nothing'}"
     )
 
 
@@ -107,12 +119,20 @@ def _copy_classes(class_root: Path, images: Path, origin: str) -> list[str]:
 
 
 def _beside_classes(class_root: Path, top: Path) -> list[str]:
-    """Entries next to ``Positive/`` and ``Negative/`` (left out: they are no class), named."""
-    return [
-        f"{p.relative_to(top).as_posix()}{'/' if p.is_dir() else ''} (not a class folder)"
-        for p in sorted(class_root.iterdir())
-        if p.name not in CLASSES
-    ]
+    """Entries next to ``Positive/`` and ``Negative/``, and next to every folder above them up
+    to ``top`` (left out: they are no class), named."""
+    left_out = []
+    folder = class_root
+    keep = set(CLASSES)
+    while True:
+        left_out += [
+            f"{p.relative_to(top).as_posix()}{'/' if p.is_dir() else ''} (not a class folder)"
+            for p in sorted(folder.iterdir())
+            if p.name not in keep
+        ]
+        if folder == top:
+            return sorted(left_out)
+        keep, folder = {folder.name}, folder.parent
 
 
 def _from_archive_file(

@@ -1,10 +1,11 @@
 """The ``masks`` source: photos with pixel crack masks, cut into labelled training windows.
 
-A folder (or archive) holds ``images/<name>.<ext>``, ``masks/<name>.png`` (255 = crack pixel) and
-optionally ``masks_planking/<name>.png`` (255 = the wood grain timber formwork leaves: a classic
-false alarm). Every photo is resized by each of the source's scales and cut into the very windows
-a crack map at that scale slides (crackdet.data.windows). With ``side`` a window's side in photo
-pixels (all lengths are shares of it, so one rule labels every scale alike), a window is
+A folder (or archive) holds ``images/<name>.<ext>``, ``masks/<name>.png`` (255, or any one
+non-zero level = crack pixel: :func:`read_mask`) and optionally ``masks_planking/<name>.png``
+(the wood grain timber formwork leaves: a classic false alarm). Every photo is resized by each
+of the source's scales and cut into the very windows a crack map at that scale slides
+(crackdet.data.windows). With ``side`` a window's side in photo pixels (all lengths are shares
+of it, so one rule labels every scale alike), a window is
 
 - a **crack** when the square at its centre (``centre`` x side) holds at least
   ``crack_length`` x side crack pixels: a 1-px crack crossing a good part of what the model
@@ -75,8 +76,10 @@ def find_photos(
     root: Path, photos: str = "*", key: str = "photos"
 ) -> tuple[list[MaskedPhoto], list[str]]:
     """Every ``images/<name>.<ext>`` whose file name matches the glob ``photos``, paired with
-    ``masks/<name>.png`` (and its planking mask); and the entries of ``images/`` that are not
-    photos, named."""
+    ``masks/<name>.png`` (and its planking mask); and every entry of the set that is not used,
+    named with why: entries of ``images/`` that are not photos, masks without a photo, files in
+    the mask folders that are not ``.png`` and entries beside the three folders. Masks of
+    photos the glob leaves out are the user's choice, not named."""
     base = layout_root(root)
     entries = sorted((base / "images").iterdir())
     images = [p for p in entries if is_image_file(p)]
@@ -95,24 +98,88 @@ def find_photos(
         samples.append(
             MaskedPhoto(image.stem, image, mask, planking if planking.is_file() else None)
         )
-    return samples, left_out
+    return samples, sorted(left_out + _unused_entries(base, {p.stem for p in images}))
+
+
+def _unused_entries(base: Path, stems: set[str]) -> list[str]:
+    """Entries of a masks set that no photo uses, named with why (sorted by path)."""
+    named = []
+    for entry in sorted(base.iterdir()):
+        if entry.name not in ("images", MASKS, PLANKING):
+            slash = "/" if entry.is_dir() else ""
+            named.append(f"{entry.name}{slash} (not images/, {MASKS}/ or {PLANKING}/)")
+    for folder in (MASKS, PLANKING):
+        if not (base / folder).is_dir():
+            continue
+        for entry in sorted((base / folder).iterdir()):
+            rel = f"{folder}/{entry.name}"
+            if entry.suffix != ".png" or not entry.is_file():
+                named.append(f"{rel} (not a .png mask)")
+            elif entry.stem not in stems:
+                named.append(f"{rel} (no photo images/{entry.stem}.*)")
+    return named
 
 
 def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A truth mask as a bool HxW array (pixels >= 128 are set), checked against ``shape``."""
+    """A truth mask as a bool HxW array, checked against ``shape``.
+
+    A pixel's value is its brightest colour channel (transparent pixels count as 0), so a
+    white, grey or red crack on black or on transparency all read alike. A mask of two levels
+    (0/1, 0/100, 0/255, 0/65535) marks the crack with its non-zero level. More levels are taken
+    for a 0/255 mask softened by resampling or lossy saving, set at half the full scale, only
+    when its top reaches that half and few pixels (``SOFT_SHARE``) lie between a quarter and
+    three quarters of it; anything else (a label map 0/1/2, a photo) is refused rather than
+    guessed."""
     try:
         with Image.open(path) as image:
+            # The size is checked before any pixel is decoded: the photo's is bounded already.
+            if image.size != (shape[1], shape[0]):
+                raise CrackdetError(
+                    f"{path}: mask is {image.width}x{image.height} but its photo is "
+                    f"{shape[1]}x{shape[0]}; masks must match their photo pixel for pixel"
+                )
             image.load()
-            gray = np.asarray(image.convert("L"))
-    except (OSError, SyntaxError, ValueError) as exc:
+            values, full = _mask_values(image)
+    except CrackdetError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CrackdetError(f"{path}: not a readable mask image ({first_line(exc)})") from None
-    if gray.shape != shape:
+    levels = np.flatnonzero(np.bincount(values.ravel()))
+    if len(levels) <= 2 and (len(levels) < 2 or levels[0] == 0):
+        return values > 0
+    half = (full + 1) // 2
+    between = np.count_nonzero((values > full / 4) & (values < full * 3 / 4))
+    if levels[-1] < half or between > SOFT_SHARE * values.size:
+        shown = ", ".join(str(v) for v in levels[:5])
+        shown = f"levels {shown}" if len(levels) <= 5 else f"{len(levels)} levels: {shown}, …"
         raise CrackdetError(
-            f"{path}: mask is {gray.shape[1]}x{gray.shape[0]} but its photo is "
-            f"{shape[1]}x{shape[0]}; masks must match their photo pixel for pixel"
+            f"{path}: not a two-level mask ({shown}); save crack pixels as 255 (or any one "
+            "value) and all others as 0"
         )
-    # 8-bit masks are 0/255; a threshold (not == 255) tolerates resampled or lossy masks.
-    return gray >= 128
+    return values >= half
+
+
+SOFT_SHARE = 0.05  # in-between pixels a softened 0/255 mask may have (its edges)
+
+
+def _mask_values(image: Image.Image) -> tuple[np.ndarray, int]:
+    """A mask's pixel values (unsigned integers, HxW) and its full scale (255 or 65535)."""
+    if image.mode.startswith("I"):  # 16-bit PNGs
+        values = np.asarray(image)
+        if values.min() < 0 or values.max() > 65535:  # 32-bit: no mask needs it
+            raise ValueError("pixel values outside 0..65535")
+        return values.astype(np.uint16), 65535
+    if image.mode == "L":  # the common 0/255 mask: no conversion
+        return np.asarray(image), 255
+    if image.mode in ("1", "P") or image.mode not in ("LA", "RGB", "RGBA"):
+        image = image.convert("RGBA")
+    rgba = np.asarray(image)
+    brightest = rgba.max(axis=2) if image.mode == "RGB" else rgba[..., :-1].max(axis=2)
+    if image.mode == "RGB":
+        return brightest, 255
+    # Transparent pixels are background: the value is scaled by the pixel's opacity.
+    alpha = rgba[..., -1].astype(np.uint16)
+    return ((brightest.astype(np.uint16) * alpha + 127) // 255).astype(np.uint8), 255
 
 
 class PixelSums:
@@ -197,12 +264,18 @@ def label_windows(
 
 
 def cut_windows(
-    root: Path, source: MasksSource, images: Path, seed: int, max_pixels: int
+    root: Path,
+    source: MasksSource,
+    images: Path,
+    seed: int,
+    max_pixels: int,
+    key: str = "fetch.sources.<name>",
 ) -> tuple[CutSummary, list[str]]:
     """Write the labelled windows of every chosen photo into ``images/{Positive,Negative}`` as
     ``<photo>_s<scale>_y<y>_x<x>.png`` (lossless: the model sees the photo's own pixels).
-    Returns what was cut and the entries left out of the source, named."""
-    photos, left_out = find_photos(root, source.photos, "photos")
+    Returns what was cut and the entries left out of the source, named. ``key``: the
+    source's params key, named when it gives no window of a kind."""
+    photos, left_out = find_photos(root, source.photos, f"{key}.photos")
     crack: list[_Window] = []
     clean: list[_Window] = []
     hard: list[_Window] = []
@@ -217,6 +290,7 @@ def cut_windows(
             for kept, indices in ((crack, c), (clean, n), (hard, h)):
                 kept += [_Window(number, scale, *starts[i]) for i in indices]
             ambiguous += a
+    _check_both_kinds(len(photos), len(crack), len(clean) + len(hard), key)
     rng = np.random.default_rng([seed, len(photos)])
     total = len(clean) + len(hard)
     if source.max_clean and total > source.max_clean:
@@ -239,6 +313,22 @@ def cut_windows(
         sampled_out=total - len(clean) - len(hard),
     )
     return summary, left_out
+
+
+def _check_both_kinds(photos: int, crack: int, clean: int, key: str) -> None:
+    """A source needs windows of both kinds; say which params key would give the missing kind
+    (the labelled sources' hint names a Negative/ folder a masks source does not have)."""
+    if not crack:
+        raise CrackdetError(
+            f"{key}: no crack windows in {photos} photos (none holds {key}.crack_length x side "
+            f"crack pixels at its centre); check that masks/ marks the cracks or lower "
+            f"{key}.crack_length"
+        )
+    if not clean:
+        raise CrackdetError(
+            f"{key}: no clean windows in {photos} photos (every window has crack pixels within "
+            f"{key}.margin of it); add photos with crack-free areas or lower {key}.margin"
+        )
 
 
 def _order(window: _Window) -> tuple[int, float, int, int]:

@@ -13,7 +13,7 @@ concrete surfaces are. Stored as ``outputs/train/ood.npz`` (plain arrays, no pic
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +32,19 @@ class OODModel:
     scale: np.ndarray  # (k,) standard deviation of the training projections
     residual_scale: float  # typical distance of held-out features from the PCA subspace
     threshold: float
+    origin: str = field(default="OOD model", compare=False)  # the file it was read from
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Whitened distance inside the PCA subspace plus the normalised distance outside it
         (what the subspace cannot represent at all is the clearest sign of novelty)."""
-        centred = np.asarray(features, np.float64) - self.mean
+        features = np.asarray(features, np.float64)
+        if features.ndim != 2 or features.shape[1] != self.mean.shape[0]:
+            given = features.shape[-1] if features.ndim else 0
+            raise CrackdetError(
+                f"{self.origin}: OOD model fits {self.mean.shape[0]} features, the model gives "
+                f"{given} (a model of another backbone); rerun train (dvc repro -f train)"
+            )
+        centred = features - self.mean
         projected = centred @ self.components.T
         residual = _residual(centred, projected)
         inside = np.mean((projected / self.scale) ** 2, axis=1)
@@ -75,13 +83,44 @@ class OODModel:
                 f"{path}: OOD model lacks {', '.join(sorted(missing))} (written by another "
                 "crackdet version); rerun train"
             )
+        problem = _malformed(data)
+        if problem:
+            raise CrackdetError(
+                f"{path}: not a valid OOD model ({problem}); rerun train (dvc repro -f train)"
+            )
         return cls(
-            data["mean"],
-            data["components"],
-            data["scale"],
+            data["mean"].astype(np.float64),
+            data["components"].astype(np.float64),
+            data["scale"].astype(np.float64),
             float(data["residual_scale"]),
             float(data["threshold"]),
+            str(path),
         )
+
+
+def _malformed(data: dict[str, np.ndarray]) -> str:
+    """What is wrong with an OOD model's arrays ("" when nothing): a file is checked whole on
+    load, so a damaged one cannot fail half way through a map or flag nothing (a NaN
+    threshold compares false with every score)."""
+    for name in ("mean", "components", "scale", "residual_scale", "threshold"):
+        if data[name].dtype.kind not in "fiu":
+            return f"{name} is not numeric"
+        if not np.isfinite(data[name]).all():
+            return f"{name} is not finite"
+    mean, components, scale = data["mean"], data["components"], data["scale"]
+    if mean.ndim != 1:
+        return f"mean is {'x'.join(map(str, mean.shape))}, expected one row"
+    if components.ndim != 2 or components.shape[1] != len(mean) or not len(components):
+        rows = len(components) if components.ndim == 2 and len(components) else "k"
+        return f"components is {'x'.join(map(str, components.shape))}, expected {rows}x{len(mean)}"
+    if scale.ndim != 1 or len(scale) != len(components):
+        return f"scale has {scale.size} values, expected {len(components)}"
+    for name in ("residual_scale", "threshold"):
+        if data[name].size != 1:
+            return f"{name} is not one number"
+    if (scale <= 0).any() or float(data["residual_scale"]) <= 0:
+        return f"{'scale' if (scale <= 0).any() else 'residual_scale'} must be above 0"
+    return ""
 
 
 def fit_ood(

@@ -2,7 +2,8 @@
 
 DATA is a folder or archive in the public layout (``Positive/``, ``Negative/``); MODEL a trained
 checkpoint folder (``outputs/train``) or a registry URI (``models:/crack-classifier@champion``).
-The data goes through fetch's own import and decoding (same checks, same limits), the metrics are
+The data goes through fetch's own import and decoding (same checks, same limits, and
+``fetch.on_bad_image``: ``skip`` leaves unreadable images out, named), the metrics are
 the evaluate stage's, and the result is logged as an MLflow run of its own in experiment
 ``crackdet-evaluations`` (started before the work, so its duration is the evaluation's), tagged
 with the data's archive and manifest digests and the model reference, so an external figure is
@@ -54,10 +55,17 @@ def evaluate_dataset(
         images, work = Path(tmp) / "images", Path(tmp) / "work"
         work.mkdir()
         imported = import_labelled(data, images, work, limits)
-        indexed = index_images(images, str(data), "error", fetch.max_pixels)
+        # fetch.on_bad_image as fetch reads it: the error's hint names that key.
+        indexed = index_images(images, str(data), fetch.on_bad_image, fetch.max_pixels)
         left_out = imported.left_out + indexed.left_out
         if left_out:
             print(f"eval: left out {len(left_out)} entries of {data}: {'; '.join(left_out)}")
+        if indexed.skipped:
+            n = len(indexed.skipped)
+            print(
+                f"eval: skipped {n} unreadable image{'s' if n > 1 else ''} of {data} "
+                f"(fetch.on_bad_image: skip): {'; '.join(indexed.skipped)}"
+            )
         features_fn = classifier_features(model, cfg.engine, layout.graph_cache)
         # The operating threshold chosen on val travels with a checkpoint (as in evaluate).
         threshold = operating_threshold(model, 0.5)
@@ -65,12 +73,14 @@ def evaluate_dataset(
             model, images, indexed.rows, cfg.batch_size, threshold, features_fn
         )
         metrics = evaluation.metrics()
+        metrics["skipped"] = indexed.skipped
         ood = ood_beside(model_ref)
         if ood is not None and features is not None:  # share flagged, figures on the rest
             metrics["coverage"] = coverage(evaluation, ood.is_ood(features))
         data_tags = {
             "data.manifest_sha256": manifest_digest(indexed.rows),
             "data.left_out": str(len(left_out)),
+            "data.skipped": str(len(indexed.skipped)),
         }
         if imported.archive_sha256:
             data_tags["data.archive_sha256"] = imported.archive_sha256
