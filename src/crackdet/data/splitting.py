@@ -29,7 +29,7 @@ from crackdet.core.params import SplitParams, flatten
 from crackdet.data.images import CLASSES, LABEL_INDEX
 from crackdet.data.manifest import ManifestRow, manifest_digest, read_manifest, write_manifest
 from crackdet.data.records import SplitSummary
-from crackdet.data.signatures import UnionFind, load_signatures
+from crackdet.data.signatures import components, load_signatures
 
 SPLITS = ("train", "val", "test")
 
@@ -84,15 +84,14 @@ def _groups(
     by signature within their source, ``n_groups`` clusters shared out by source size. A group
     never spans two sources unless duplicates tie them."""
     index = {row.path: i for i, row in enumerate(rows)}
-    union = UnionFind(len(rows))
+    pairs: list[tuple[int, int]] = []
     for members in duplicates:
         present = [index[p] for p in members if p in index]
-        for other in present[1:]:
-            union.union(present[0], other)
+        pairs += [(present[0], other) for other in present[1:]]
     named: dict[tuple[str, str], int] = {}
     for i, row in enumerate(rows):
         if row.group:
-            union.union(named.setdefault((row.source, row.group), i), i)
+            pairs.append((named.setdefault((row.source, row.group), i), i))
     if strategy == "grouped":
         assert signatures is not None
         unnamed = [i for i, row in enumerate(rows) if not row.group]
@@ -104,8 +103,8 @@ def _groups(
             labels = cluster_signatures(signatures[members], share, seed)
             first: dict[int, int] = {}
             for i, label in zip(members, labels.tolist(), strict=True):
-                union.union(first.setdefault(label, i), i)
-    return union.labels()
+                pairs.append((first.setdefault(label, i), i))
+    return components(len(rows), pairs)
 
 
 def _assign(
@@ -148,12 +147,13 @@ def _pools(rows: list[ManifestRow], group_ids: list[int]) -> list[list[int]]:
     """Row indices per pool of sources shared out together: a source on its own, or sources
     tied by a group they share; in order of their first source's name."""
     sources = sorted({r.source for r in rows})
-    union = UnionFind(len(sources))
     number = {name: k for k, name in enumerate(sources)}
     first: dict[int, int] = {}
-    for row, group in zip(rows, group_ids, strict=True):
-        union.union(first.setdefault(group, number[row.source]), number[row.source])
-    pool_of = union.labels()
+    pairs = [
+        (first.setdefault(group, number[row.source]), number[row.source])
+        for row, group in zip(rows, group_ids, strict=True)
+    ]
+    pool_of = components(len(sources), pairs)
     pools: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
         pools.setdefault(pool_of[number[row.source]], []).append(i)
