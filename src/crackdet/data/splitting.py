@@ -1,4 +1,4 @@
-"""The split stage: seeded train/val/test manifests that do not leak.
+"""Splitting a manifest: seeded train/val/test sets that do not leak (the split stage's core).
 
 Two strategies (``split.strategy``):
 
@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import atomic_dir, write_text
-from crackdet.core.layout import Layout
-from crackdet.core.params import SplitParams, flatten
+from crackdet.core.params import SplitParams
 from crackdet.data.images import CLASSES, LABEL_INDEX
-from crackdet.data.manifest import ManifestRow, manifest_digest, read_manifest, write_manifest
-from crackdet.data.records import SplitSummary
-from crackdet.data.signatures import components, load_signatures
+from crackdet.data.manifest import ManifestRow, manifest_digest
+from crackdet.data.signatures import components
 
 SPLITS = ("train", "val", "test")
 
@@ -199,37 +196,3 @@ def split_rows(
     return SplitResult(
         splits, fingerprint, {r.path: g for r, g in zip(rows, group_ids, strict=True)}
     )
-
-
-def run_split(params: SplitParams, seed: int, layout: Layout) -> tuple[SplitResult, SplitSummary]:
-    """Split fetch's manifest into ``outputs/split`` (three manifests, groups, summary)."""
-    fetched = layout.fetch
-    rows = read_manifest(fetched.manifest)
-    signatures = None
-    if fetched.signatures.exists():
-        paths, _, sigs = load_signatures(fetched.signatures)
-        by_path = dict(zip(paths, sigs, strict=True))
-        signatures = np.stack([by_path[r.path] for r in rows])
-    duplicates = read_duplicate_groups(fetched.duplicates)
-    result = split_rows(rows, params, seed, duplicates, signatures)
-    split_of = {r.path: name for name, members in result.splits.items() for r in members}
-    summary = SplitSummary(
-        strategy=params.strategy,
-        fingerprint=result.fingerprint,
-        test_fingerprint=manifest_digest(result.splits["test"]),
-        groups=len(set(result.group_of.values())),
-        counts=result.counts(),
-        seed=seed,
-        params=flatten({"base": {"seed": seed}, "split": asdict(params)}),
-    )
-    with atomic_dir(layout.split.dir) as out:
-        written = type(layout.split)(out)
-        for name, members in result.splits.items():
-            write_manifest(written.manifest(name), members)
-        write_text(
-            written.groups,
-            "path,group,split\n"
-            + "".join(f"{p},{g},{split_of[p]}\n" for p, g in sorted(result.group_of.items())),
-        )
-        summary.write(written.summary)
-    return result, summary

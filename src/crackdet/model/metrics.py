@@ -117,7 +117,7 @@ def predict_probabilities(
     return (np.concatenate(probs) if probs else np.zeros(0)), stacked
 
 
-def evaluate_rows(
+def score_rows(
     model: torch.nn.Module,
     images_dir: Path,
     rows: list[ManifestRow],
@@ -125,12 +125,10 @@ def evaluate_rows(
     threshold: float = 0.5,
     features_fn: FeatureFn | None = None,
 ) -> Evaluation:
-    return evaluate_rows_with_features(model, images_dir, rows, batch_size, threshold, features_fn)[
-        0
-    ]
+    return score_rows_with_features(model, images_dir, rows, batch_size, threshold, features_fn)[0]
 
 
-def evaluate_rows_with_features(
+def score_rows_with_features(
     model: torch.nn.Module,
     images_dir: Path,
     rows: list[ManifestRow],
@@ -138,7 +136,7 @@ def evaluate_rows_with_features(
     threshold: float = 0.5,
     features_fn: FeatureFn | None = None,
 ) -> tuple[Evaluation, np.ndarray | None]:
-    """:func:`evaluate_rows` and the backbone features (for the OOD model), when there are."""
+    """:func:`score_rows` and the backbone features (for the OOD model), when there are."""
     targets = np.array([row.target for row in rows])
     probabilities, features = predict_probabilities(
         model, images_dir, rows, batch_size, features_fn
@@ -147,7 +145,7 @@ def evaluate_rows_with_features(
 
 
 @torch.inference_mode()
-def evaluate_classifier(
+def score_classifier(
     model: CrackClassifier,
     images_dir: Path,
     rows: list[ManifestRow],
@@ -237,7 +235,7 @@ def pretrained_features(
             f"the pretrained weights here are {start.spec.weights}; the probe baseline needs "
             "the former (put them back, or rerun train)"
         )
-    _, features = evaluate_classifier(
+    _, features = score_classifier(
         start, images_dir, rows, features_cache, engine=engine, graph_cache=graph_cache
     )
     return features
