@@ -117,6 +117,38 @@ def test_bench_scripts_and_cli_import_nothing_from_stages() -> None:
     assert offenders == []
 
 
+# Commands that run no workflow: a stage by its module (as DVC does), the params schema alone.
+WORKFLOW_FREE_COMMANDS = {"pipeline:run_stage", "pipeline:check_params"}
+
+
+def test_every_cli_command_resolves_and_calls_a_workflow() -> None:
+    handlers = re.findall(r'handler="(\w+):(\w+)"', (PACKAGE / "cli" / "main.py").read_text())
+    assert len(handlers) >= 12
+    for module, function in handlers:
+        path = PACKAGE / "cli" / f"{module}.py"
+        assert path.is_file(), f"handler {module}:{function}: no cli/{module}.py"
+        tree = ast.parse(path.read_text())
+        defined = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert function in defined, f"handler {module}:{function}: no such function"
+        if f"{module}:{function}" in WORKFLOW_FREE_COMMANDS:
+            continue
+        workflows = {
+            alias.asname or alias.name
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("crackdet.workflows.")
+            for alias in node.names
+        }
+        called = {
+            node.func.id
+            for node in ast.walk(defined[function])
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
+        assert called & workflows, (
+            f"cli/{module}.py {function}: calls no crackdet.workflows function"
+        )
+
+
 def test_no_output_path_is_spelled_outside_the_layout_module() -> None:
     """``outputs/…`` paths live in crackdet.core.layout (dvc.yaml's twin), nowhere else."""
     offenders = [

@@ -237,7 +237,7 @@ def test_an_eval_run_spans_the_evaluation(
     from crackdet.core.params import load_params
     from crackdet.data.synthetic import write_patch_set
     from crackdet.tracking.store import EVALUATIONS, init_store
-    from crackdet.workflows.eval_data import evaluate_dataset
+    from crackdet.workflows.eval_data import score_dataset
 
     for var in [v for v in os.environ if v.startswith(("MLFLOW_", "DVC_"))]:
         monkeypatch.delenv(var)
@@ -248,7 +248,7 @@ def test_an_eval_run_spans_the_evaluation(
     client = _client(repo)
     init_store(repo, EVALUATIONS)  # the store opened: what is left before the run is small
     began = time.time()
-    evaluate_dataset(archive, "outputs/train", params.evaluate, params.fetch, Layout(repo))
+    score_dataset(archive, "outputs/train", params.evaluate, params.fetch, Layout(repo))
     done = time.time()
     experiment = client.get_experiment_by_name(EVALUATIONS)
     run = client.search_runs(

@@ -3,7 +3,9 @@ from the photos' summaries, nothing from the network; loaded in a real headless 
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,61 @@ def test_cards_sorted_by_crack_area_with_the_summary_figures(tmp_path: Path, map
 def test_report_is_the_same_bytes_for_the_same_maps(tmp_path: Path, mapped) -> None:
     first = write_report(tmp_path, mapped, "t").read_bytes()
     assert write_report(tmp_path, mapped, "t").read_bytes() == first  # no timestamps
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def parsed(html: str) -> list[tuple]:
+    """The document as a parser reads it: tags, attributes and text with entities resolved."""
+
+    class Events(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.events: list[tuple] = []
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            self.events.append(("start", tag, attrs))
+
+        def handle_endtag(self, tag: str) -> None:
+            self.events.append(("end", tag))
+
+        def handle_data(self, data: str) -> None:
+            self.events.append(("text", data))
+
+        def handle_decl(self, decl: str) -> None:
+            self.events.append(("decl", decl))
+
+    parser = Events()
+    parser.feed(html)
+    parser.close()
+    return parser.events
+
+
+def test_template_writes_the_bytes_the_hand_written_report_wrote(tmp_path: Path, mapped) -> None:
+    # tests/golden/*.html: written by the f-string report this template replaced, same inputs.
+    html = write_report(tmp_path, mapped, "Crack maps: site A").read_text()
+    assert html == (GOLDEN / "report_three_photos.html").read_text()
+
+
+def test_template_escapes_every_value_as_the_hand_written_report_did(tmp_path: Path) -> None:
+    hostile = dataclasses.replace(
+        summary("a \"q\" & 'b' </h2><script>x()</script>.jpg", "a q b", 0.5, None),
+        model="",
+        scales=[1.0, 0.5],
+    )
+    other = dataclasses.replace(summary("b.jpg", "b", 0.5, 1 / 3), model='<b>m</b> "v1"')
+    mapped = MappedPhotos(
+        [hostile, other],
+        ["<img src=x onerror=alert(1)>: not an image", "x & y.jpg: 'unreadable'"],
+    )
+    html = write_report(tmp_path, mapped, "Maps of \"<site>\" & 'co'").read_text()
+    old = (GOLDEN / "report_escapes.html").read_text()
+    # Jinja spells quotes &#34; and &#39; where html.escape wrote &quot; and &#x27;: the same
+    # document, character for character, once parsed.
+    assert parsed(html) == parsed(old)
+    assert html.replace("&#34;", "&quot;").replace("&#39;", "&#x27;") == old
+    assert "<script" not in html and "<img src=x" not in html and "<b>m" not in html
 
 
 def test_report_loads_in_chromium_without_errors(tmp_path: Path, mapped) -> None:

@@ -10,6 +10,7 @@ import pytest
 from crackdet.core.errors import CrackdetError
 from crackdet.core.params import SplitParams
 from crackdet.data.manifest import ManifestRow
+from crackdet.data.signatures import components, duplicate_groups
 from crackdet.data.splitting import split_rows
 
 PARAMS = SplitParams(strategy="random", groups=458, train=0.7, val=0.15, test=0.15)
@@ -120,3 +121,61 @@ def test_a_duplicate_in_two_sources_stays_on_one_side() -> None:
         where = {r.path: name for name, part in result.splits.items() for r in part}
         for first, second in twins:
             assert where[first] == where[second], (seed, first, second)
+
+
+class _ReferenceUnionFind:
+    """The hand-written union-find that ``components`` (scipy's csgraph) replaced, kept here as
+    the oracle: a root is always the smallest member, so labels are comparable one to one."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def labels(self) -> list[int]:
+        return [self.find(i) for i in range(len(self.parent))]
+
+
+def test_components_label_as_the_union_find_did() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(0, 80))
+        m = int(rng.integers(0, 2 * n + 1)) if n else 0
+        pairs = [(int(a), int(b)) for a, b in rng.integers(0, max(n, 1), size=(m, 2))]
+        reference = _ReferenceUnionFind(n)
+        for a, b in pairs:
+            reference.union(a, b)
+        assert components(n, pairs) == reference.labels(), trial
+
+
+def test_duplicate_groups_are_those_of_the_union_find() -> None:
+    rng = np.random.default_rng(1)
+    n = 1300  # more than one 512-row chunk of hash distances
+    hashes = rng.integers(0, 2**63, size=n, dtype=np.uint64)
+    near = rng.choice(n, 200, replace=False)
+    hashes[near[100:]] = hashes[near[:100]] ^ np.uint64(0b101)  # 2 bits apart
+    shas = [f"s{int(i)}" for i in rng.integers(0, 1250, size=n)]  # some identical bytes
+    for max_bits in (-1, 0, 2, 6):
+        reference = _ReferenceUnionFind(n)
+        first: dict[str, int] = {}
+        for i, sha in enumerate(shas):
+            reference.union(first.setdefault(sha, i), i)
+        if max_bits >= 0:
+            close = np.bitwise_count(hashes[:, None] ^ hashes[None, :]) <= max_bits
+            for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True):
+                reference.union(int(i), int(j))
+        members: dict[int, list[int]] = {}
+        for i, label in enumerate(reference.labels()):
+            members.setdefault(label, []).append(i)
+        expected = sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
+        assert duplicate_groups(shas, hashes, max_bits) == expected, max_bits
+        assert expected  # the data does have groups

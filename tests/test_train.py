@@ -13,8 +13,8 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.layout import Layout
 from crackdet.data.fetch import fetch
 from crackdet.data.manifest import read_manifest
-from crackdet.data.splitting import run_split
 from crackdet.model.fitting import TrainResult, train_model
+from crackdet.workflows.split import split as split_stage
 
 
 def train(params, images, train_rows, val_rows, cache: Path | None = None, **kw) -> TrainResult:
@@ -35,7 +35,7 @@ def train(params, images, train_rows, val_rows, cache: Path | None = None, **kw)
 
 def _data(root: Path, params) -> tuple[Path, list, list]:
     fetch(params.fetch, params.base.seed, Layout(root))
-    run_split(params.split, params.base.seed, Layout(root))
+    split_stage(Layout(root), params.base, params.split)
     split = root / "outputs/split"
     return (
         root / "outputs/fetch/images",

@@ -25,12 +25,12 @@ from crackdet.core.params import Params, load_params
 from crackdet.data.fetch import fetch
 from crackdet.data.manifest import ManifestRow, read_manifest
 from crackdet.data.records import FetchSummary
-from crackdet.data.splitting import run_split
 from crackdet.maps.crackmap import crack_map
 from crackdet.maps.scoring import MapSettings, evaluate_maps
 from crackdet.model.classifier import CrackClassifier
 from crackdet.model.engines import feature_fn
-from crackdet.model.metrics import Evaluation, evaluate_classifier
+from crackdet.model.metrics import Evaluation, score_classifier
+from crackdet.workflows.split import split
 from crackdet.workflows.train import Trained, fit_rows, plain_sources
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ def prepare(work: Path, shared: Path, overrides: list[str] = ()) -> Workspace:
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     if not stamp.exists() or stamp.read_text() != digest:
         fetch(params.fetch, params.base.seed, layout)
-        run_split(params.split, params.base.seed, layout)
+        split(layout, params.base, params.split)
         stamp.write_text(digest)
     rows = {name: read_manifest(layout.split.manifest(name)) for name in ("train", "val", "test")}
     with layout.split.groups.open() as table:
@@ -135,7 +135,7 @@ def classify(
 ) -> tuple[Evaluation, np.ndarray]:
     """The model's evaluation of ``rows`` at its own threshold, and their plain-view features
     (from the workspace's cache when computed before), as the evaluate stage computes them."""
-    return evaluate_classifier(
+    return score_classifier(
         model,
         ws.layout.fetch.images,
         rows,

@@ -36,7 +36,7 @@ from crackdet.core.params import Params, load_params
 from crackdet.data.manifest import ManifestRow, read_manifest
 from crackdet.model.fitting import TrainResult, calibrate_on_val, train_model
 from crackdet.model.inputs import targets_of
-from crackdet.model.metrics import evaluate_classifier, pretrained_features
+from crackdet.model.metrics import pretrained_features, score_classifier
 from crackdet.model.probe import Probe, fit_probe
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -129,7 +129,7 @@ def cross_validate(params: Params, variants: dict[str, dict], layout: Layout, k:
             val = folds[(f + 1) % k]
             train = [r for g in range(k) if g not in (f, (f + 1) % k) for r in folds[g]]
             result = train_as_stage(variant, images, train, val, layout)
-            scored, features = evaluate_classifier(
+            scored, features = score_classifier(
                 result.model,
                 images,
                 folds[f],
@@ -173,7 +173,7 @@ def score_val_and_test(params: Params, variants: dict[str, dict], layout: Layout
     for name, overrides in variants.items():
         variant = with_train(params, overrides)
         result = train_as_stage(variant, images, rows["train"], rows["val"], layout)
-        val, _ = evaluate_classifier(
+        val, _ = score_classifier(
             result.model,
             images,
             rows["val"],
@@ -181,7 +181,7 @@ def score_val_and_test(params: Params, variants: dict[str, dict], layout: Layout
             engine=variant.train.engine,
             graph_cache=graphs,
         )
-        test, test_features = evaluate_classifier(
+        test, test_features = score_classifier(
             result.model,
             images,
             rows["test"],

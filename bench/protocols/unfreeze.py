@@ -29,7 +29,7 @@ from crackdet.core.layout import Layout
 from crackdet.core.params import load_params
 from crackdet.data.manifest import read_manifest
 from crackdet.model.fitting import pick_device, train_model
-from crackdet.model.metrics import evaluate_classifier
+from crackdet.model.metrics import score_classifier
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - clock
-        test, _ = evaluate_classifier(result.model, images, rows["test"], None, engine="torch")
+        test, _ = score_classifier(result.model, images, rows["test"], None, engine="torch")
         errors = int(np.sum(test.predictions != test.targets))
         print(
             f"unfreeze {blocks}: train {seconds:.1f} s, best epoch {result.best_epoch}, "

@@ -34,10 +34,10 @@ from crackdet.core.params import ENGINES, LabelledSource, load_params
 from crackdet.data.fetch import fetch
 from crackdet.data.images import CLASSES, PATCH_SIZE
 from crackdet.data.manifest import read_manifest
-from crackdet.data.splitting import run_split
 from crackdet.model.augment import augment_image
 from crackdet.model.fitting import set_determinism, train_model
 from crackdet.model.inputs import load_images, targets_of
+from crackdet.workflows.split import split
 
 FULL_SET = 40_000
 
@@ -102,7 +102,7 @@ def main() -> None:
         clock = time.perf_counter()
         summary = fetch(fetch_params, params.base.seed, layout)
         fetch_s = time.perf_counter() - clock
-        run_split(params.split, params.base.seed, layout)
+        split(layout, params.base, params.split)
         images = layout.fetch.images
         rows = {name: read_manifest(layout.split.manifest(name)) for name in ("train", "val")}
         share = min(1.0, args.images / summary.count)

@@ -54,7 +54,11 @@ def transitive_sources(module: str) -> set[Path]:
             path = module_file(part)
             assert path is not None, part
             todo.extend(imported_modules(path) - seen)
-    return {module_file(name) for name in seen}  # type: ignore[misc]
+    files = {module_file(name) for name in seen}
+    # Package data the code reads (the report's Jinja templates) is part of what a stage runs.
+    packages = {path.parent for path in files if path is not None and path.name == "__init__.py"}
+    data = {p for package in packages for p in (package / "templates").glob("*") if p.is_file()}
+    return files | data  # type: ignore[return-value]
 
 
 def stage_code(stage: str) -> list[str]:

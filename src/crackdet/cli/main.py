@@ -70,7 +70,7 @@ def _maps_commands(sub: argparse._SubParsersAction) -> None:
     _model_option(evaluate)
     evaluate.add_argument("--out", help="also write the metrics to this JSON file")
     evaluate.add_argument("--params", default="params.yaml", help="limits and batch size")
-    evaluate.set_defaults(handler="maps:evaluate")
+    evaluate.set_defaults(handler="maps:eval_data")
     maps = sub.add_parser(
         "eval-maps", help="score crack maps against pixel masks (images/, masks/, masks_planking/)"
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from crackdet.core.layout import Layout, repo_root
 from crackdet.core.params import load_params
 from crackdet.maps.html_report import REPORT
-from crackdet.workflows.eval_data import evaluate_dataset
+from crackdet.workflows.eval_data import score_dataset
 from crackdet.workflows.eval_maps import run_eval_maps, summary_line
 from crackdet.workflows.predict import predict as predict_photos
 
@@ -27,10 +27,10 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if mapped.errors else 0
 
 
-def evaluate(args: argparse.Namespace) -> int:
+def eval_data(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     out = Path(args.out) if args.out else None
-    metrics = evaluate_dataset(
+    metrics = score_dataset(
         Path(args.data), args.model, params.evaluate, params.fetch, Layout(repo_root()), out
     )
     print(

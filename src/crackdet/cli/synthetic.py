@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crackdet.data.synthetic import write_photo_set
+from crackdet.workflows.render_photos import render_photos as render
 
 
 def render_photos(args: argparse.Namespace) -> int:
-    paths = write_photo_set(
-        Path(args.out), args.count, args.seed, args.width, args.height, quality=args.quality
-    )
+    paths = render(Path(args.out), args.count, args.seed, args.width, args.height, args.quality)
     for path in paths:
         print(path)
     return 0

@@ -11,28 +11,26 @@ from crackdet.cli.format import format_log, format_table
 from crackdet.core.layout import Layout, repo_root
 from crackdet.core.params import load_params
 from crackdet.tracking.lineage import format_trace
-from crackdet.tracking.lineage import trace as trace_run
-from crackdet.tracking.promotion import manual_promote
-from crackdet.tracking.registry import get_version, list_versions, read_log
-from crackdet.tracking.replay import reproduce as replay_run
-from crackdet.tracking.store import client_for
 from crackdet.workflows.ci_check import ci_check as run_ci_check
 from crackdet.workflows.ci_check import markdown, write_report
-from crackdet.workflows.evaluate import workspace_reevaluator
+from crackdet.workflows.models import list_models
+from crackdet.workflows.models import promotion_log as read_log
+from crackdet.workflows.promote import promote as promote_version
+from crackdet.workflows.reproduce import reproduce as replay_run
+from crackdet.workflows.trace import trace as trace_run
 
 
 def models(args: argparse.Namespace) -> int:
-    client = client_for(repo_root())
     if args.log:
-        print(format_log(read_log(client, args.name)))
+        print(format_log(read_log(repo_root(), args.name)))
         return 0
-    rows = list_versions(client, args.name)
+    rows = list_models(repo_root(), args.name)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
 
 def promotion_log(args: argparse.Namespace) -> int:
-    entries = read_log(client_for(repo_root()), args.name)
+    entries = read_log(repo_root(), args.name)
     print(json.dumps(entries, indent=2) if args.json else format_log(entries))
     return 0
 
@@ -40,18 +38,15 @@ def promotion_log(args: argparse.Namespace) -> int:
 def promote(args: argparse.Namespace) -> int:
     layout = Layout(repo_root())
     params = load_params(layout.root / args.params)
-    client = client_for(layout.root)
-    candidate = get_version(client, args.name, args.version)
-    rescore = workspace_reevaluator(layout, candidate, params.evaluate.batch_size)
-    entry = manual_promote(
-        client,
+    entry = promote_version(
+        layout,
+        params.evaluate,
+        params.promote,
         args.name,
         args.version,
         args.alias,
         args.reason,
-        params.promote,
         force=args.force,
-        reevaluate=rescore,
     )
     source = f"v{entry['from']}" if entry["from"] is not None else "nobody"
     print(
@@ -63,7 +58,7 @@ def promote(args: argparse.Namespace) -> int:
 
 def trace(args: argparse.Namespace) -> int:
     root = repo_root()
-    info = trace_run(client_for(root), args.target, root)
+    info = trace_run(root, args.target)
     print(json.dumps(info, indent=2, default=str) if args.json else format_trace(info))
     return 0
 
@@ -71,7 +66,7 @@ def trace(args: argparse.Namespace) -> int:
 def reproduce(args: argparse.Namespace) -> int:
     root = repo_root()
     data = dict(_source_path(item) for item in args.data)
-    replay = replay_run(client_for(root), args.run_id, root, keep=args.keep, data=data)
+    replay = replay_run(root, args.run_id, keep=args.keep, data=data)
     print(replay.report())
     if replay.worktree is not None:
         print(f"reproduce: worktree kept at {replay.worktree} (git worktree remove it when done)")

@@ -17,10 +17,9 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
-def shown() -> bool:
-    """Whether progress bars are drawn here (a terminal, outside CI)."""
-    in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-    return not in_ci and sys.stderr.isatty()
+def in_ci() -> bool:
+    """Whether this runs in CI (``CI`` set and not false): some CI runners give a terminal."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def progress(
@@ -36,7 +35,8 @@ def progress(
         total=total,
         desc=desc,
         unit=unit,
-        disable=not shown(),
+        # None: tqdm draws only when its file is a terminal.
+        disable=True if in_ci() else None,
         leave=False,
         dynamic_ncols=True,
         file=sys.stderr,

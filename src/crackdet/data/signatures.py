@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
 
 from crackdet.core.io import read_npz, write_npz
 
@@ -61,32 +63,24 @@ def load_signatures(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return [str(p) for p in data["paths"]], data["dhash"], data["signature"]
 
 
-class UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def labels(self) -> list[int]:
-        return [self.find(i) for i in range(len(self.parent))]
+def components(n: int, pairs: np.ndarray | list[tuple[int, int]]) -> list[int]:
+    """The connected component of each of ``n`` items linked by ``pairs`` (index pairs), named
+    by its smallest member: items tied directly or through others share a label."""
+    if n == 0:
+        return []
+    edges = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    graph = coo_array((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    count, labels = connected_components(graph, directed=False)
+    smallest = np.full(count, n, dtype=np.int64)
+    np.minimum.at(smallest, labels, np.arange(n))
+    return smallest[labels].tolist()
 
 
 def duplicate_groups(shas: list[str], hashes: np.ndarray, max_bits: int) -> list[list[int]]:
     """Groups (size >= 2) of identical bytes or dHash within ``max_bits`` bits, as index lists."""
     n = len(shas)
-    groups = UnionFind(n)
     first: dict[str, int] = {}
-    for i, sha in enumerate(shas):
-        groups.union(first.setdefault(sha, i), i)
+    pairs = [np.array([(first.setdefault(sha, i), i) for i, sha in enumerate(shas)], np.int64)]
     if max_bits >= 0 and n > 1:
         hashes = np.asarray(hashes, dtype=np.uint64)
         chunk = 512  # bounds memory: chunk x n uint64 distances at a time
@@ -94,10 +88,9 @@ def duplicate_groups(shas: list[str], hashes: np.ndarray, max_bits: int) -> list
             block = hashes[start : start + chunk]
             distance = np.bitwise_count(block[:, None] ^ hashes[None, :])
             rows, cols = np.nonzero(distance <= max_bits)
-            for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-                if start + r < c:
-                    groups.union(start + r, c)
+            keep = start + rows < cols
+            pairs.append(np.stack([start + rows[keep], cols[keep]], axis=1))
     members: dict[int, list[int]] = {}
-    for i, label in enumerate(groups.labels()):
+    for i, label in enumerate(components(n, np.concatenate(pairs).reshape(-1, 2))):
         members.setdefault(label, []).append(i)
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])

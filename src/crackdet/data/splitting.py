@@ -1,4 +1,4 @@
-"""The split stage: seeded train/val/test manifests that do not leak.
+"""Splitting a manifest: seeded train/val/test sets that do not leak (the split stage's core).
 
 Two strategies (``split.strategy``):
 
@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import atomic_dir, write_text
-from crackdet.core.layout import Layout
-from crackdet.core.params import SplitParams, flatten
+from crackdet.core.params import SplitParams
 from crackdet.data.images import CLASSES, LABEL_INDEX
-from crackdet.data.manifest import ManifestRow, manifest_digest, read_manifest, write_manifest
-from crackdet.data.records import SplitSummary
-from crackdet.data.signatures import UnionFind, load_signatures
+from crackdet.data.manifest import ManifestRow, manifest_digest
+from crackdet.data.signatures import components
 
 SPLITS = ("train", "val", "test")
 
@@ -84,15 +81,14 @@ def _groups(
     by signature within their source, ``n_groups`` clusters shared out by source size. A group
     never spans two sources unless duplicates tie them."""
     index = {row.path: i for i, row in enumerate(rows)}
-    union = UnionFind(len(rows))
+    pairs: list[tuple[int, int]] = []
     for members in duplicates:
         present = [index[p] for p in members if p in index]
-        for other in present[1:]:
-            union.union(present[0], other)
+        pairs += [(present[0], other) for other in present[1:]]
     named: dict[tuple[str, str], int] = {}
     for i, row in enumerate(rows):
         if row.group:
-            union.union(named.setdefault((row.source, row.group), i), i)
+            pairs.append((named.setdefault((row.source, row.group), i), i))
     if strategy == "grouped":
         assert signatures is not None
         unnamed = [i for i, row in enumerate(rows) if not row.group]
@@ -104,8 +100,8 @@ def _groups(
             labels = cluster_signatures(signatures[members], share, seed)
             first: dict[int, int] = {}
             for i, label in zip(members, labels.tolist(), strict=True):
-                union.union(first.setdefault(label, i), i)
-    return union.labels()
+                pairs.append((first.setdefault(label, i), i))
+    return components(len(rows), pairs)
 
 
 def _assign(
@@ -148,12 +144,13 @@ def _pools(rows: list[ManifestRow], group_ids: list[int]) -> list[list[int]]:
     """Row indices per pool of sources shared out together: a source on its own, or sources
     tied by a group they share; in order of their first source's name."""
     sources = sorted({r.source for r in rows})
-    union = UnionFind(len(sources))
     number = {name: k for k, name in enumerate(sources)}
     first: dict[int, int] = {}
-    for row, group in zip(rows, group_ids, strict=True):
-        union.union(first.setdefault(group, number[row.source]), number[row.source])
-    pool_of = union.labels()
+    pairs = [
+        (first.setdefault(group, number[row.source]), number[row.source])
+        for row, group in zip(rows, group_ids, strict=True)
+    ]
+    pool_of = components(len(sources), pairs)
     pools: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
         pools.setdefault(pool_of[number[row.source]], []).append(i)
@@ -199,37 +196,3 @@ def split_rows(
     return SplitResult(
         splits, fingerprint, {r.path: g for r, g in zip(rows, group_ids, strict=True)}
     )
-
-
-def run_split(params: SplitParams, seed: int, layout: Layout) -> tuple[SplitResult, SplitSummary]:
-    """Split fetch's manifest into ``outputs/split`` (three manifests, groups, summary)."""
-    fetched = layout.fetch
-    rows = read_manifest(fetched.manifest)
-    signatures = None
-    if fetched.signatures.exists():
-        paths, _, sigs = load_signatures(fetched.signatures)
-        by_path = dict(zip(paths, sigs, strict=True))
-        signatures = np.stack([by_path[r.path] for r in rows])
-    duplicates = read_duplicate_groups(fetched.duplicates)
-    result = split_rows(rows, params, seed, duplicates, signatures)
-    split_of = {r.path: name for name, members in result.splits.items() for r in members}
-    summary = SplitSummary(
-        strategy=params.strategy,
-        fingerprint=result.fingerprint,
-        test_fingerprint=manifest_digest(result.splits["test"]),
-        groups=len(set(result.group_of.values())),
-        counts=result.counts(),
-        seed=seed,
-        params=flatten({"base": {"seed": seed}, "split": asdict(params)}),
-    )
-    with atomic_dir(layout.split.dir) as out:
-        written = type(layout.split)(out)
-        for name, members in result.splits.items():
-            write_manifest(written.manifest(name), members)
-        write_text(
-            written.groups,
-            "path,group,split\n"
-            + "".join(f"{p},{g},{split_of[p]}\n" for p, g in sorted(result.group_of.items())),
-        )
-        summary.write(written.summary)
-    return result, summary

@@ -1,24 +1,20 @@
-"""DVC stage ``fetch``: ``python -m crackdet.stages.fetch`` (params: base, fetch)."""
+"""DVC stage ``fetch``: ``python -m crackdet.stages.fetch`` (params: base, fetch).
+
+Brings every source into ``outputs/fetch`` (crackdet.workflows.fetch).
+"""
 
 from __future__ import annotations
 
 import sys
 
 from crackdet.core.layout import Layout
-from crackdet.data.fetch import fetch
 from crackdet.stages._common import run_stage, stage_params
+from crackdet.workflows.fetch import fetch
 
 
 def run(layout: Layout) -> None:
     params = stage_params(layout)
-    summary = fetch(params.fetch, params.base.seed, layout)
-    for name, source in summary.sources.items():
-        classes = ", ".join(f"{k} {v}" for k, v in source.per_class.items())
-        skipped = f", {len(source.skipped)} unreadable left out" if source.skipped else ""
-        print(f"fetch: {name} ({source.kind}, {source.licence}): {classes}{skipped}")
-    print(f"fetch: {summary.count} images; manifest sha256 {summary.manifest_sha256[:12]}")
-    if summary.left_out:
-        print(f"fetch: left out {len(summary.left_out)}: {'; '.join(summary.left_out)}")
+    fetch(layout, params.base, params.fetch)
 
 
 def main() -> int:

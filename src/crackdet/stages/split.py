@@ -1,19 +1,20 @@
-"""DVC stage ``split``: ``python -m crackdet.stages.split`` (params: base, split)."""
+"""DVC stage ``split``: ``python -m crackdet.stages.split`` (params: base, split).
+
+Splits fetch's manifest into train, val and test (crackdet.workflows.split).
+"""
 
 from __future__ import annotations
 
 import sys
 
 from crackdet.core.layout import Layout
-from crackdet.data.splitting import run_split
 from crackdet.stages._common import run_stage, stage_params
+from crackdet.workflows.split import split
 
 
 def run(layout: Layout) -> None:
     params = stage_params(layout)
-    result, summary = run_split(params.split, params.base.seed, layout)
-    sizes = ", ".join(f"{name} {len(rows)}" for name, rows in result.splits.items())
-    print(f"split: {sizes}; fingerprint {summary.fingerprint[:12]}")
+    split(layout, params.base, params.split)
 
 
 def main() -> int:

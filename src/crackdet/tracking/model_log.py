@@ -3,7 +3,6 @@ MLflow's pickle-free pt2 format, with the project's pinned requirements and no l
 
 from __future__ import annotations
 
-import time
 import tomllib
 import warnings
 from collections.abc import Iterator
@@ -11,12 +10,27 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from crackdet.core.layout import Layout
 from crackdet.model.classifier import CrackClassifier
 
 # Tries of log_input while another run inserts the same data set row (see log_data_input).
 DATASET_TRIES = 4
+
+
+def dataset_race_retry(error: type[Exception]) -> Retrying:
+    """Retry a call that raised ``error`` (MLflow's) on losing the race to insert a shared data
+    set row: two runs logging the same data set at once on a tracking server, the loser's
+    insert hits the row's primary key (HTTP 400 naming ``dataset_pk``); its SQLite twin is
+    retried by crackdet.tracking.store. Here too the retry finds the winner's row.
+    DATASET_TRIES tries, 0.2 s, 0.4 s, ... apart."""
+    return Retrying(
+        retry=retry_if_exception(lambda exc: isinstance(exc, error) and "dataset_pk" in str(exc)),
+        stop=stop_after_attempt(DATASET_TRIES),
+        wait=wait_incrementing(start=0.2, increment=0.2),
+        reraise=True,
+    )
 
 
 def log_data_input(layout: Layout, lineage: dict[str, str]) -> None:
@@ -38,17 +52,7 @@ def log_data_input(layout: Layout, lineage: dict[str, str]) -> None:
         name=f"crackdet-{lineage['data.sources'].replace(',', '+')}",
         digest=lineage["data.manifest_sha256"][:32],
     )
-    for attempt in range(1, DATASET_TRIES + 1):
-        try:
-            mlflow.log_input(dataset, context="training")
-            return
-        except MlflowException as exc:
-            # Two runs logging the same data set at once on a tracking server: the loser's
-            # insert of the shared dataset row hits its primary key (HTTP 400). Its SQLite twin
-            # is retried by crackdet.tracking.store; here too, the retry finds the winner's row.
-            if "dataset_pk" not in str(exc) or attempt == DATASET_TRIES:
-                raise
-            time.sleep(0.2 * attempt)
+    dataset_race_retry(MlflowException)(mlflow.log_input, dataset, context="training")
 
 
 def log_model(layout: Layout, model: CrackClassifier, example: torch.Tensor) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
 from torch import nn
 
 from crackdet.core.errors import CrackdetError, first_line
@@ -144,37 +145,67 @@ def promotion_lock(client: Any, name: str) -> Iterator[None]:
     unique model name makes creating it atomic on SQLite and on a tracking server alike. A
     lock whose owner died on this host, or older than LOCK_STALE_SECONDS, is broken."""
     lock = f"{name}{LOCK_SUFFIX}"
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            client.create_registered_model(
-                lock, tags=owner_tags(), description=f"held while crackdet moves an alias of {name}"
-            )
-            break
-        except _mlflow_error() as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        holder = _lock_holder(client, lock)
-        if holder is None:
-            continue  # released meanwhile
-        age = time.time() - holder.creation_timestamp / 1000
-        if owner_gone(holder.tags) or age > LOCK_STALE_SECONDS:
-            print(f"promote: breaking the promotion lock of {name} left by a dead process")
-            with contextlib.suppress(_mlflow_error()):
-                client.delete_registered_model(lock)
-            continue
-        if time.monotonic() > deadline:
-            owner = f"pid {holder.tags.get(PID_TAG, '?')} on {holder.tags.get(HOST_TAG, '?')}"
-            raise CrackdetError(
-                f"model {name}: another promotion ({owner}) has held registered model {lock} for "
-                f"{age:.0f} s; wait for it, or delete {lock} if no promotion is running"
-            )
-        time.sleep(0.5)
+    retrying = Retrying(
+        retry=retry_if_exception_type(_LockBusyError),
+        # A live owner is waited for, LOCK_WAIT_SECONDS at most; a lock released or broken
+        # meanwhile is tried again at once.
+        wait=lambda state: 0.5 if _held(state) else 0.0,
+        stop=lambda state: _held(state) and state.seconds_since_start > LOCK_WAIT_SECONDS,
+        reraise=True,
+    )
+    try:
+        retrying(_take_lock, client, name, lock)
+    except _LockBusyError as taken:
+        holder = taken.holder
+        owner = f"pid {holder.tags.get(PID_TAG, '?')} on {holder.tags.get(HOST_TAG, '?')}"
+        raise CrackdetError(
+            f"model {name}: another promotion ({owner}) has held registered model {lock} for "
+            f"{taken.age:.0f} s; wait for it, or delete {lock} if no promotion is running"
+        ) from None
     try:
         yield
     finally:
         with contextlib.suppress(_mlflow_error()):
             client.delete_registered_model(lock)
+
+
+class _LockBusyError(Exception):
+    """The promotion lock was not taken: held by ``holder`` for ``age`` seconds, or (holder
+    None) released or broken meanwhile."""
+
+    def __init__(self, holder: Any | None, age: float = 0.0) -> None:
+        super().__init__(holder)
+        self.holder = holder
+        self.age = age
+
+
+def _held(state: RetryCallState) -> bool:
+    """Whether the last try found the lock held by a live owner."""
+    assert state.outcome is not None
+    taken = state.outcome.exception()
+    return isinstance(taken, _LockBusyError) and taken.holder is not None
+
+
+def _take_lock(client: Any, name: str, lock: str) -> None:
+    """One try at the promotion lock: create it, or break a dead owner's (else _LockBusyError)."""
+    try:
+        client.create_registered_model(
+            lock, tags=owner_tags(), description=f"held while crackdet moves an alias of {name}"
+        )
+        return
+    except _mlflow_error() as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    holder = _lock_holder(client, lock)
+    if holder is None:
+        raise _LockBusyError(None)
+    age = time.time() - holder.creation_timestamp / 1000
+    if owner_gone(holder.tags) or age > LOCK_STALE_SECONDS:
+        print(f"promote: breaking the promotion lock of {name} left by a dead process")
+        with contextlib.suppress(_mlflow_error()):
+            client.delete_registered_model(lock)
+        raise _LockBusyError(None)
+    raise _LockBusyError(holder, age)
 
 
 def _lock_holder(client: Any, lock: str) -> Any | None:

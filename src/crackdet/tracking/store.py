@@ -27,11 +27,12 @@ import os
 import random
 import re
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay
 
 from crackdet.core.errors import CrackdetError, first_line
 
@@ -105,9 +106,18 @@ def _storage_failure(exc: BaseException) -> str | None:
     return next((words for words in _STORAGE_FAILURES if words in text), None)
 
 
+def _retry_worthy(exc: BaseException) -> bool:
+    return not isinstance(exc, CrackdetError) and _storage_failure(exc) is None and _is_locked(exc)
+
+
+def _lock_wait(state: RetryCallState) -> float:
+    """0.05 s doubling to 2 s, each jittered to 0.5-1.5 times: waiters do not wake together."""
+    return min(0.05 * 2 ** (state.attempt_number - 1), 2.0) * (0.5 + random.random())
+
+
 def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Retry ``method`` with jittered backoff while SQLite says it is locked; turn a store that
-    cannot be written into one CrackdetError line.
+    """Retry ``method`` with jittered backoff while SQLite says it is locked (for up to
+    LOCK_RETRY_SECONDS); turn a store that cannot be written into one CrackdetError line.
 
     MLflow rolls the session back before raising, so repeating the call is safe, and a failed
     write leaves the database as it was (SQLite's journal), never half-written.
@@ -115,26 +125,26 @@ def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + LOCK_RETRY_SECONDS
-        delay = 0.05
-        while True:
-            try:
-                return method(*args, **kwargs)
-            except CrackdetError:
+        retrying = Retrying(
+            retry=retry_if_exception(_retry_worthy),
+            stop=stop_after_delay(LOCK_RETRY_SECONDS),
+            wait=_lock_wait,
+            reraise=True,
+        )
+        try:
+            return retrying(method, *args, **kwargs)
+        except CrackdetError:
+            raise
+        except Exception as exc:
+            failure = _storage_failure(exc)
+            if failure is None:
                 raise
-            except Exception as exc:
-                failure = _storage_failure(exc)
-                if failure is not None:
-                    db = sqlite_path(str(getattr(args[0], "db_uri", ""))) if args else None
-                    where = f" {db}" if db else ""
-                    raise CrackdetError(
-                        f"MLflow store{where}: {failure} while writing; free disk space or "
-                        "make it writable, then rerun (the store was left unchanged)"
-                    ) from None
-                if not _is_locked(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 2.0)
+            db = sqlite_path(str(getattr(args[0], "db_uri", ""))) if args else None
+            where = f" {db}" if db else ""
+            raise CrackdetError(
+                f"MLflow store{where}: {failure} while writing; free disk space or "
+                "make it writable, then rerun (the store was left unchanged)"
+            ) from None
 
     return call
 

@@ -25,14 +25,14 @@ from crackdet.data.labelled import ExtractLimits, import_labelled
 from crackdet.data.manifest import manifest_digest
 from crackdet.model.classifier import operating_threshold
 from crackdet.model.engines import classifier_features
-from crackdet.model.metrics import coverage, evaluate_rows_with_features
+from crackdet.model.metrics import coverage, score_rows_with_features
 from crackdet.model.plots import write_curves, write_plot_images
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.runs import ending, start_evaluation_run
 from crackdet.workflows.models import load_model, ood_beside
 
 
-def evaluate_dataset(
+def score_dataset(
     data: Path,
     model_ref: str,
     cfg: EvaluateParams,
@@ -69,7 +69,7 @@ def evaluate_dataset(
         features_fn = classifier_features(model, cfg.engine, layout.graph_cache)
         # The operating threshold chosen on val travels with a checkpoint (as in evaluate).
         threshold = operating_threshold(model, 0.5)
-        evaluation, features = evaluate_rows_with_features(
+        evaluation, features = score_rows_with_features(
             model, images, indexed.rows, cfg.batch_size, threshold, features_fn
         )
         metrics = evaluation.metrics()

@@ -19,10 +19,10 @@ from crackdet.model.metrics import (
     Evaluation,
     compare_with_baseline,
     coverage,
-    evaluate_classifier,
-    evaluate_rows,
     per_source,
     pretrained_features,
+    score_classifier,
+    score_rows,
 )
 from crackdet.model.ood import OODModel
 from crackdet.model.plots import write_curves, write_plot_images
@@ -47,7 +47,7 @@ def evaluate(layout: Layout, cfg: EvaluateParams, gates: PromoteParams) -> dict[
     model = load_checkpoint(layout.train.model, layout.train.spec, cfg.engine, layout.graph_cache)
     rows = read_manifest(layout.split.manifest("test"))
     images = layout.fetch.images
-    evaluation, features = evaluate_classifier(
+    evaluation, features = score_classifier(
         model,
         images,
         rows,
@@ -180,7 +180,7 @@ def split_reevaluator(layout: Layout, name: str, batch_size: int) -> Reevaluator
     def score(version: Any) -> dict[str, float]:
         model = load_registry_model(f"models:/{name}/{version.version}")
         rows = read_manifest(layout.split.manifest("test"))
-        metrics = evaluate_rows(model, layout.fetch.images, rows, batch_size).metrics()
+        metrics = score_rows(model, layout.fetch.images, rows, batch_size).metrics()
         return {k: float(metrics[k]) for k in KEY_METRICS}  # type: ignore[arg-type]
 
     return score

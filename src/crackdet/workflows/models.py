@@ -1,10 +1,12 @@
 """Models by reference: a checkpoint folder (``model.pt`` + ``model.json``) or a registry/run
-URI, for the commands that score or map with any model, and how to name and identify one."""
+URI, for the commands that score or map with any model, and how to name and identify one; and
+what the registry holds of a model (``crackdet models``, ``crackdet promotion-log``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -12,7 +14,13 @@ from crackdet.core.layout import Layout
 from crackdet.maps.mapping import checkpoint_digest
 from crackdet.model.classifier import load_checkpoint
 from crackdet.model.ood import OODModel
-from crackdet.tracking.registry import RegistryClassifier, load_registry_model, version_of
+from crackdet.tracking.registry import (
+    RegistryClassifier,
+    list_versions,
+    load_registry_model,
+    read_log,
+    version_of,
+)
 from crackdet.tracking.store import client_for
 
 REGISTRY_SCHEMES = ("models:/", "runs:/")
@@ -56,3 +64,14 @@ def ood_beside(reference: str) -> OODModel | None:
     if reference.startswith(REGISTRY_SCHEMES):
         return None
     return OODModel.load(Path(reference) / "ood.npz")
+
+
+def list_models(root: Path, name: str) -> list[dict[str, Any]]:
+    """``crackdet models``: the registered versions of ``name``, newest first, with their
+    aliases and key metrics."""
+    return list_versions(client_for(root), name)
+
+
+def promotion_log(root: Path, name: str) -> list[dict[str, Any]]:
+    """``crackdet promotion-log`` (and ``models --log``): every alias move of ``name``."""
+    return read_log(client_for(root), name)
