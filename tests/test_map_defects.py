@@ -182,18 +182,26 @@ def test_jfif_and_mpo_files_in_a_folder_are_photos(tmp_path) -> None:
     assert [p.name for p in folder.left_out] == ["d.txt"]
 
 
-def test_a_model_without_ood_says_so_and_folders_share_one_report(repo, ckpt, capsys) -> None:
-    photo(repo / "site-a" / "a1.jpg", 60)
-    photo(repo / "site-b" / "b1.jpg", 200)
-    assert predict("site-a", "--model", str(ckpt), "--out", "maps") == 0
-    out = capsys.readouterr().out
+def test_a_model_without_ood_says_so(repo, ckpt, capsys) -> None:
+    photo(repo / "a.jpg")
+    assert predict("a.jpg", "--model", str(ckpt), "--out", "maps") == 0
     assert (
         f"predict: {ckpt} has no OOD model (ood.npz): surfaces unlike the training data are "
         "not hatched\n"
-    ) in out
+    ) in capsys.readouterr().out
+
+
+def test_folders_mapped_one_after_another_share_one_report(repo, ckpt) -> None:
+    photo(repo / "site-a" / "a1.jpg", 60)
+    photo(repo / "site-b" / "b1.jpg", 200)
+    assert predict("site-a", "--model", str(ckpt), "--out", "maps") == 0
     assert predict("site-b", "--model", str(ckpt), "--out", "maps") == 0
     report = (repo / "maps" / "index.html").read_text()
     assert "a1.jpg" in report and "b1.jpg" in report
+    assert predict("site-b", "--model", str(ckpt), "--out", "maps") == 0  # b1 reused: once
+    assert (repo / "maps" / "index.html").read_text().count("b1_overlay.png") == report.count(
+        "b1_overlay.png"
+    )
 
 
 def test_an_out_that_is_a_file_is_refused_before_mapping(repo, ckpt, capsys) -> None:
