@@ -2,7 +2,7 @@
 results (``crackdet predict`` maps through the same :func:`crackdet.maps.mapping.map_photo`).
 
     import crackdet
-    model = crackdet.load_model("outputs/train")      # or "models:/crack-classifier@champion"
+    model = crackdet.load_model()     # the pipeline's checkpoint, a folder, or a models:/ URI
     result = crackdet.map_photo("wall.jpg", model)     # or an RGB uint8 array
     result.crack_area_fraction, result.heatmap, result.mask
 
@@ -56,11 +56,12 @@ class PhotoResult:
     seconds: float
 
 
-def load_model(reference: str | Path = "outputs/train") -> Model:
+def load_model(reference: str | Path | None = None) -> Model:
     """A checkpoint folder (``model.pt`` + ``model.json``, with ``ood.npz`` when there is one)
-    or a registry URI (``models:/crack-classifier@champion``)."""
+    or a registry URI (``models:/crack-classifier@champion``); by default the checkpoint the
+    repository's pipeline trained."""
     layout = Layout(repo_root())
-    reference = str(reference)
+    reference = str(layout.train.dir if reference is None else reference)
     network = load_reference(reference, layout)
     label = model_identity(reference, network, layout).label
     return Model(network, reference, label, ood_beside(reference), layout)
