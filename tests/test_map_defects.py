@@ -4,7 +4,6 @@ failed on the code before the fix)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -147,26 +146,19 @@ def test_a_killed_remap_is_redone_not_taken_for_done(repo, ckpt) -> None:
 # --- 10: eval-maps names what it leaves out ---------------------------------------------------
 
 
-def test_eval_maps_counts_and_names_left_out_entries(repo, ckpt) -> None:
-    from crackdet.maps.scoring import evaluate_maps
-    from crackdet.workflows.eval_maps import summary_line
-
+def test_eval_maps_counts_and_names_left_out_entries(repo, ckpt, capsys) -> None:
     data = repo / "set"
     photo(data / "images" / "p.jpg")
-    mask = Image.new("L", (240, 240))
     (data / "masks").mkdir()
-    mask.save(data / "masks" / "p.png")
+    Image.new("L", (240, 240)).save(data / "masks" / "p.png")
     (data / "images" / "notes.txt").write_text("who took these")
     (data / "images" / "old").mkdir()
-    model = build_classifier("efficientnet_lite0", False, 8, 0.0, 227, CLASSES)
-    settings = dataclasses.replace(
-        parse_params(tiny_params_tree()).predict, engine="torch", use_model_threshold=False
-    )
-    metrics = evaluate_maps(data, model, settings).metrics
-    assert metrics["left_out"] == ["images/notes.txt (not a photo)", "images/old (not a photo)"]
-    line = summary_line({"data": str(data), **metrics})
-    assert line.endswith(
-        "; left out 2 entries of images/: images/notes.txt (not a photo), images/old (not a photo)"
+    args = ["eval-maps", str(data), "--model", str(ckpt), "--threshold", "0.5", "--out", "m.json"]
+    assert main(args) == 0
+    left_out = ["images/notes.txt (not a photo)", "images/old (not a photo)"]
+    assert json.loads((repo / "m.json").read_text())["left_out"] == left_out
+    assert capsys.readouterr().out.endswith(
+        f"; left out 2 entries of images/: {', '.join(left_out)}\n"
     )
 
 
