@@ -9,7 +9,9 @@ resumes: a photo whose outputs are all there, made from the same photo bytes, mo
 settings (the JSON's ``made_from``, written last), is not mapped again but counted.
 
 The executor is the seam for other runners: :class:`Sequential` maps in this process; a
-process pool or a cluster runner maps the same picklable per-photo work elsewhere.
+process pool or a cluster runner implements the same ``map(work, items)``. The work holds a
+:class:`Mapper`, whose engine session does not pickle: such a runner prepares one per worker
+(:func:`prepare_mapper`) and sends it photo paths, which do.
 """
 
 from __future__ import annotations
