@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from crackdet.core.errors import CrackdetError
+from crackdet.core.params import PredictParams
 from crackdet.data.images import CLASSES
 from crackdet.data.synthetic import render_photo
 from crackdet.data.windows import window_starts
@@ -22,7 +23,6 @@ from crackdet.maps.scoring import (
     CLEAN,
     CRACK,
     IGNORED,
-    MapSettings,
     evaluate_maps,
     planking_windows,
     score_windows,
@@ -159,13 +159,15 @@ def _pair_auroc(labels: list[int], scores: list[float]) -> float:
 
 def _maps(model, data: Path, threshold: float = 0.5, photos: str = "*"):
     """evaluate_maps at the settings every test here uses (scale 1, overlap 0.5)."""
-    settings = MapSettings(
+    settings = PredictParams(
         scale=1.0,
         auto_windows=(6.75,),
         overlap=0.5,
         batch_size=8,
-        threshold=threshold,
         engine="torch",
+        use_model_threshold=False,
+        threshold=threshold,
+        alpha=0.45,
         max_pixels=10**7,
     )
     return evaluate_maps(data, model, settings, photos=photos)
@@ -323,7 +325,9 @@ def test_cli_logs_an_mlflow_run(
     assert ("maps_precision" in run.data.metrics) == (metrics["precision"] is not None)
 
     assert main(["eval-maps", str(archive), "--model", str(ckpt), "--overlap", "0.95"]) == 2
-    assert "--overlap 0.95" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "crackdet eval-maps: error: --overlap must be <= 0.9; got 0.95\n"
+    )
 
 
 def test_eval_honours_fetch_on_bad_image_as_its_hint_says(

@@ -189,7 +189,8 @@ def test_photos_sharing_a_name_get_outputs_of_their_own(model, tmp_path, capsys)
     import json
 
     from crackdet.core.params import parse_params
-    from crackdet.maps.mapping import map_photos, output_stems
+    from crackdet.maps.mapping import map_photos
+    from crackdet.maps.outputs import output_stems
     from tests.helpers import tiny_params_tree
 
     photos = []
@@ -215,7 +216,8 @@ def test_a_rerun_keeps_complete_outputs_and_remaps_what_changed(model, tmp_path)
     """Same photo bytes, model digest and settings: kept and counted. A changed photo, a
     missing output file, another model or other settings: mapped again."""
     from crackdet.core.params import parse_params
-    from crackdet.maps.mapping import PhotoFiles, map_photos
+    from crackdet.maps.mapping import map_photos
+    from crackdet.maps.outputs import PhotoFiles
     from tests.helpers import tiny_params_tree
 
     photos = []

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from crackdet.maps.html_report import REPORT, write_report
-from crackdet.maps.mapping import MappedPhotos, PhotoFiles, PhotoSummary
+from crackdet.maps.mapping import MappedPhotos
+from crackdet.maps.outputs import PhotoFiles, PhotoSummary
 from tests.helpers import require
 from tests.helpers.browser import browser, check_page, missing_browser
 

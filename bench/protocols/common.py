@@ -21,12 +21,13 @@ import numpy as np
 import yaml
 
 from crackdet.core.layout import Layout
+from crackdet.core.overrides import predict_settings
 from crackdet.core.params import Params, load_params
 from crackdet.data.fetch import fetch
 from crackdet.data.manifest import ManifestRow, read_manifest
 from crackdet.data.records import FetchSummary
 from crackdet.maps.crackmap import crack_map
-from crackdet.maps.scoring import MapSettings, evaluate_maps
+from crackdet.maps.scoring import evaluate_maps
 from crackdet.model.classifier import CrackClassifier
 from crackdet.model.engines import feature_fn
 from crackdet.model.metrics import Evaluation, score_classifier
@@ -164,16 +165,8 @@ def score_patches(ws: Workspace, trained: Trained, rows: list[ManifestRow]) -> d
 def score_maps(ws: Workspace, trained: Trained, data: Path, photos: str) -> dict[str, Any]:
     """``crackdet eval-maps`` at params.yaml's predict settings (scale auto) and the model's
     threshold: window ROC AUC, recall, planking false-positive rate, OOD share."""
-    predict, model = ws.params.predict, trained.result.model
-    settings = MapSettings(
-        scale=predict.scale,
-        auto_windows=predict.auto_windows,
-        overlap=predict.overlap,
-        batch_size=predict.batch_size,
-        threshold=model.spec.threshold,
-        engine=predict.engine,
-        max_pixels=predict.max_pixels,
-    )
+    model = trained.result.model
+    settings = predict_settings(ws.params, threshold=model.spec.threshold)
     result = evaluate_maps(
         data, model, settings, photos=photos, graph_cache=ws.layout.graph_cache, ood=trained.ood
     )

@@ -35,6 +35,17 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _map_options(parser: argparse.ArgumentParser) -> None:
+    """How photos are mapped, overriding params.yaml predict.* (checked by the same rules)."""
+    parser.add_argument(
+        "--scale", type=_scale, help="a number or auto (default: params.yaml predict.scale)"
+    )
+    parser.add_argument("--overlap", type=float, help="default: params.yaml predict.overlap")
+    parser.add_argument(
+        "--threshold", type=float, help="default: the model's, else predict.threshold"
+    )
+
+
 def _pipeline_commands(sub: argparse._SubParsersAction) -> None:
     for name in STAGES:
         stage = sub.add_parser(
@@ -59,8 +70,11 @@ def _maps_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("photos", nargs="+", metavar="PHOTO")
     _model_option(predict)
     predict.add_argument("--out", default="predictions")
+    _map_options(predict)
     predict.add_argument(
-        "--params", default="params.yaml", help="predict.* settings come from here"
+        "--params",
+        help="predict.* settings come from here (default: params.yaml of the repository, "
+        "else the packaged defaults)",
     )
     predict.set_defaults(handler="maps:predict")
     evaluate = sub.add_parser(
@@ -76,11 +90,7 @@ def _maps_commands(sub: argparse._SubParsersAction) -> None:
     )
     maps.add_argument("data", metavar="DIR_OR_ZIP", help="folder or .zip/.tar*/.rar archive")
     _model_option(maps)
-    maps.add_argument(
-        "--scale", type=_scale, help="a number or auto (default: params.yaml predict.scale)"
-    )
-    maps.add_argument("--overlap", type=float, help="default: params.yaml predict.overlap")
-    maps.add_argument("--threshold", type=float, help="default: the model's, else predict.*")
+    _map_options(maps)
     maps.add_argument(
         "--photos",
         default="*",
@@ -88,7 +98,11 @@ def _maps_commands(sub: argparse._SubParsersAction) -> None:
         "part when scale/threshold were chosen on 'train_*')",
     )
     maps.add_argument("--out", help="also write the metrics to this JSON file")
-    maps.add_argument("--params", default="params.yaml", help="predict.* defaults and limits")
+    maps.add_argument(
+        "--params",
+        help="predict.* defaults and limits (default: params.yaml of the repository, else the "
+        "packaged defaults)",
+    )
     maps.add_argument("-v", "--verbose", action="store_true", help="one line per photo")
     maps.set_defaults(handler="maps:eval_maps")
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from crackdet.core.layout import Layout, repo_root
+from crackdet.core.overrides import params_or_defaults, predict_settings
 from crackdet.core.params import load_params
 from crackdet.maps.html_report import REPORT
 from crackdet.workflows.eval_data import score_dataset
@@ -14,10 +15,16 @@ from crackdet.workflows.predict import predict as predict_photos
 
 
 def predict(args: argparse.Namespace) -> int:
-    cfg = load_params(args.params).predict
+    layout = Layout(repo_root())
+    cfg = predict_settings(
+        params_or_defaults(args.params, layout.root),
+        scale=args.scale,
+        overlap=args.overlap,
+        threshold=args.threshold,
+    )
     out = Path(args.out)
     photos = [Path(p) for p in args.photos]
-    mapped = predict_photos(photos, args.model, out, cfg, Layout(repo_root()))
+    mapped = predict_photos(photos, args.model, out, cfg, layout)
     total = len(mapped.summaries) + len(mapped.errors)
     reused = f", {len(mapped.skipped)} already done" if mapped.skipped else ""
     print(
@@ -49,11 +56,12 @@ def eval_data(args: argparse.Namespace) -> int:
 
 
 def eval_maps(args: argparse.Namespace) -> int:
+    layout = Layout(repo_root())
     metrics = run_eval_maps(
         Path(args.data),
         args.model,
-        load_params(args.params),
-        Layout(repo_root()),
+        params_or_defaults(args.params, layout.root),
+        layout,
         scale=args.scale,
         overlap=args.overlap,
         threshold=args.threshold,

@@ -4,12 +4,15 @@ Files are written to a temporary sibling and renamed over the target (rename is 
 file system), so a killed stage never leaves a half-written file that a later stage would trust.
 Temporary names carry the writer's pid (``.<name>.<pid>-<random>.tmp``): a stage killed with
 SIGKILL cannot clean up, so the next writer of the same target removes siblings whose pid is gone.
+A long name is shortened in the temporary one (its head and a digest of the whole), so a target
+whose name is legal always gets a legal temporary name (255 bytes on common file systems).
 A write that fails for lack of space or permission becomes a one-line CrackdetError.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -39,12 +42,13 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temps(target: Path) -> list[Path]:
     """Delete temporary siblings of ``target`` left by writers that no longer run."""
     removed = []
+    stem = _temp_stem(target.name)
     try:
-        siblings = list(target.parent.glob(f".{target.name}.*-*.tmp"))
+        siblings = list(target.parent.glob(f".{glob.escape(stem)}.*-*.tmp"))
     except OSError:
         return removed
     for path in siblings:
-        pid = path.name[len(target.name) + 2 :].split("-", 1)[0]
+        pid = path.name[len(stem) + 2 :].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
@@ -65,8 +69,22 @@ def _write_error(target: Path, exc: OSError) -> CrackdetError:
     )
 
 
+# Target names up to this many bytes are kept whole in temporary names; the pid, random part
+# and ``.tmp`` add at most about 30.
+_TEMP_STEM_BYTES = 120
+
+
+def _temp_stem(name: str) -> str:
+    """``name``, or for a long one its head and a digest of the whole (distinct per name)."""
+    raw = name.encode()
+    if len(raw) <= _TEMP_STEM_BYTES:
+        return name
+    head = raw[:80].decode(errors="ignore")
+    return f"{head}~{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
 def _prefix(target: Path) -> str:
-    return f".{target.name}.{os.getpid()}-"
+    return f".{_temp_stem(target.name)}.{os.getpid()}-"
 
 
 @contextmanager

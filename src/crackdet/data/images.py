@@ -17,7 +17,8 @@ from crackdet.core.errors import CrackdetError, first_line
 CLASSES = ("Negative", "Positive")  # index = model output: 1 means crack
 LABEL_INDEX = {name: i for i, name in enumerate(CLASSES)}
 PATCH_SIZE = 227  # the public set's patches; the model's window
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+# .jfif and .mpo (multi-picture, from some cameras) are JPEG files under other names.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".mpo", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
 def is_image_file(path: Path) -> bool:

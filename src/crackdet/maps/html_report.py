@@ -18,7 +18,8 @@ from urllib.parse import quote
 import jinja2
 
 from crackdet.core.io import write_text
-from crackdet.maps.mapping import MappedPhotos, PhotoFiles, PhotoSummary
+from crackdet.maps.mapping import MappedPhotos
+from crackdet.maps.outputs import PhotoFiles, PhotoSummary
 
 REPORT = "index.html"
 TEMPLATE = "report.html"

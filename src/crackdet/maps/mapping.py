@@ -1,122 +1,147 @@
-"""Mapping a set of photos: per photo an overlay, a heatmap, a mask, a thumbnail and a JSON of
-its tiles.
+"""Mapping photos: one function maps one photo with a prepared :class:`Mapper`, one loop runs
+photos through an executor, and :func:`map_photos` writes each photo's outputs
+(:mod:`crackdet.maps.outputs`).
 
-Shared by the ``predict_samples`` stage and ``crackdet predict``. A photo that cannot be read is
-named on one line and the others are still mapped; the caller decides what a failure means.
-Mapping a folder resumes: a photo whose outputs are all there, made from the same photo bytes,
-model and settings (the JSON's ``made_from``, written last), is not mapped again but counted.
+Shared by the ``predict_samples`` stage, ``crackdet predict``, ``crackdet eval-maps``
+(:mod:`crackdet.maps.scoring`) and the Python API. A photo that cannot be read is named on one
+line and the others are still mapped; the caller decides what a failure means. Mapping a folder
+resumes: a photo whose outputs are all there, made from the same photo bytes, model and
+settings (the JSON's ``made_from``, written last), is not mapped again but counted.
+
+The executor is the seam for other runners: :class:`Sequential` maps in this process; a
+process pool or a cluster runner implements the same ``map(work, items)``. The work holds a
+:class:`Mapper`, whose engine session does not pickle: such a runner prepares one per worker
+(:func:`prepare_mapper`) and sends it photo paths, which do.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Protocol, TypeVar
 
 import numpy as np
-from PIL import Image
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import save_npy, sha256_file, write_json, write_with
+from crackdet.core.io import sha256_file
 from crackdet.core.params import PredictParams
 from crackdet.core.progress import progress, say
-from crackdet.maps.crackmap import crack_map, scales_for
-from crackdet.maps.drawing import contact_sheet, overlay_image
+from crackdet.maps.crackmap import CrackMap, crack_map, scales_for
+from crackdet.maps.outputs import (
+    MadeFrom,
+    PhotoFiles,
+    PhotoSummary,
+    already_mapped,
+    output_stems,
+    write_contact_sheet,
+    write_outputs,
+)
 from crackdet.maps.photos import read_photo
 from crackdet.model.classifier import CrackClassifier, operating_threshold
-from crackdet.model.engines import classifier_features, effective_engine, engine_label
+from crackdet.model.engines import FeatureFn, classifier_features, effective_engine, engine_label
 from crackdet.model.ood import OODModel
 
-# zlib level 1: a 12 MP overlay encodes in ~0.8 s instead of ~4.8 s at the default 6, ~9 % larger.
-PNG = {"format": "PNG", "compress_level": 1}
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Executor(Protocol):
+    """Runs a per-photo function over photos and yields the results in the photos' order."""
+
+    def map(self, work: Callable[[Item], Result], items: Iterable[Item]) -> Iterator[Result]: ...
+
+
+class Sequential:
+    """One photo after another, in this process."""
+
+    def map(self, work: Callable[[Item], Result], items: Iterable[Item]) -> Iterator[Result]:
+        return (work(item) for item in items)
+
+
+SEQUENTIAL = Sequential()
+
+
+def run_photos(
+    work: Callable[[Item], Result],
+    items: list[Item],
+    executor: Executor = SEQUENTIAL,
+    desc: str = "map",
+) -> Iterator[Result]:
+    """The photo loop: ``work`` on every item through ``executor``, with a progress bar."""
+    yield from progress(executor.map(work, items), total=len(items), desc=desc, unit="photo")
 
 
 @dataclass(frozen=True)
-class PhotoSummary:
-    """What one mapped photo's JSON says besides its tiles (also listed in ``summary.json``)."""
+class Mapper:
+    """What maps photos, prepared once: the model, its feature function for the engine, the
+    operating threshold, the OOD model and the settings (params.yaml ``predict``)."""
 
-    photo: str
-    width: int
-    height: int
-    model: str
+    model: CrackClassifier
+    settings: PredictParams
+    extract: FeatureFn | None
+    engine: str  # the engine actually used (torch for a registry model)
     threshold: float
-    overlap: float
-    scales: list[float]  # the scales the map averages (predict.scale, or those auto chose)
-    engine: str
-    crack_area_fraction: float
-    tiles_flagged: int
-    tiles_total: int
-    ood_fraction: float | None
-    outputs: str  # the stem of this photo's output files in the output folder
+    ood: OODModel | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PhotoSummary:
-        """From a photo's JSON (KeyError: written by a crackdet without some field)."""
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
-
-
-@dataclass(frozen=True)
-class MadeFrom:
-    """What a photo's outputs were made from (its JSON's ``made_from``): when all of it is the
-    same, the outputs are reused instead of mapping the photo again."""
-
-    photo_sha256: str
-    model: str  # the model's digest (crackdet.workflows.models.model_identity)
-    scale: float | str  # a number or "auto"
-    auto_windows: list[float]  # a list, as the JSON holds it (compared with it)
-    overlap: float
-    threshold: float
-    engine: str
-    alpha: float
-
-
-@dataclass(frozen=True)
-class PhotoFiles:
-    """The files a mapped photo gets in the output folder, named by its stem."""
-
-    folder: Path
-    stem: str
-
-    @property
-    def overlay(self) -> Path:
-        return self.folder / f"{self.stem}_overlay.png"
-
-    @property
-    def heatmap(self) -> Path:
-        return self.folder / f"{self.stem}_heatmap.png"
-
-    @property
-    def heatmap_npy(self) -> Path:
-        return self.folder / f"{self.stem}_heatmap.npy"
-
-    @property
-    def mask(self) -> Path:
-        return self.folder / f"{self.stem}_mask.png"
-
-    @property
-    def thumbnail(self) -> Path:
-        return self.folder / f"{self.stem}_thumb.jpg"
-
-    @property
-    def record(self) -> Path:
-        """The JSON: summary, ``made_from`` and tiles; written last, so it marks completion."""
-        return self.folder / f"{self.stem}.json"
-
-    def all(self) -> tuple[Path, ...]:
-        return (
-            self.overlay,
-            self.heatmap,
-            self.heatmap_npy,
-            self.mask,
-            self.thumbnail,
-            self.record,
+    def scales(self, height: int, width: int) -> tuple[float, ...]:
+        return scales_for(
+            self.settings.scale,
+            self.settings.auto_windows,
+            height,
+            width,
+            self.model.spec.patch_size,
         )
+
+    def largest_scale(self, height: int, width: int) -> float:
+        return max(self.scales(height, width))
+
+    def read(self, path: Path) -> np.ndarray:
+        """A photo as RGB, refused when it (or its largest mapped size) is over max_pixels."""
+        return read_photo(path, self.settings.max_pixels, self.largest_scale)
+
+
+def prepare_mapper(
+    model: CrackClassifier,
+    settings: PredictParams,
+    ood: OODModel | None = None,
+    graph_cache: Path | None = None,
+) -> Mapper:
+    """A :class:`Mapper`; ``graph_cache``: folder of exported graphs for the graph engines
+    (None: a temporary export)."""
+    engine = effective_engine(model, settings.engine)  # torch for a registry (pt2) model
+    # The operating threshold chosen on val travels with the model; params can override it.
+    threshold = operating_threshold(model, settings.threshold, settings.use_model_threshold)
+    extract = classifier_features(model, engine, graph_cache)
+    return Mapper(model, settings, extract, engine, threshold, ood)
+
+
+@dataclass(frozen=True)
+class PhotoMap:
+    """One photo mapped: its pixels, the scales the map averages and the map."""
+
+    photo: np.ndarray
+    scales: tuple[float, ...]
+    result: CrackMap
+
+
+def map_photo(mapper: Mapper, photo: Path | np.ndarray) -> PhotoMap:
+    """Map one photo (a path, read as :meth:`Mapper.read` does, or an RGB uint8 array)."""
+    pixels = mapper.read(photo) if isinstance(photo, Path) else photo
+    scales = mapper.scales(*pixels.shape[:2])
+    settings = mapper.settings
+    result = crack_map(
+        mapper.model,
+        pixels,
+        settings.overlap,
+        settings.batch_size,
+        scales,
+        mapper.ood,
+        mapper.extract,
+    )
+    return PhotoMap(pixels, scales, result)
 
 
 @dataclass
@@ -130,6 +155,16 @@ class MappedPhotos:
     errors: list[str]
     seconds: list[float] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    """What mapping one photo into the output folder gave."""
+
+    summary: PhotoSummary | None  # None: the photo could not be read (``error``)
+    error: str = ""
+    seconds: float | None = None  # None: its complete outputs were reused
+    photo: str = ""
 
 
 # The files of a checkpoint folder that decide its maps: weights, spec (threshold, temperature)
@@ -147,28 +182,6 @@ def checkpoint_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def output_stems(photos: list[Path]) -> dict[Path, str]:
-    """A distinct output stem per photo: its file stem, or, where two photos share one, its
-    file name (``x.jpg``, ``x.png``), or, where those collide too (same name in two folders),
-    the folder and file name (``a-x.jpg``, ``b-x.jpg``). Outputs never overwrite each other."""
-    stems = {photo: photo.stem for photo in photos}
-    for rule in (lambda p: p.name, lambda p: f"{p.parent.name}-{p.name}"):
-        counts: dict[str, int] = {}
-        for stem in stems.values():
-            counts[stem] = counts.get(stem, 0) + 1
-        stems = {p: (rule(p) if counts[s] > 1 else s) for p, s in stems.items()}
-    counts = {}
-    for stem in stems.values():
-        counts[stem] = counts.get(stem, 0) + 1
-    # Still equal (the same folder name twice): number them in the order given.
-    seen: dict[str, int] = {}
-    for photo, stem in list(stems.items()):
-        if counts[stem] > 1:
-            seen[stem] = seen.get(stem, 0) + 1
-            stems[photo] = f"{stem}-{seen[stem]}"
-    return stems
-
-
 def map_photos(
     model: CrackClassifier,
     photos: list[Path],
@@ -179,6 +192,7 @@ def map_photos(
     graph_cache: Path | None = None,
     command: str = "predict_samples",
     model_digest: str = "",
+    executor: Executor = SEQUENTIAL,
 ) -> MappedPhotos:
     """Per photo: ``<stem>_overlay.png``, ``<stem>_heatmap.png`` / ``.npy`` (crack probability),
     ``<stem>_mask.png`` (at the threshold), ``<stem>_thumb.jpg`` and ``<stem>.json``; plus
@@ -186,94 +200,78 @@ def map_photos(
     ``model_digest``: what identifies its weights (empty: never reuse outputs); ``graph_cache``:
     folder of exported graphs for the onnxruntime and openvino engines (None: temp export);
     ``command`` names the caller in error lines."""
-    summaries, errors, seconds, skipped = [], [], [], []
     stems = output_stems(photos)
     renamed = [f"{p} -> {stems[p]}_*" for p in photos if stems[p] != p.stem]
     if renamed:
         print(f"{command}: photos share a file name; outputs named apart: {', '.join(renamed)}")
-    engine = effective_engine(model, params.engine)  # torch for a registry (pt2) model
-    extract = classifier_features(model, engine, graph_cache)
-    # The operating threshold chosen on val travels with the model; params can override it.
-    threshold = operating_threshold(model, params.threshold, params.use_model_threshold)
-    patch = model.spec.patch_size
-
-    def largest_scale(height: int, width: int) -> float:
-        return max(scales_for(params.scale, params.auto_windows, height, width, patch))
-
-    for photo_path in progress(photos, desc=command, unit="photo"):
-        files = PhotoFiles(out, stems[photo_path])
-        made_from = MadeFrom(
-            photo_sha256=_digest(photo_path),
-            model=model_digest,
-            scale=params.scale,
-            auto_windows=list(params.auto_windows),
-            overlap=params.overlap,
-            threshold=threshold,
-            engine=engine_label(engine),
-            alpha=params.alpha,
-        )
-        done = _already_mapped(files, made_from)
-        if done is not None:
-            summaries.append(done)
-            skipped.append(photo_path.name)
+    mapper = prepare_mapper(model, params, ood, graph_cache)
+    work = partial(
+        map_into_folder, mapper, out, model_ref=model_ref, digest=model_digest, command=command
+    )
+    mapped = MappedPhotos([], [])
+    for outcome in run_photos(work, [(p, stems[p]) for p in photos], executor, command):
+        if outcome.summary is None:
+            mapped.errors.append(outcome.error)
             continue
-        try:
-            photo = read_photo(photo_path, params.max_pixels, largest_scale)
-        except CrackdetError as exc:
-            say(f"{command}: error: {exc}", error=True)
-            errors.append(str(exc))
-            continue
-        scales = scales_for(params.scale, params.auto_windows, *photo.shape[:2], patch)
-        result = crack_map(model, photo, params.overlap, params.batch_size, scales, ood, extract)
-        overlay = overlay_image(photo, result.heatmap, params.alpha, result.ood_map)
-        write_with(files.overlay, partial(overlay.save, **PNG))
-        heat8 = Image.fromarray(np.round(result.heatmap * 255).astype(np.uint8), "L")
-        write_with(files.heatmap, partial(heat8.save, **PNG))
-        write_with(files.heatmap_npy, partial(save_npy, result.heatmap.astype(np.float16)))
-        mask = Image.fromarray(((result.heatmap >= threshold) * 255).astype(np.uint8), "L")
-        write_with(files.mask, partial(mask.save, **PNG))
-        thumb = thumbnail(overlay)
-        write_with(files.thumbnail, partial(thumb.save, format="JPEG", quality=85))
-        summary = PhotoSummary(
-            photo=photo_path.name,
-            width=int(photo.shape[1]),
-            height=int(photo.shape[0]),
-            model=model_ref,
-            threshold=threshold,
-            overlap=params.overlap,
-            scales=list(scales),
-            engine=engine_label(engine),
-            crack_area_fraction=round(result.crack_fraction(threshold), 6),
-            tiles_flagged=sum(t.p >= threshold for t in result.tiles),
-            tiles_total=len(result.tiles),
-            ood_fraction=result.ood_fraction,
-            outputs=files.stem,
-        )
-        tiles = [t.to_dict() for t in result.tiles]
-        record = {**summary.to_dict(), "made_from": asdict(made_from), "tiles": tiles}
-        write_json(files.record, record)
-        summaries.append(summary)
-        seconds.append(result.seconds)
-    if summaries:
-        sheet = contact_sheet([_open(PhotoFiles(out, s.outputs).thumbnail) for s in summaries])
-        write_with(out / "contact_sheet.png", partial(sheet.save, format="PNG"))
-    return MappedPhotos(summaries, errors, seconds, skipped)
+        mapped.summaries.append(outcome.summary)
+        if outcome.seconds is None:
+            mapped.skipped.append(outcome.photo)
+        else:
+            mapped.seconds.append(outcome.seconds)
+    if mapped.summaries:
+        write_contact_sheet(out, mapped.summaries)
+    return mapped
 
 
-THUMB_WIDTH = 480  # the report's cards and the contact sheet
-
-
-def thumbnail(overlay: Image.Image) -> Image.Image:
-    """The overlay scaled to THUMB_WIDTH pixels wide (never enlarged)."""
-    thumb = overlay.copy()
-    thumb.thumbnail((THUMB_WIDTH, max(1, overlay.height * THUMB_WIDTH // overlay.width)))
-    return thumb
-
-
-def _open(path: Path) -> Image.Image:
-    """An image read whole and its file closed (a folder of photos must not exhaust handles)."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
+def map_into_folder(
+    mapper: Mapper,
+    out: Path,
+    item: tuple[Path, str],
+    *,
+    model_ref: str,
+    digest: str,
+    command: str,
+) -> PhotoOutcome:
+    """Map one photo (path, output stem) into ``out``, or reuse its complete outputs."""
+    path, stem = item
+    settings = mapper.settings
+    files = PhotoFiles(out, stem)
+    made_from = MadeFrom(
+        photo_sha256=_digest(path),
+        model=digest,
+        scale=settings.scale,
+        auto_windows=list(settings.auto_windows),
+        overlap=settings.overlap,
+        threshold=mapper.threshold,
+        engine=engine_label(mapper.engine),
+        alpha=settings.alpha,
+    )
+    done = already_mapped(files, made_from)
+    if done is not None:
+        return PhotoOutcome(done, photo=path.name)
+    try:
+        mapped = map_photo(mapper, path)
+    except CrackdetError as exc:
+        say(f"{command}: error: {exc}", error=True)
+        return PhotoOutcome(None, error=str(exc), photo=path.name)
+    photo, result, threshold = mapped.photo, mapped.result, mapper.threshold
+    summary = PhotoSummary(
+        photo=path.name,
+        width=int(photo.shape[1]),
+        height=int(photo.shape[0]),
+        model=model_ref,
+        threshold=threshold,
+        overlap=settings.overlap,
+        scales=list(mapped.scales),
+        engine=engine_label(mapper.engine),
+        crack_area_fraction=round(result.crack_fraction(threshold), 6),
+        tiles_flagged=sum(t.p >= threshold for t in result.tiles),
+        tiles_total=len(result.tiles),
+        ood_fraction=result.ood_fraction,
+        outputs=files.stem,
+    )
+    write_outputs(files, photo, result, summary, made_from, settings.alpha)
+    return PhotoOutcome(summary, seconds=result.seconds, photo=path.name)
 
 
 def _digest(photo: Path) -> str:
@@ -282,18 +280,3 @@ def _digest(photo: Path) -> str:
         return sha256_file(photo)
     except OSError:
         return ""
-
-
-def _already_mapped(files: PhotoFiles, made_from: MadeFrom) -> PhotoSummary | None:
-    """The summary of a photo whose outputs are complete and made from ``made_from``."""
-    if not (made_from.model and made_from.photo_sha256):
-        return None
-    if not all(path.is_file() for path in files.all()):
-        return None
-    try:
-        record = json.loads(files.record.read_text())
-        if record.get("made_from") != asdict(made_from):
-            return None
-        return PhotoSummary.from_dict(record)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # unreadable or older: map the photo again

@@ -4,12 +4,12 @@ DATA is a folder (read in place) or an archive (extracted into a temporary folde
 ``images/<name>.<ext>``, ``masks/<name>.png`` (255 = crack pixel) and, optionally,
 ``masks_planking/<name>.png`` (255 = planking, the wood-grain pattern timber formwork leaves on
 concrete, a classic false alarm). Every photo is mapped with
-:func:`crackdet.maps.crackmap.crack_map` and scored at window level on the map's own tiles: a
-window is *crack* when it holds at least ``min_pixels`` crack pixels, *clean* when it holds none
-and ignored otherwise (a few crack pixels at a window's edge are neither a clear hit nor a clear
-miss). Clean windows with at least
-``min_pixels`` planking pixels also count as *planking* windows, whose flagged share is the
-planking false-positive rate.
+:func:`crackdet.maps.mapping.map_photo` (as ``crackdet predict`` maps it) and scored at window
+level on the map's own tiles: a window is *crack* when it holds at least ``min_pixels`` crack
+pixels, *clean* when it holds none and ignored otherwise (a few crack pixels at a window's edge
+are neither a clear hit nor a clear miss). Clean windows with at least ``min_pixels`` planking
+pixels also count as *planking* windows, whose flagged share is the planking false-positive
+rate.
 """
 
 from __future__ import annotations
@@ -22,20 +22,29 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crackdet.core.errors import CrackdetError
+from crackdet.core.params import PredictParams
+from crackdet.core.progress import say
 from crackdet.data.archive import extract
 from crackdet.data.labelled import ExtractLimits
-from crackdet.data.masks import PixelCounts, PixelSums, find_photos, read_mask
+from crackdet.data.masks import MaskedPhoto, PixelCounts, PixelSums, find_photos, read_mask
 from crackdet.data.windows import window_grid
-from crackdet.maps.crackmap import Tile, crack_map, scales_for
-from crackdet.maps.photos import read_photo
+from crackdet.maps.crackmap import Tile
+from crackdet.maps.mapping import (
+    SEQUENTIAL,
+    Executor,
+    Mapper,
+    map_photo,
+    prepare_mapper,
+    run_photos,
+)
 from crackdet.model.calibrate import f1_optimal_threshold
-from crackdet.model.engines import classifier_features
 from crackdet.model.ood import OODModel
 
 MIN_PIXELS = 100
@@ -50,20 +59,6 @@ ACCEPTED_FIGURES = (
     "windows_crack",
     "windows_clean",
 )
-
-
-@dataclass(frozen=True)
-class MapSettings:
-    """How the photos are mapped and scored (``predict.*`` unless a command overrides them)."""
-
-    scale: float | str  # a number, or auto (several scales from the photo's size)
-    auto_windows: tuple[float, ...]
-    overlap: float
-    batch_size: int
-    threshold: float
-    engine: str
-    max_pixels: int
-    min_pixels: int = MIN_PIXELS
 
 
 @dataclass(frozen=True)
@@ -187,83 +182,95 @@ def evaluation_grid(heatmap: np.ndarray, ood_map: np.ndarray | None) -> list[Til
     return tiles
 
 
+@dataclass(frozen=True)
+class PhotoScores:
+    """One photo's windows: truth labels, planking flags, scores and OOD flags."""
+
+    labels: np.ndarray
+    planking: np.ndarray
+    scores: np.ndarray
+    flags: np.ndarray
+    windows: list[ScoredWindow]
+    seconds: float  # mapping only
+
+
+def score_photo(mapper: Mapper, min_pixels: int, sample: MaskedPhoto) -> PhotoScores:
+    """Map one photo and score its windows against its masks: a numeric scale's own windows, or
+    under ``scale: auto`` the :func:`evaluation_grid`."""
+    photo = mapper.read(sample.image)
+    shape = photo.shape[:2]
+    # Masks are read before mapping so a bad one stops the run before minutes of inference.
+    mask = read_mask(sample.mask, shape)
+    planking_mask = read_mask(sample.planking, shape) if sample.planking else None
+    result = map_photo(mapper, photo).result
+    tiles = (
+        evaluation_grid(result.heatmap, result.ood_map)
+        if mapper.settings.scale == "auto"
+        else result.tiles
+    )
+    labels = window_labels(mask, tiles, min_pixels)
+    planking = planking_windows(labels, planking_mask, tiles, min_pixels)
+    names = {CRACK: "crack", CLEAN: "clean", IGNORED: "ignored"}
+    windows = [
+        ScoredWindow(
+            sample.image.name, t.x, t.y, t.size, t.p, names[int(label)], bool(plank), t.ood
+        )
+        for t, label, plank in zip(tiles, labels, planking, strict=True)
+    ]
+    return PhotoScores(
+        labels,
+        planking,
+        np.array([t.p for t in tiles]),
+        np.array([bool(t.ood) for t in tiles]),
+        windows,
+        result.seconds,
+    )
+
+
 def evaluate_maps(
     data: Path,
     model: Any,
-    settings: MapSettings,
+    settings: PredictParams,
     *,
     photos: str = "*",
     limits: ExtractLimits = NO_LIMITS_GIVEN,
     graph_cache: Path | None = None,
     ood: OODModel | None = None,
     progress: bool = False,
+    min_pixels: int = MIN_PIXELS,
+    executor: Executor = SEQUENTIAL,
 ) -> MapsResult:
-    """Map every photo of ``data`` (folder or archive) with ``model`` and score its windows: a
-    numeric scale's own windows, or under ``scale: auto`` the :func:`evaluation_grid`.
-    ``photos``: a file-name glob; ``graph_cache``: exported graphs for the graph engines;
-    ``ood``: the model's OOD model (then the figures on accepted windows are reported too)."""
+    """Map every photo of ``data`` (folder or archive) with ``model`` at ``settings`` (the
+    operating threshold as :func:`crackdet.maps.mapping.prepare_mapper` chooses it) and score
+    its windows (:func:`score_photo`). ``photos``: a file-name glob; ``graph_cache``: exported
+    graphs for the graph engines; ``ood``: the model's OOD model (then the figures on accepted
+    windows are reported too); ``min_pixels``: crack pixels that make a crack window."""
     if not data.exists():
         raise CrackdetError(f"{data}: no such folder or archive")
-    features_fn = classifier_features(model, settings.engine, graph_cache)
-    patch = model.spec.patch_size
-    all_labels, all_planking, all_scores, all_flags = [], [], [], []
-    windows: list[ScoredWindow] = []
-    map_seconds = 0.0
-    names = {CRACK: "crack", CLEAN: "clean", IGNORED: "ignored"}
-
-    def largest_scale(height: int, width: int) -> float:
-        return max(scales_for(settings.scale, settings.auto_windows, height, width, patch))
-
+    mapper = prepare_mapper(model, settings, ood, graph_cache)
+    scored: list[PhotoScores] = []
     with readable_folder(data, limits) as folder:
         start = time.perf_counter()  # extraction is not counted
-        samples, _ = find_photos(folder, photos, "--photos")
-        for sample in samples:
-            photo = read_photo(sample.image, settings.max_pixels, largest_scale)
-            shape = photo.shape[:2]
-            # Masks are read before mapping so a bad one stops the run before minutes of inference.
-            mask = read_mask(sample.mask, shape)
-            planking_mask = read_mask(sample.planking, shape) if sample.planking else None
-            scales = scales_for(settings.scale, settings.auto_windows, *shape, patch)
-            result = crack_map(
-                model, photo, settings.overlap, settings.batch_size, scales, ood, features_fn
-            )
-            map_seconds += result.seconds
-            tiles = (
-                evaluation_grid(result.heatmap, result.ood_map)
-                if settings.scale == "auto"
-                else result.tiles
-            )
-            labels = window_labels(mask, tiles, settings.min_pixels)
-            planking = planking_windows(labels, planking_mask, tiles, settings.min_pixels)
-            all_labels.append(labels)
-            all_planking.append(planking)
-            all_scores.append(np.array([t.p for t in tiles]))
-            all_flags.append(np.array([bool(t.ood) for t in tiles]))
-            windows.extend(
-                ScoredWindow(
-                    sample.image.name,
-                    t.x,
-                    t.y,
-                    t.size,
-                    t.p,
-                    names[int(label)],
-                    bool(plank),
-                    t.ood,
-                )
-                for t, label, plank in zip(tiles, labels, planking, strict=True)
-            )
+        samples, left_out = find_photos(folder, photos, "--photos")
+        work = partial(score_photo, mapper, min_pixels)
+        for sample, photo in zip(
+            samples, run_photos(work, samples, executor, "eval-maps"), strict=True
+        ):
+            scored.append(photo)
             if progress:
-                print(
-                    f"eval-maps: {sample.image.name}: {len(tiles)} windows "
-                    f"({int((labels == CRACK).sum())} crack) in {result.seconds:.1f} s"
+                crack = int((photo.labels == CRACK).sum())
+                say(
+                    f"eval-maps: {sample.image.name}: {len(photo.windows)} windows "
+                    f"({crack} crack) in {photo.seconds:.1f} s"
                 )
-    labels, planking = np.concatenate(all_labels), np.concatenate(all_planking)
-    scores, flags = np.concatenate(all_scores), np.concatenate(all_flags)
-    metrics = score_windows(labels, planking, scores, settings.threshold)
+    labels = np.concatenate([s.labels for s in scored])
+    planking = np.concatenate([s.planking for s in scored])
+    scores = np.concatenate([s.scores for s in scored])
+    flags = np.concatenate([s.flags for s in scored])
+    threshold = mapper.threshold
+    metrics = score_windows(labels, planking, scores, threshold)
     if ood is not None:  # risk and coverage: what the maps flag, and the figures on the rest
-        accepted = score_windows(
-            labels[~flags], planking[~flags], scores[~flags], settings.threshold
-        )
+        accepted = score_windows(labels[~flags], planking[~flags], scores[~flags], threshold)
         metrics["ood_share"] = float(flags.mean()) if len(flags) else 0.0
         metrics.update({f"accepted_{k}": accepted[k] for k in ACCEPTED_FIGURES})
     metrics.update(
@@ -271,14 +278,15 @@ def evaluate_maps(
             "photos": len(samples),
             "photos_pattern": photos,
             "photos_with_planking_mask": sum(s.planking is not None for s in samples),
+            "left_out": left_out,
             "scale": settings.scale,
             "overlap": settings.overlap,
-            "min_pixels": settings.min_pixels,
-            "map_seconds": round(map_seconds, 3),
+            "min_pixels": min_pixels,
+            "map_seconds": round(sum(s.seconds for s in scored), 3),
             "seconds": round(time.perf_counter() - start, 3),
         }
     )
-    return MapsResult(metrics, windows)
+    return MapsResult(metrics, [w for s in scored for w in s.windows])
 
 
 def windows_csv(windows: list[ScoredWindow]) -> str:

@@ -10,10 +10,10 @@ from typing import Any
 from crackdet.core.errors import CrackdetError
 from crackdet.core.io import sha256_file, write_json
 from crackdet.core.layout import Layout
-from crackdet.core.params import Params
+from crackdet.core.overrides import predict_settings
+from crackdet.core.params import Params, PredictParams
 from crackdet.data.labelled import ExtractLimits
-from crackdet.maps.scoring import MapSettings, MapsResult, evaluate_maps, windows_csv
-from crackdet.model.classifier import operating_threshold
+from crackdet.maps.scoring import MapsResult, evaluate_maps, windows_csv
 from crackdet.model.engines import effective_engine, engine_label
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.runs import ending, start_evaluation_run
@@ -38,25 +38,16 @@ def run_eval_maps(
     model's own when ``predict.use_model_threshold``)."""
     import mlflow  # ~1.3 s to import: only in the commands that log
 
-    predict = params.predict
     if not data.exists():
         raise CrackdetError(f"{data}: no such folder or archive")
-    # Same ranges as params.yaml predict.scale / predict.overlap.
-    if scale is not None and scale != "auto" and not 0.0 < float(scale) <= 8.0:
-        raise CrackdetError(f"--scale {scale}: out of range (above 0, at most 8, or auto)")
-    if overlap is not None and not 0.0 <= overlap <= 0.9:
-        raise CrackdetError(f"--overlap {overlap}: out of range (0 to 0.9)")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise CrackdetError(f"--threshold {threshold}: out of range (0 to 1)")
+    settings = predict_settings(params, scale=scale, overlap=overlap, threshold=threshold)
     # The run starts before the work: its duration is the evaluation's.
     with ending(start_evaluation_run(layout.root, "eval-maps", f"eval-maps {data.name}")) as run:
         tags = {"eval.data": data.name, "eval.model": model_ref, **git_state(layout.root)}
         if data.is_file():
             tags["data.archive_sha256"] = sha256_file(data)
         mlflow.set_tags(tags)
-        model, result = _score_maps(
-            data, model_ref, params, layout, scale, overlap, threshold, progress, photos
-        )
+        model, result = _score_maps(data, model_ref, params, settings, layout, progress, photos)
         metrics = {"data": str(data), "model": model_ref, **result.metrics}
         mlflow.log_params(
             {
@@ -65,7 +56,7 @@ def run_eval_maps(
                 "threshold": metrics["threshold"],
                 "min_pixels": metrics["min_pixels"],
                 "photos": photos,
-                "engine": engine_label(effective_engine(model, predict.engine)),
+                "engine": engine_label(effective_engine(model, settings.engine)),
             }
         )
         mlflow.log_metrics(
@@ -101,27 +92,13 @@ def _score_maps(
     data: Path,
     model_ref: str,
     params: Params,
+    settings: PredictParams,
     layout: Layout,
-    scale: float | str | None,
-    overlap: float | None,
-    threshold: float | None,
     progress: bool,
     photos: str,
 ) -> tuple[Any, MapsResult]:
     """The model and its maps scored on ``data`` (arguments as for run_eval_maps)."""
-    predict = params.predict
     model = load_model(model_ref, layout)
-    if threshold is None:
-        threshold = operating_threshold(model, predict.threshold, predict.use_model_threshold)
-    settings = MapSettings(
-        scale=predict.scale if scale is None else scale,
-        auto_windows=predict.auto_windows,
-        overlap=predict.overlap if overlap is None else overlap,
-        batch_size=predict.batch_size,
-        threshold=threshold,
-        engine=predict.engine,
-        max_pixels=predict.max_pixels,
-    )
     result = evaluate_maps(
         data,
         model,
@@ -156,4 +133,13 @@ def summary_line(metrics: dict[str, Any]) -> str:
             if "ood_share" in metrics
             else ""
         )
+        + _left_out(metrics.get("left_out", []))
     )
+
+
+def _left_out(entries: list[str]) -> str:
+    """What of images/ was not scored, counted and named (the first ten)."""
+    if not entries:
+        return ""
+    more = f" and {len(entries) - 10} more" if len(entries) > 10 else ""
+    return f"; left out {len(entries)} entries of images/: {', '.join(entries[:10])}{more}"
