@@ -23,7 +23,7 @@ $(RUN_STAMP): pyproject.toml requirements.lock
 	touch $(RUN_STAMP)
 
 $(STAMP): $(RUN_STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,team]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,team,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

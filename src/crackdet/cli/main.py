@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -69,8 +70,20 @@ def _maps_commands(sub: argparse._SubParsersAction) -> None:
     predict = sub.add_parser("predict", help="crack maps for photos or folders of photos")
     predict.add_argument("photos", nargs="+", metavar="PHOTO")
     _model_option(predict)
-    predict.add_argument("--out", default="predictions")
+    predict.add_argument(
+        "--out", default="predictions", help="a folder or s3://bucket/prefix/ (a campaign)"
+    )
     _map_options(predict)
+    predict.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="map on this Ray cluster (host:port of its head, ray://…, auto, or local to start "
+        "one here; default: RAY_ADDRESS): a campaign, tracked in MLflow (docs/campaigns.md)",
+    )
+    predict.add_argument(
+        "--workers", type=int, help="Ray actors mapping photos (default: one per cluster CPU)"
+    )
     predict.add_argument(
         "--params",
         help="predict.* settings come from here (default: params.yaml of the repository, "

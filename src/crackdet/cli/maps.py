@@ -9,6 +9,7 @@ from crackdet.core.layout import Layout, repo_root
 from crackdet.core.overrides import params_or_defaults, predict_settings
 from crackdet.core.params import load_params
 from crackdet.maps.html_report import REPORT
+from crackdet.workflows.campaign import run_campaign
 from crackdet.workflows.eval_data import score_dataset
 from crackdet.workflows.eval_maps import run_eval_maps, summary_line
 from crackdet.workflows.predict import predict as predict_photos
@@ -22,6 +23,8 @@ def predict(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         threshold=args.threshold,
     )
+    if args.ray or any(s.startswith("s3://") for s in [args.out, *args.photos]):
+        return _campaign(args, cfg, layout)
     out = Path(args.out)
     photos = [Path(p) for p in args.photos]
     mapped = predict_photos(photos, args.model, out, cfg, layout)
@@ -31,6 +34,20 @@ def predict(args: argparse.Namespace) -> int:
         f"predict: {len(mapped.summaries)} of {total} photos mapped into {out}{reused}; "
         f"report {out / REPORT}"
     )
+    return 1 if mapped.errors else 0
+
+
+def _campaign(args: argparse.Namespace, cfg, layout: Layout) -> int:
+    done = run_campaign(args.photos, args.model, args.out, cfg, layout, args.ray, args.workers)
+    mapped = done.mapped
+    fresh = len(mapped.summaries) - len(mapped.skipped)
+    print(
+        f"predict: campaign ({done.executor}) {fresh} mapped, {len(mapped.skipped)} already "
+        f"done, {len(mapped.errors)} failed of {done.photos} photos into {done.out} in "
+        f"{done.seconds:.1f} s; MLflow run {done.run_id}"
+    )
+    for error in mapped.errors:
+        print(f"predict: failed: {error}")
     return 1 if mapped.errors else 0
 
 

@@ -9,9 +9,10 @@ resumes: a photo whose outputs are all there, made from the same photo bytes, mo
 settings (the JSON's ``made_from``, written last), is not mapped again but counted.
 
 The executor is the seam for other runners: :class:`Sequential` maps in this process; a
-process pool or a cluster runner implements the same ``map(work, items)``. The work holds a
-:class:`Mapper`, whose engine session does not pickle: such a runner prepares one per worker
-(:func:`prepare_mapper`) and sends it photo paths, which do.
+process pool or a cluster runner (:mod:`crackdet.maps.ray_executor`) implements the same
+``map(work, items)``. The work is a :class:`PhotoWork`: it pickles (model, settings, output
+folder) and prepares its :class:`Mapper` (whose engine session does not pickle) on its first
+photo in whichever process runs it, so each worker prepares one once.
 """
 
 from __future__ import annotations
@@ -204,12 +205,19 @@ def map_photos(
     renamed = [f"{p} -> {stems[p]}_*" for p in photos if stems[p] != p.stem]
     if renamed:
         print(f"{command}: photos share a file name; outputs named apart: {', '.join(renamed)}")
-    mapper = prepare_mapper(model, params, ood, graph_cache)
-    work = partial(
-        map_into_folder, mapper, out, model_ref=model_ref, digest=model_digest, command=command
+    work = PhotoWork(
+        partial(_given, model, ood), params, graph_cache, out, model_ref, model_digest, command
     )
+    mapped = collect(run_photos(work, [(p, stems[p]) for p in photos], executor, command))
+    if mapped.summaries:
+        write_contact_sheet(out, mapped.summaries)
+    return mapped
+
+
+def collect(outcomes: Iterable[PhotoOutcome]) -> MappedPhotos:
+    """The outcomes of a photo loop, sorted into mapped, reused and failed photos."""
     mapped = MappedPhotos([], [])
-    for outcome in run_photos(work, [(p, stems[p]) for p in photos], executor, command):
+    for outcome in outcomes:
         if outcome.summary is None:
             mapped.errors.append(outcome.error)
             continue
@@ -218,9 +226,54 @@ def map_photos(
             mapped.skipped.append(outcome.photo)
         else:
             mapped.seconds.append(outcome.seconds)
-    if mapped.summaries:
-        write_contact_sheet(out, mapped.summaries)
     return mapped
+
+
+def _given(model: CrackClassifier, ood: OODModel | None) -> tuple[CrackClassifier, OODModel | None]:
+    return model, ood
+
+
+ModelLoader = Callable[[], "tuple[CrackClassifier, OODModel | None]"]
+
+
+class PhotoWork:
+    """Maps one photo (path, output stem) into ``out`` (:func:`map_into_folder`). Pickles
+    without its :class:`Mapper`, which it prepares on its first photo from ``load`` (a
+    picklable function giving the model and OOD model): a cluster worker loads the model once.
+    """
+
+    def __init__(
+        self,
+        load: ModelLoader,
+        settings: PredictParams,
+        graph_cache: Path | None,
+        out: Path,
+        model_ref: str,
+        digest: str,
+        command: str,
+    ) -> None:
+        self.load, self.settings, self.graph_cache = load, settings, graph_cache
+        self.out, self.model_ref, self.digest, self.command = out, model_ref, digest, command
+        self._mapper: Mapper | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_mapper": None}
+
+    def mapper(self) -> Mapper:
+        if self._mapper is None:
+            model, ood = self.load()
+            self._mapper = prepare_mapper(model, self.settings, ood, self.graph_cache)
+        return self._mapper
+
+    def __call__(self, item: tuple[Path, str]) -> PhotoOutcome:
+        return map_into_folder(
+            self.mapper(),
+            self.out,
+            item,
+            model_ref=self.model_ref,
+            digest=self.digest,
+            command=self.command,
+        )
 
 
 def map_into_folder(

@@ -33,6 +33,7 @@ from crackdet.core.layout import Layout
 from crackdet.core.params import flatten
 from crackdet.tracking.redact import redact, source_name
 from crackdet.tracking.store import (
+    CAMPAIGNS,
     EVALUATIONS,
     EXPERIMENT_NAME,
     init_store,
@@ -192,6 +193,11 @@ def start_evaluation_run(root: Path, stage: str, run_name: str) -> Any:
     """A run of ``crackdet eval``/``eval-maps`` in their own experiment, started before the
     work so its duration is the evaluation's."""
     return _start_run(root, EVALUATIONS, stage, run_name)
+
+
+def start_campaign_run(root: Path, run_name: str) -> Any:
+    """A ``crackdet predict`` campaign's run in its own experiment, started before the work."""
+    return _start_run(root, CAMPAIGNS, "campaign", run_name)
 
 
 # The words server_unreachable's line carries, to tell it from other CrackdetErrors.

@@ -38,6 +38,7 @@ from crackdet.core.errors import CrackdetError, first_line
 
 EXPERIMENT_NAME = "crackdet"  # pipeline runs: train creates them, evaluate/predict_samples resume
 EVALUATIONS = "crackdet-evaluations"  # `crackdet eval` and `crackdet eval-maps` runs
+CAMPAIGNS = "crackdet-campaigns"  # `crackdet predict` campaigns (--ray, S3 photos or outputs)
 # What the experiments hold, for MLflow's UI ("Machine learning", not "GenAI apps & agents").
 # MLflow 3.17.2's UI picks its landing page by a global toggle instead; docs/team.md says how to
 # open the runs page directly.
