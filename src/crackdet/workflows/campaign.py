@@ -134,7 +134,8 @@ def run_campaign(
         identity.digest,
         "predict",
     )
-    work = CampaignWork(inner, out)
+    # Workers run in folders of their own: a local --out is given to them as an absolute path.
+    work = CampaignWork(inner, out if is_s3(out) else str(Path(out).resolve()))
     where = f"ray {ray}" if ray else "local"
     run = start_campaign_run(layout.root, f"campaign {len(photos)} photos -> {out}")
     with ending(run):
