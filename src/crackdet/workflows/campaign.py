@@ -128,7 +128,9 @@ def run_campaign(
     inner = PhotoWork(
         partial(load_for_worker, model_ref, layout.root),
         cfg,
-        None if ray else layout.graph_cache,
+        # The project's graph cache (exported once, written atomically): on a node without
+        # it, the first actor there exports into it.
+        layout.graph_cache,
         Path("."),
         identity.label,
         identity.digest,
