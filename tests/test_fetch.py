@@ -179,7 +179,8 @@ def test_mendeley_source_downloads_pins_and_records(
     # The real check: a 3+3 fixture is not the 20,000 + 20,000 public set.
     with pytest.raises(CrackdetError, match=r"not the public set as published"):
         fetch(_params(tiny_params, source="mendeley", url=url), 1, Layout(chdir_tmp))
-    monkeypatch.setattr("crackdet.data.labelled.PUBLIC_PER_CLASS", 3)  # the fixture stands in
+    # the fixture stands in
+    monkeypatch.setattr("crackdet.data.sources.labelled.PUBLIC_PER_CLASS", 3)
     archive = served / "file_downloaded"
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     params = _params(tiny_params, source="mendeley", url=f"{base}/file_downloaded", sha256=digest)
@@ -321,7 +322,7 @@ def _masks_folder(root: Path) -> Path:
 
 def test_masks_source_cuts_labelled_windows_at_each_scale(chdir_tmp: Path, tiny_params) -> None:
     from crackdet.core.params import MasksSource
-    from crackdet.data.masks import photo_of
+    from crackdet.data.sources.masks import photo_of
 
     _masks_folder(chdir_tmp / "uav")
     source = MasksSource(
@@ -358,7 +359,7 @@ def test_masks_source_cuts_labelled_windows_at_each_scale(chdir_tmp: Path, tiny_
 
 def test_masks_photo_size_follows_its_exif_orientation(tmp_path: Path) -> None:
     """Windows are cut from the photo as it is shown (EXIF applied): labels use that size."""
-    from crackdet.data.masks import ORIENTATION, read_photo_rgb, read_photo_size
+    from crackdet.data.sources.masks import ORIENTATION, read_photo_rgb, read_photo_size
 
     image = Image.new("RGB", (300, 200), (120, 120, 120))
     exif = image.getexif()

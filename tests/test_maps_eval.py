@@ -15,7 +15,7 @@ from PIL import Image
 
 from crackdet.core.errors import CrackdetError
 from crackdet.data.images import CLASSES
-from crackdet.data.synthetic import render_photo
+from crackdet.data.sources.synthetic import render_photo
 from crackdet.data.windows import window_starts
 from crackdet.maps.crackmap import Tile
 from crackdet.maps.scoring import (

@@ -71,7 +71,7 @@ class LabelledSource:
 
 @dataclass(frozen=True)
 class SyntheticSource:
-    """Rendered concrete patches (crackdet.data.synthetic): offline, any number."""
+    """Rendered concrete patches (crackdet.data.sources.synthetic): offline, any number."""
 
     kind: str = _rule(choices=("synthetic",))
     per_class: int = _rule(ge=10, le=100_000)

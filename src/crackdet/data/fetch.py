@@ -34,7 +34,10 @@ from crackdet.core.params import (
 )
 from crackdet.data.archive import extract
 from crackdet.data.images import CLASSES, decode_image
-from crackdet.data.labelled import (
+from crackdet.data.manifest import ManifestRow, manifest_digest, write_manifest
+from crackdet.data.records import FetchSummary, SourceSummary
+from crackdet.data.signatures import dhash, duplicate_groups, save_signatures, signature
+from crackdet.data.sources.labelled import (
     ExtractLimits,
     Imported,
     check_public_layout,
@@ -43,11 +46,8 @@ from crackdet.data.labelled import (
     import_public,
     resolve_path,
 )
-from crackdet.data.manifest import ManifestRow, manifest_digest, write_manifest
-from crackdet.data.masks import cut_windows, photo_of
-from crackdet.data.records import FetchSummary, SourceSummary
-from crackdet.data.signatures import dhash, duplicate_groups, save_signatures, signature
-from crackdet.data.synthetic import write_patch_set
+from crackdet.data.sources.masks import cut_windows, photo_of
+from crackdet.data.sources.synthetic import write_patch_set
 
 BAD_IMAGE_HINT = "; remove or replace it, or set fetch.on_bad_image: skip"
 GroupOf = Callable[[str], str]  # file name -> the photo it was cut from ("" if unknown)

@@ -29,8 +29,8 @@ import numpy as np
 
 from crackdet.core.errors import CrackdetError
 from crackdet.data.archive import extract
-from crackdet.data.labelled import ExtractLimits
-from crackdet.data.masks import PixelCounts, PixelSums, find_photos, read_mask
+from crackdet.data.sources.labelled import ExtractLimits
+from crackdet.data.sources.masks import PixelCounts, PixelSums, find_photos, read_mask
 from crackdet.data.windows import window_grid
 from crackdet.maps.crackmap import Tile, crack_map, scales_for
 from crackdet.maps.photos import read_photo

@@ -11,7 +11,7 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import Params
-from crackdet.data.labelled import ExtractLimits
+from crackdet.data.sources.labelled import ExtractLimits
 from crackdet.maps.scoring import MapSettings, MapsResult, evaluate_maps, windows_csv
 from crackdet.model.classifier import operating_threshold
 from crackdet.model.engines import effective_engine, engine_label
