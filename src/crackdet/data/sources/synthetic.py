@@ -26,7 +26,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from crackdet.core.params import SyntheticSource
 from crackdet.data.images import PATCH_SIZE
+from crackdet.data.sources.base import Brought, FetchContext, SourceKind, register_kind
+from crackdet.data.sources.labelled import Imported
 
 LABELS = ("Positive", "Negative")
 
@@ -806,3 +809,11 @@ def write_photo_set(
         _save_jpeg(img, path, quality)
         paths.append(path)
     return paths
+
+
+def _fetch_synthetic(ctx: FetchContext, source: SyntheticSource) -> Brought:
+    write_patch_set(ctx.target, source.per_class, ctx.seed, style=source.style)
+    return Brought(Imported(None, None, []), f"{ctx.key} (synthetic)")
+
+
+register_kind(SourceKind("synthetic", SyntheticSource, _fetch_synthetic))
