@@ -101,3 +101,16 @@ def test_an_unknown_engine_is_refused_with_the_registered_names() -> None:
     with pytest.raises(CrackdetError) as info:
         engines.engine_label("tensorrt")
     assert str(info.value) == f"engine 'tensorrt': expected one of {', '.join(engines.ENGINES)}"
+
+
+def test_training_asks_the_kind_which_sources_it_leaves_unaugmented() -> None:
+    from crackdet.data.records import FetchSummary, SourceSummary
+    from crackdet.workflows.train import plain_sources
+
+    def source(kind: str) -> SourceSummary:
+        return SourceSummary(kind, "x", "x", 2, {}, None, None, [], [], {})
+
+    kinds = {f"s-{kind}": source(kind) for kind in sources.KINDS}
+    summary = FetchSummary(kinds, 0, {}, "", {}, {})
+    expected = {f"s-{k}" for k, kind in sources.KINDS.items() if not kind.augmented}
+    assert plain_sources(summary) == expected == {"s-masks"}
