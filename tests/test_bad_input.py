@@ -29,6 +29,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from crackdet.core.params import BACKBONES, SOURCE_KINDS
 from tests.helpers.file_server import FileServer, ServerState, serve_file
 from tests.helpers.params import archive_source, tiny_params_tree
 from tests.helpers.project import PROJECT
@@ -556,16 +557,15 @@ CATALOGUE: list[Case] = [
         "params-unknown-backbone",
         "fetch",
         _set(train__backbone="vgg16"),
-        "crackdet fetch: error: params.yaml: train.backbone must be one of efficientnet_lite0, "
-        "resnet18, resnet34, resnet50, mobilenet_v3_large, efficientnet_b0, convnext_tiny; "
-        "got 'vgg16'",
+        "crackdet fetch: error: params.yaml: train.backbone must be one of "
+        f"{', '.join(BACKBONES)}; got 'vgg16'",
     ),
     Case(
         "params-unknown-source",
         "fetch",
         lambda r: r.source("set.zip", "s3"),
-        "crackdet fetch: error: params.yaml: fetch.sources.set.kind must be one of archive, "
-        "folder, mendeley, synthetic, masks; got 's3'",
+        "crackdet fetch: error: params.yaml: fetch.sources.set.kind must be one of "
+        f"{', '.join(SOURCE_KINDS)}; got 's3'",
     ),
     Case(
         "params-unknown-key",

@@ -281,7 +281,7 @@ def _sample_archive(path: Path, per_class: int = 24) -> None:
                     for name in names[1 : per_class + 1]:
                         out.writestr(name, sample.read(name))
         else:  # the rendered stand-in, when the shared sample is not on this machine
-            from crackdet.data.synthetic import write_patch_set
+            from crackdet.data.sources.synthetic import write_patch_set
 
             folder = path.parent / "rendered"
             write_patch_set(folder, per_class, seed=5)

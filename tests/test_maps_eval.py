@@ -16,7 +16,7 @@ from PIL import Image
 from crackdet.core.errors import CrackdetError
 from crackdet.core.params import PredictParams
 from crackdet.data.images import CLASSES
-from crackdet.data.synthetic import render_photo
+from crackdet.data.sources.synthetic import render_photo
 from crackdet.data.windows import window_starts
 from crackdet.maps.crackmap import Tile
 from crackdet.maps.scoring import (
@@ -338,7 +338,7 @@ def test_eval_honours_fetch_on_bad_image_as_its_hint_says(
     import yaml
 
     from crackdet.cli.main import main
-    from crackdet.data.synthetic import write_patch_set
+    from crackdet.data.sources.synthetic import write_patch_set
 
     (chdir_tmp / "dvc.yaml").write_text("stages: {}\n")
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())

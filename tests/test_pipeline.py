@@ -198,7 +198,7 @@ def test_changing_only_predict_params_reruns_only_predict_samples(repo: Path) ->
 def test_eval_command_scores_a_model_on_another_data_set(repo: Path, tmp_path: Path) -> None:
     import shutil
 
-    from crackdet.data.synthetic import write_patch_set
+    from crackdet.data.sources.synthetic import write_patch_set
 
     write_patch_set(tmp_path / "other" / "set", 10, seed=99)
     archive = shutil.make_archive(str(tmp_path / "other-set"), "zip", tmp_path / "other")
@@ -235,7 +235,7 @@ def test_an_eval_run_spans_the_evaluation(
 
     from crackdet.core.layout import Layout
     from crackdet.core.params import load_params
-    from crackdet.data.synthetic import write_patch_set
+    from crackdet.data.sources.synthetic import write_patch_set
     from crackdet.tracking.store import EVALUATIONS, init_store
     from crackdet.workflows.eval_data import score_dataset
 

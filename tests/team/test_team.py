@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crackdet.data.synthetic import write_patch_set
+from crackdet.data.sources.synthetic import write_patch_set
 from tests.helpers import make_repo, require, run_cmd, tiny_params_tree
 from tests.helpers.browser import MLFLOW_STORAGE, browser, check_page, missing_browser, screenshot
 from tests.helpers.team import add_team_remote, team_env

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from crackdet import __version__
-from crackdet.core.errors import CrackdetError
+from crackdet.core.errors import CrackdetError, error_lines
 from crackdet.core.layout import Layout
 from crackdet.tracking.store import server_unreachable
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = getattr(importlib.import_module(f"crackdet.cli.{module}"), function)
         return handler(args)
     except CrackdetError as exc:
-        print(f"crackdet {args.command}: error: {exc}", file=sys.stderr)
+        print(error_lines(args.command, exc), file=sys.stderr)
         return 2
     except Exception as exc:
         # A tracking server that stops answering, wherever a command meets it: one line.

@@ -27,6 +27,7 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import sha256_file
 from crackdet.core.layout import Layout
 from crackdet.data.records import FetchSummary
+from crackdet.data.sources import KINDS
 from crackdet.tracking.lineage import resolve_run, run_params
 from crackdet.tracking.store import EXPERIMENT_NAME
 
@@ -225,7 +226,10 @@ def locate_archives(
     names = [
         key.split(".")[2]
         for key, value in params.items()
-        if key.startswith("fetch.sources.") and key.endswith(".kind") and value == "archive"
+        if key.startswith("fetch.sources.")
+        and key.endswith(".kind")
+        and value in KINDS
+        and KINDS[value].replay_archive
     ]
     if "" in overrides:  # --data PATH: the run's only archive source
         if len(names) != 1:

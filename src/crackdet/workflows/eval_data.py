@@ -21,8 +21,8 @@ from crackdet.core.io import write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import EvaluateParams, FetchParams
 from crackdet.data.fetch import index_images
-from crackdet.data.labelled import ExtractLimits, import_labelled
 from crackdet.data.manifest import manifest_digest
+from crackdet.data.sources.labelled import ExtractLimits, import_labelled
 from crackdet.model.classifier import operating_threshold
 from crackdet.model.engines import classifier_features
 from crackdet.model.metrics import coverage, score_rows_with_features

@@ -12,7 +12,7 @@ from crackdet.core.io import sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.overrides import predict_settings
 from crackdet.core.params import Params, PredictParams
-from crackdet.data.labelled import ExtractLimits
+from crackdet.data.sources.labelled import ExtractLimits
 from crackdet.maps.scoring import MapsResult, evaluate_maps, windows_csv
 from crackdet.model.engines import effective_engine, engine_label
 from crackdet.tracking.provenance import git_state

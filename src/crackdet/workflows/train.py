@@ -17,6 +17,7 @@ from crackdet.core.params import BaseParams, TrainParams, flatten
 from crackdet.core.progress import say
 from crackdet.data.manifest import ManifestRow, read_manifest
 from crackdet.data.records import FetchSummary, SplitSummary
+from crackdet.data.sources import KINDS
 from crackdet.model.classifier import checkpoint_bytes
 from crackdet.model.engines import GRAPH_ENGINES, effective_engine, ensure_graph
 from crackdet.model.fitting import EpochRecord, TrainResult, calibrate_on_val, train_model
@@ -56,9 +57,13 @@ def upstream_params(layout: Layout) -> dict[str, object]:
 
 
 def plain_sources(summary: FetchSummary) -> frozenset[str]:
-    """Sources whose images training never augments: masks windows, cut at the maps' scales,
-    are already the views the maps will score."""
-    return frozenset(name for name, s in summary.sources.items() if s.kind == "masks")
+    """Sources whose images training never augments, as their kind says (masks windows, cut at
+    the maps' scales, are already the views the maps will score)."""
+    return frozenset(
+        name
+        for name, s in summary.sources.items()
+        if s.kind in KINDS and not KINDS[s.kind].augmented
+    )
 
 
 def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:

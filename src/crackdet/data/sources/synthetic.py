@@ -17,6 +17,7 @@ Design goals, in order:
 
 from __future__ import annotations
 
+import types
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
+from crackdet.core.params import SyntheticSource
 from crackdet.data.images import PATCH_SIZE
+from crackdet.data.sources.base import Brought, FetchContext, SourceKind, register_kind
+from crackdet.data.sources.labelled import Imported
 
 LABELS = ("Positive", "Negative")
 
@@ -124,7 +127,7 @@ def _spots(
     iy = rng.integers(0, h, n)
     ix = rng.integers(0, w, n)
     np.add.at(out, (iy, ix), rng.uniform(amp[0], amp[1], n).astype(np.float32))
-    out = ndimage.gaussian_filter(out, sigma, mode="constant", truncate=3.0)
+    out = _ndimage().gaussian_filter(out, sigma, mode="constant", truncate=3.0)
     return out * np.float32(2 * np.pi * sigma * sigma)
 
 
@@ -217,7 +220,7 @@ def _formwork(
     factor *= 1.0 + rng.uniform(0.0, 0.1) * np.exp(-(((r - lip) / 1.2) ** 2))
     # Wood grain imprint: 1-D noise across the boards, stretched along them.
     grain = rng.standard_normal(int(np.ceil(np.abs(d).max())) * 2 + 8).astype(np.float32)
-    grain = ndimage.gaussian_filter1d(grain, rng.uniform(1.0, 3.0))
+    grain = _ndimage().gaussian_filter1d(grain, rng.uniform(1.0, 3.0))
     gi = np.clip((d + grain.size / 2).astype(np.intp), 0, grain.size - 1)
     factor *= 1.0 + rng.uniform(0.0, 0.04) * grain[gi]
     cv.shade *= factor
@@ -354,7 +357,7 @@ def _walk(
     kinks = rng.random(n) < 0.012
     e[kinks] += rng.normal(0, 0.45, int(kinks.sum()))
     dev = _ar1(e, 0.96)
-    dev += ndimage.gaussian_filter1d(rng.normal(0, 0.35, n), 1.0)  # pixel-scale jaggedness
+    dev += _ndimage().gaussian_filter1d(rng.normal(0, 0.35, n), 1.0)  # pixel-scale jaggedness
     ang = heading + dev
     steps = np.stack([np.sin(ang), np.cos(ang)], axis=1)
     pts = np.asarray(start, float)[None, :] + np.cumsum(steps, axis=0)
@@ -377,7 +380,7 @@ def _width_along(
 ) -> np.ndarray:
     """Width along a crack: slowly varying around ``base`` (log-spread up to ``spread``) and
     clipped to 0.8-``widest`` px."""
-    var = ndimage.gaussian_filter1d(rng.standard_normal(n + 40), rng.uniform(8, 30))[20:-20]
+    var = _ndimage().gaussian_filter1d(rng.standard_normal(n + 40), rng.uniform(8, 30))[20:-20]
     var /= var.std() + 1e-6
     return np.clip(base * np.exp(rng.uniform(0.1, spread) * var), 0.8, widest)
 
@@ -434,7 +437,7 @@ def _trace(
     # Cracks thin out to a tip where they end; ends outside the image are cut anyway.
     taper = np.minimum(np.arange(len(pts)) + 1, np.arange(len(pts))[::-1] + 1) / 25.0
     width = np.maximum(0.8, width * np.minimum(1.0, 0.3 + taper))
-    cvar = ndimage.gaussian_filter1d(rng.standard_normal(len(pts)), 15)
+    cvar = _ndimage().gaussian_filter1d(rng.standard_normal(len(pts)), 15)
     con = shape.contrast * np.exp(0.15 * cvar / (cvar.std() + 1e-6))
     lines = [_Polyline(pts, width, np.clip(con, 0.08, shape.darkest))]
     for _ in range(n_branches):
@@ -489,7 +492,7 @@ def _render_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]
     cmap = np.zeros_like(wmap)
     np.maximum.at(wmap, (iy - y0, ix - x0), wid.astype(np.float32))
     np.maximum.at(cmap, (iy - y0, ix - x0), con.astype(np.float32))
-    dist, (ny, nx) = ndimage.distance_transform_edt(wmap == 0, return_indices=True)
+    dist, (ny, nx) = _ndimage().distance_transform_edt(wmap == 0, return_indices=True)
     dist = dist.astype(np.float32)
     half = wmap[ny, nx] * 0.5
     # Ragged walls: perturb the distance with fine noise so edges are not perfectly smooth.
@@ -537,7 +540,7 @@ def _develop(rng: np.random.Generator, cv: _Canvas) -> np.ndarray:
     if cv.tint is not None:
         rgb *= cv.tint
     sigma = rng.uniform(0.45, 1.1)
-    rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0), truncate=2.5)
+    rgb = _ndimage().gaussian_filter(rgb, (sigma, sigma, 0), truncate=2.5)
     # Sensor noise after the lens blur; luminance-only because JPEG discards chroma noise anyway.
     noise = rng.standard_normal((cv.h, cv.w), dtype=np.float32)
     rgb += (noise * np.float32(rng.uniform(0.002, 0.01)))[..., None]
@@ -604,7 +607,7 @@ def _render_wide_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Poly
     cmap = np.zeros_like(wmap)
     np.maximum.at(wmap, (iy - y0, ix - x0), wid.astype(np.float32))
     np.maximum.at(cmap, (iy - y0, ix - x0), con.astype(np.float32))
-    dist, (ny, nx) = ndimage.distance_transform_edt(wmap == 0, return_indices=True)
+    dist, (ny, nx) = _ndimage().distance_transform_edt(wmap == 0, return_indices=True)
     dist = dist.astype(np.float32)
     half = wmap[ny, nx] * 0.5
     # Ragged walls: the roughness grows with the width (chipped aggregate along wide cracks).
@@ -806,3 +809,19 @@ def write_photo_set(
         _save_jpeg(img, path, quality)
         paths.append(path)
     return paths
+
+
+def _ndimage() -> types.ModuleType:
+    # scipy.ndimage costs ~0.5 s to import, paid only when rendering: the source registry
+    # imports this module in every stage and command that asks what a source kind is.
+    from scipy import ndimage
+
+    return ndimage
+
+
+def _fetch_synthetic(ctx: FetchContext, source: SyntheticSource) -> Brought:
+    write_patch_set(ctx.target, source.per_class, ctx.seed, style=source.style)
+    return Brought(Imported(None, None, []), f"{ctx.key} (synthetic)")
+
+
+register_kind(SourceKind("synthetic", SyntheticSource, _fetch_synthetic))
