@@ -27,7 +27,7 @@ from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.io import sha256_file
 from crackdet.model.classifier import ModelSpec
 from crackdet.tracking.descriptions import VersionCard, promotion_table, version_description
-from crackdet.tracking.runs import HOST_TAG, PID_TAG, owner_gone, owner_tags
+from crackdet.tracking.runs import HOST_TAG, MODEL_SHA_TAG, PID_TAG, owner_gone, owner_tags
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -48,6 +48,43 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> int:
     import mlflow  # ~1.3 s to import: only where the registry is used
 
     return int(mlflow.register_model(model_uri, name, tags=tags).version)
+
+
+def registered_version(
+    client: Any, name: str, run_id: str, model_uri: str, model_sha256: str
+) -> Any | None:
+    """The version of ``name`` that already holds this run's checkpoint: same run and same
+    model digest (tag ``crackdet.model_sha256``; a version registered before that tag existed:
+    the same logged model). None when there is none."""
+    try:
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except _mlflow_error():
+        return None  # no registered model of that name yet
+    for version in sorted(versions, key=lambda v: int(v.version)):
+        digest = version.tags.get(MODEL_SHA_TAG)
+        if digest == model_sha256 or (digest is None and version.source == model_uri):
+            return version
+    return None
+
+
+def register_once(
+    client: Any, model_uri: str, name: str, tags: dict[str, str], model_sha256: str
+) -> tuple[int, bool]:
+    """The version of ``name`` holding this run's checkpoint, registered now unless one already
+    does (a second clone's ``dvc repro`` re-evaluates a pulled checkpoint: no duplicate
+    version). Returns the version number and whether it is new."""
+    existing = registered_version(client, name, tags["run_id"], model_uri, model_sha256)
+    if existing is not None:
+        return int(existing.version), False
+    return register(model_uri, name, {**tags, MODEL_SHA_TAG: model_sha256}), True
+
+
+def version_standing(client: Any, name: str, version: int) -> dict[str, str]:
+    """The aliases a version holds (comma-separated, "" for none) and its validation status."""
+    aliases = client.get_registered_model(name).aliases
+    held = sorted(alias for alias, number in aliases.items() if str(number) == str(version))
+    status = get_version(client, name, version).tags.get("validation_status", "")
+    return {"alias": ",".join(held), "validation_status": status}
 
 
 def version_of(client: Any, uri: str) -> Any | None:
