@@ -11,8 +11,12 @@ experiments never interleave them.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +32,7 @@ from crackdet.core.io import sha256_file
 from crackdet.model.classifier import ModelSpec
 from crackdet.tracking.descriptions import VersionCard, promotion_table, version_description
 from crackdet.tracking.runs import HOST_TAG, MODEL_SHA_TAG, PID_TAG, owner_gone, owner_tags
+from crackdet.tracking.serving import MODEL_FOLDER
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -263,6 +268,48 @@ class RegistryClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._exported(images)
+
+
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+_FOLDERS: dict[str, Path] = {}  # registry URI -> its downloaded crackdet/ folder, per process
+
+
+def registry_folder(uri: str) -> Path | None:
+    """The checkpoint folder (``crackdet/``: weights, spec, OOD model, exported graph) that a
+    model logged by crackdet train carries, downloaded once per process into a temporary
+    folder removed at exit; None for a model logged without it (an older pt2-only version)."""
+    if uri in _FOLDERS:
+        return _FOLDERS[uri]
+    import mlflow  # ~1.3 s to import: only when a registry model is asked for
+    import mlflow.artifacts
+
+    client = mlflow.MlflowClient()
+    version = version_of(client, uri)
+    source = version.source if version is not None else uri
+    scratch = Path(tempfile.mkdtemp(prefix="crackdet-model-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    # MLflow's download bar would land in the logs of every stage and command that loads one.
+    bar = os.environ.get(_PROGRESS_BAR)
+    os.environ[_PROGRESS_BAR] = "false"
+    try:
+        if source.startswith("models:/m-"):  # a logged model: fetch only its crackdet/ folder
+            location = client.get_logged_model(source.removeprefix("models:/")).artifact_location
+            target = f"{location.rstrip('/')}/{MODEL_FOLDER}"
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=target, dst_path=scratch))
+        else:
+            whole = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
+            local = Path(whole) / MODEL_FOLDER
+    except _mlflow_error():
+        return None  # no crackdet/ folder, or no such model: load_registry_model says which
+    finally:
+        if bar is None:
+            os.environ.pop(_PROGRESS_BAR, None)
+        else:
+            os.environ[_PROGRESS_BAR] = bar
+    found = local if (local / "model.json").is_file() else None
+    if found is not None:
+        _FOLDERS[uri] = found
+    return found
 
 
 @dataclass(frozen=True)
