@@ -78,6 +78,12 @@ def load_rgb(path: Path, size: int = PATCH_SIZE) -> np.ndarray:
     """An image file as uint8 HxWx3 RGB, resized to ``size`` when it is not already that size."""
     with Image.open(path) as image:
         rgb = to_rgb(image)
+    return as_patch(rgb, size)
+
+
+def as_patch(rgb: Image.Image, size: int = PATCH_SIZE) -> np.ndarray:
+    """An RGB image as the model's uint8 ``size`` x ``size`` x 3 input: resized (bilinear) when
+    it is not that size already, as every training and test patch was."""
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)

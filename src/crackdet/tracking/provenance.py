@@ -11,6 +11,8 @@ import yaml
 from crackdet.core.layout import Layout
 from crackdet.data.records import FetchSummary, SplitSummary
 
+DATA_SOURCES_TAG = "data.sources"  # the run's sources, comma-separated (registry cards read it)
+
 
 def _git(root: Path, *args: str) -> str | None:
     try:
@@ -61,7 +63,7 @@ def data_lineage(layout: Layout) -> dict[str, str]:
     fetched = FetchSummary.read(layout.fetch.summary)
     split = SplitSummary.read(layout.split.summary)
     tags = {
-        "data.sources": ",".join(fetched.sources),
+        DATA_SOURCES_TAG: ",".join(fetched.sources),
         "data.manifest_sha256": fetched.manifest_sha256,
         "data.count": str(fetched.count),
         "data.split_fingerprint": split.fingerprint,

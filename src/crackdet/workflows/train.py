@@ -9,6 +9,7 @@ import io
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from crackdet.core.errors import CrackdetError
 from crackdet.core.io import write_bytes, write_json, write_text
@@ -24,7 +25,7 @@ from crackdet.model.fitting import EpochRecord, TrainResult, calibrate_on_val, t
 from crackdet.model.inputs import load_images, targets_of
 from crackdet.model.ood import OODModel, fit_ood, save_empty
 from crackdet.model.probe import Probe, fit_probe_cached
-from crackdet.tracking.model_log import log_data_input, log_model
+from crackdet.tracking.model_log import ModelFiles, log_data_input, log_model
 from crackdet.tracking.provenance import data_lineage, lineage_tags
 from crackdet.tracking.redact import safe_params
 from crackdet.tracking.runs import RunInfo, ending, model_tags, start_pipeline_run
@@ -102,9 +103,10 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
         trained = fit(layout, base, cfg, log_epoch)
         result = trained.result
         _log_fit(trained)
-        _export_graph(layout, result)
+        graph = _export_graph(layout, result)
         example = load_images(layout.fetch.images, val_rows[:2]).float() / 255.0
-        model_uri = log_model(layout, result.model, example)
+        files = ModelFiles(trained.checkpoint, trained.ood, graph)
+        model_uri = log_model(layout, result.model, example, files)
         mlflow.set_tags(model_tags(model_uri, trained.checkpoint_sha256))
         # Files last: a failure above (MLflow, the export) leaves the last good outputs.
         _write_outputs(layout, trained)
@@ -243,14 +245,15 @@ def _write_outputs(layout: Layout, trained: Trained) -> None:
         mlflow.log_artifact(str(path), artifact_path="data")
 
 
-def _export_graph(layout: Layout, result: TrainResult) -> None:
+def _export_graph(layout: Layout, result: TrainResult) -> Path | None:
     """Export the backbone's ONNX graph, so evaluate and predict_samples run it without building
     the backbone in PyTorch; a frozen backbone's graph is exported once and found from then on.
     A backbone that cannot be exported is said on one line: stages whose engine is torch still
-    work, the others stop with the exporter's reason."""
+    work, the others stop with the exporter's reason. Returns the graph's file (None: none)."""
     if effective_engine(result.model, GRAPH_ENGINES[0]) not in GRAPH_ENGINES:
-        return  # not on the CPU: the graph engines do not apply
+        return None  # not on the CPU: the graph engines do not apply
     try:
-        ensure_graph(result.model, layout.graph_cache)
+        return ensure_graph(result.model, layout.graph_cache)
     except CrackdetError as exc:
         print(f"train: warning: {exc}", file=sys.stderr)
+        return None
