@@ -438,3 +438,56 @@ def test_server_shows_both_runs_params_history_versions_and_aliases(
     assert tags["validation_status"] in ("passed", "failed")
     champion = rest(server, "registered-models/alias", name=NAME, alias="champion")
     assert champion["model_version"]["version"] == "1"
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def test_dirty_means_an_input_changed_not_an_output(tmp_path: Path) -> None:
+    """The pipeline rewrites dvc.lock and its tracked metric files: that is not "uncommitted
+    changes"; code, params, dvc.yaml, pins and data pointers are."""
+    from crackdet.tracking.provenance import git_state
+
+    files = {
+        "src/pkg/a.py": "x = 1\n",
+        "params.yaml": "a: 1\n",
+        "dvc.yaml": "stages: {}\n",
+        "data.dvc": "outs: []\n",
+        "dvc.lock": "schema: '2.0'\n",
+        "outputs/train/metrics.json": "{}\n",
+        "README.md": "hi\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    assert git_state(tmp_path)["git.dirty"] == "false"
+
+    # What a run writes, and files no stage reads.
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (tmp_path / "outputs/train/metrics.json").write_text('{"val_loss": 0.1}\n')
+    (tmp_path / "README.md").write_text("changed\n")
+    (tmp_path / "notes.txt").write_text("new\n")
+    state = git_state(tmp_path)
+    assert state["git.dirty"] == "false" and "git.dirty_inputs" not in state
+
+    for name, text in [
+        ("params.yaml", "a: 2\n"),
+        ("src/pkg/new.py", "y = 2\n"),  # untracked code counts
+        ("dvc.yaml", "stages: {x: {cmd: y}}\n"),
+        ("data.dvc", "outs: [1]\n"),
+    ]:
+        before = (tmp_path / name).read_text() if (tmp_path / name).exists() else None
+        (tmp_path / name).write_text(text)
+        state = git_state(tmp_path)
+        assert state["git.dirty"] == "true", name
+        assert state["git.dirty_inputs"] == name
+        if before is None:
+            (tmp_path / name).unlink()
+        else:
+            (tmp_path / name).write_text(before)
+    _git(tmp_path, "mv", "src/pkg/a.py", "src/pkg/b.py")
+    assert git_state(tmp_path)["git.dirty_inputs"] == "src/pkg/a.py, src/pkg/b.py"

@@ -95,6 +95,25 @@ def test_a_command_against_a_dead_server_fails_in_one_line_at_once(
         start_pipeline_run(chdir_tmp)
 
 
+@pytest.mark.parametrize("target", ["0123456789abcdef", "models:/crack-classifier@champion"])
+def test_trace_against_a_dead_server_says_unreachable_not_missing(
+    chdir_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, target: str
+) -> None:
+    """A run that cannot be looked up because nobody answers is not "not found"."""
+    port = closed_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    (chdir_tmp / "dvc.yaml").write_text("stages: {}\n")
+    assert main(["trace", target]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(
+        f"crackdet trace: error: MLflow server http://127.0.0.1:{port}: unreachable "
+        f"(connection refused) while looking up {target}"
+    )
+    assert "not found" not in err[0]
+
+
 def test_a_run_whose_server_vanishes_ends_failed_in_one_line(chdir_tmp: Path) -> None:
     """``ending``: MLflow's error for a lost server becomes the one line; the run is ended
     (here the store still answers, so it is marked FAILED) and no run is left active."""

@@ -51,7 +51,7 @@ def _pipeline_commands(sub: argparse._SubParsersAction) -> None:
     render.add_argument("--width", type=int, default=1600)
     render.add_argument("--height", type=int, default=1200)
     render.add_argument("--quality", type=int, default=70, help="JPEG quality")
-    render.set_defaults(handler="render:render_photos")
+    render.set_defaults(handler="synthetic:render_photos")
 
 
 def _maps_commands(sub: argparse._SubParsersAction) -> None:
@@ -98,11 +98,11 @@ def _registry_commands(sub: argparse._SubParsersAction) -> None:
     models.add_argument("--name", default=DEFAULT_MODEL)
     models.add_argument("--log", action="store_true", help="print the promotion log instead")
     models.add_argument("--json", action="store_true")
-    models.set_defaults(handler="registry:models")
+    models.set_defaults(handler="tracking:models")
     log = sub.add_parser("promotion-log", help="the append-only log of alias moves")
     log.add_argument("--name", default=DEFAULT_MODEL)
     log.add_argument("--json", action="store_true")
-    log.set_defaults(handler="registry:promotion_log")
+    log.set_defaults(handler="tracking:promotion_log")
     promote = sub.add_parser(
         "promote", help="move an alias to a version by hand (gated unless --force)"
     )
@@ -112,13 +112,13 @@ def _registry_commands(sub: argparse._SubParsersAction) -> None:
     promote.add_argument("--force", action="store_true", help="skip the promote.* gates")
     promote.add_argument("--name", default=DEFAULT_MODEL)
     promote.add_argument("--params", default="params.yaml", help="promote.* gates come from here")
-    promote.set_defaults(handler="registry:promote")
+    promote.set_defaults(handler="tracking:promote")
     trace = sub.add_parser(
         "trace", help="lineage of a run id, models:/NAME@ALIAS or models:/NAME/VERSION"
     )
     trace.add_argument("target")
     trace.add_argument("--json", action="store_true")
-    trace.set_defaults(handler="registry:trace")
+    trace.set_defaults(handler="tracking:trace")
     reproduce = sub.add_parser(
         "reproduce", help="replay a run at its commit, params and data; compare metrics"
     )
@@ -132,7 +132,7 @@ def _registry_commands(sub: argparse._SubParsersAction) -> None:
         help="where a source's archive is now, if it moved (checked by sha256); SOURCE may be "
         "left out when the run had one archive source; repeat for several",
     )
-    reproduce.set_defaults(handler="registry:reproduce")
+    reproduce.set_defaults(handler="tracking:reproduce")
     ci = sub.add_parser("ci-check", help="validate params, diff params/metrics against REV")
     ci.add_argument("--base", required=True, metavar="REV")
     ci.add_argument("--report", default=HERE.ci_report, type=Path)
@@ -142,7 +142,7 @@ def _registry_commands(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: rerun the pipeline when params or code changed",
     )
-    ci.set_defaults(handler="registry:ci_check")
+    ci.set_defaults(handler="tracking:ci_check")
 
 
 def build_parser() -> argparse.ArgumentParser:
