@@ -279,7 +279,7 @@ def test_four_queued_experiments_two_at_a_time_share_the_store(tmp_path: Path) -
     assert sorted(run_statuses(db).values()) == ["FINISHED"] * 4
     lrs = query(db, "SELECT value FROM params WHERE key = 'train.lr'")
     assert sorted(float(v) for (v,) in lrs) == [0.001, 0.002, 0.003, 0.004]
-    for key in ("best_val_acc", "val_loss", "train_acc"):
+    for key in ("val/best_acc", "val/loss", "train/acc"):
         assert query(db, "SELECT count(*) FROM latest_metrics WHERE key = ?", key) == [(4,)]
     for path in root.glob(".dvc/tmp/exps/**/*.log"):
         assert "database is locked" not in path.read_text(errors="replace"), path

@@ -108,13 +108,13 @@ def test_pipeline_lands_in_postgres_and_the_bucket(team_stack: TeamStack, repo: 
         k for (k,) in team_stack.psql(f"select key from latest_metrics where run_uuid = '{run_id}'")
     }
     assert {
-        "val_acc",
-        "test_accuracy",
-        "test_accuracy_ci95_low",
-        "predict_mean_crack_fraction",
+        "val/acc",
+        "test/accuracy",
+        "test/accuracy_ci95_low",
+        "predict/mean_crack_fraction",
     } <= metrics
     steps = team_stack.psql(
-        f"select step from metrics where run_uuid = '{run_id}' and key = 'val_acc'"
+        f"select step from metrics where run_uuid = '{run_id}' and key = 'val/acc'"
     )
     assert sorted(int(s) for (s,) in steps) == [1, 2]
     params = dict(team_stack.psql(f"select key, value from params where run_uuid = '{run_id}'"))
@@ -268,7 +268,7 @@ def test_two_queued_experiments_in_parallel_lose_nothing(
         )
         assert len(rows) == 1 and rows[0][1] == "FINISHED", rows
         metrics = team_stack.psql(f"select key from latest_metrics where run_uuid = '{rows[0][0]}'")
-        assert {"best_val_acc", "test_f1", "test_accuracy_ci95_high"} <= {k for (k,) in metrics}
+        assert {"val/best_acc", "test/f1", "test/accuracy_ci95_high"} <= {k for (k,) in metrics}
     versions = {
         v for (v,) in team_stack.psql(f"select version from model_versions where name = '{NAME}'")
     }

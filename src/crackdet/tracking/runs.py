@@ -31,6 +31,7 @@ from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.io import sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import flatten
+from crackdet.tracking.provenance import git_state
 from crackdet.tracking.redact import redact, source_name
 from crackdet.tracking.store import (
     EVALUATIONS,
@@ -184,8 +185,18 @@ def _start_run(root: Path, experiment: str, stage: str, run_name: str | None) ->
 
 def start_pipeline_run(root: Path, run_name: str | None = None) -> Any:
     """Create the run that train, evaluate and predict_samples of this execution share."""
-    name = run_name or os.environ.get("DVC_EXP_NAME") or None
-    return _start_run(root, EXPERIMENT_NAME, "pipeline", name)
+    return _start_run(root, EXPERIMENT_NAME, "pipeline", run_name or pipeline_run_name(root))
+
+
+def pipeline_run_name(root: Path) -> str:
+    """What MLflow's run list shows: the DVC experiment (or ``repro``) and the commit, so a run
+    is told apart without opening it (MLflow's default is a random two-word name)."""
+    state = git_state(root)
+    label = os.environ.get("DVC_EXP_NAME") or "repro"
+    commit = state["git.commit"]
+    where = commit[:7] if commit != "none" else "no commit"
+    changed = " (changed inputs)" if state["git.dirty"] == "true" else ""
+    return f"{label} @ {where}{changed}"
 
 
 def start_evaluation_run(root: Path, stage: str, run_name: str) -> Any:
