@@ -45,6 +45,8 @@ from crackdet.tracking.store import (
 )
 
 MODEL_SHA_TAG = "crackdet.model_sha256"
+# `dvc repro --force train` would rerun fetch, split and train but not what reads the checkpoint.
+RERUN_TRAIN = "rerun train and the stages after it: dvc repro --force --downstream train"
 MODEL_URI_TAG = "crackdet.model_uri"
 
 
@@ -96,7 +98,7 @@ def run_of_model(layout: Layout) -> RunInfo:
     if not runs:
         raise CrackdetError(
             f"{shown}: no run in the MLflow store {tracking_uri(layout.root)} trained this "
-            f"checkpoint (sha256 {digest[:12]}); rerun train: dvc repro --force train"
+            f"checkpoint (sha256 {digest[:12]}); {RERUN_TRAIN}"
         )
     tags = runs[0].data.tags
     return RunInfo(runs[0].info.run_id, tags.get(MODEL_URI_TAG, ""), digest)
@@ -283,8 +285,7 @@ def resume_pipeline_run(layout: Layout) -> Iterator[tuple[Any, RunInfo]]:
             raise lost from None
         raise CrackdetError(
             f"run {run_id} of {layout.train.model.relative_to(root)} cannot be resumed in the "
-            f"MLflow store {tracking_uri(root)} ({first_line(exc)}); rerun train: "
-            "dvc repro --force train"
+            f"MLflow store {tracking_uri(root)} ({first_line(exc)}); {RERUN_TRAIN}"
         ) from None
     with ending(run):
         yield run, info
