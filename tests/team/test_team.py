@@ -141,6 +141,27 @@ def test_pipeline_lands_in_postgres_and_the_bucket(team_stack: TeamStack, repo: 
     assert f"{prefix}/files/md5/{model_md5[:2]}/{model_md5[2:]}" in stored
 
 
+def test_a_second_and_third_clone_are_up_to_date_after_dvc_pull(
+    team_stack: TeamStack, repo: Path, tmp_path: Path
+) -> None:
+    """What a teammate does first: clone, ``dvc pull``, ``dvc repro``. Every output is in git or
+    in the remote, so nothing reruns, and the registry gets no new version; twice, as a second
+    and a third teammate would."""
+    versions = f"select count(*) from model_versions where name = '{NAME}'"
+    before = team_stack.psql(versions)
+    for teammate in ("second", "third"):
+        clone = tmp_path / teammate
+        run_cmd(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+        env = env_for(team_stack, clone, tmp_path / f"{teammate}-cache")
+        run_cmd(["dvc", "pull", "-q"], clone, env)
+        assert sorted(p.name for p in (clone / "outputs/evaluate/plots").iterdir())
+        repro = run_cmd(["dvc", "repro"], clone, env)
+        assert "Running stage" not in repro.stdout, repro.stdout
+        assert "Data and pipelines are up to date." in repro.stdout, repro.stdout
+        assert run_cmd(["git", "status", "--porcelain"], clone).stdout == ""
+        assert team_stack.psql(versions) == before, teammate
+
+
 def test_version_description_and_promotion_log_in_the_registry(
     team_stack: TeamStack, repo: Path, cache: Path
 ) -> None:
