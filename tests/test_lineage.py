@@ -444,7 +444,9 @@ def _git(repo: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
 
 
-def test_dirty_means_an_input_changed_not_an_output(tmp_path: Path) -> None:
+def test_dirty_means_an_input_changed_not_an_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The pipeline rewrites dvc.lock and its tracked metric files: that is not "uncommitted
     changes"; code, params, dvc.yaml, pins and data pointers are."""
     from crackdet.tracking.provenance import git_state
@@ -489,6 +491,12 @@ def test_dirty_means_an_input_changed_not_an_output(tmp_path: Path) -> None:
             (tmp_path / name).unlink()
         else:
             (tmp_path / name).write_text(before)
+    # An experiment's -S params are written into params.yaml and committed to its ref by DVC.
+    (tmp_path / "params.yaml").write_text("a: 3\n")
+    monkeypatch.setenv("DVC_EXP_NAME", "lusty-rand")
+    assert git_state(tmp_path)["git.dirty"] == "false"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
     _git(tmp_path, "mv", "src/pkg/a.py", "src/pkg/b.py")
     assert git_state(tmp_path)["git.dirty_inputs"] == "src/pkg/a.py, src/pkg/b.py"
 

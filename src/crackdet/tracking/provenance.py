@@ -51,7 +51,12 @@ def changed_inputs(root: Path) -> list[str] | None:
         if entry[0] in "RC":  # a rename or copy: its source path follows as the next entry
             paths.append(entries[i])
             i += 1
-    return sorted({p for p in paths if is_input(p)})
+    changed = {p for p in paths if is_input(p)}
+    if os.environ.get("DVC_EXP_NAME"):
+        # `dvc exp run -S …` writes the experiment's params into params.yaml, commits them to
+        # the experiment's ref and the run records them: not uncommitted changes.
+        changed.discard("params.yaml")
+    return sorted(changed)
 
 
 def git_state(root: Path) -> dict[str, str]:
