@@ -177,9 +177,10 @@ def test_exp_run_creates_a_comparable_second_run(repo: Path) -> None:
     assert set(first.data.params) == set(second.data.params)
     assert set(first.data.metrics) == set(second.data.metrics)
     assert second.data.tags.get("dvc.dvc_exp_name")
-    head = run_cmd(["git", "rev-parse", "HEAD"], repo).stdout.strip()
-    assert first.info.run_name == f"repro @ {head[:7]}"
-    assert second.info.run_name == f"{second.data.tags['dvc.dvc_exp_name']} @ {head[:7]}"
+    # Named after what made them: `dvc repro` or the experiment, at the commit each ran on.
+    assert first.info.run_name == f"repro @ {first.data.tags['git.commit'][:7]}"
+    exp_name = second.data.tags["dvc.dvc_exp_name"]
+    assert second.info.run_name == f"{exp_name} @ {second.data.tags['git.commit'][:7]}"
     assert [m.step for m in client.get_metric_history(second.info.run_id, "val/acc")] == [1]
     versions = client.search_model_versions("name='crack-classifier'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
