@@ -645,7 +645,7 @@ CATALOGUE: list[Case] = [
         _ood_file(pickled=True),
         "crackdet predict_samples: error: {root}/outputs/train/ood.npz: damaged or not a "
         "plain-array .npz (Object arrays cannot be loaded when allow_pickle=False); rerun train "
-        "(dvc repro -f train)",
+        "and the stages after it (dvc repro --force --downstream train)",
         absent=("PWNED",),
     ),
     Case(

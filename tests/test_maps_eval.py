@@ -319,10 +319,10 @@ def test_cli_logs_an_mlflow_run(
     assert run.data.tags["eval.data"] == "maps.zip"
     assert run.data.tags["eval.model"] == str(ckpt)
     assert run.data.params["threshold"] == "0.25"
-    assert run.data.metrics["maps_auroc"] == pytest.approx(metrics["auroc"])
-    assert run.data.metrics["maps_recall"] == pytest.approx(metrics["recall"])
-    assert run.data.metrics["maps_planking_fpr"] == pytest.approx(metrics["planking_fpr"])
-    assert ("maps_precision" in run.data.metrics) == (metrics["precision"] is not None)
+    assert run.data.metrics["maps/auroc"] == pytest.approx(metrics["auroc"])
+    assert run.data.metrics["maps/recall"] == pytest.approx(metrics["recall"])
+    assert run.data.metrics["maps/planking_fpr"] == pytest.approx(metrics["planking_fpr"])
+    assert ("maps/precision" in run.data.metrics) == (metrics["precision"] is not None)
 
     assert main(["eval-maps", str(archive), "--model", str(ckpt), "--overlap", "0.95"]) == 2
     assert capsys.readouterr().err == (

@@ -146,6 +146,14 @@ def _registry_commands(sub: argparse._SubParsersAction) -> None:
         help="where a source's archive is now, if it moved (checked by sha256); SOURCE may be "
         "left out when the run had one archive source; repeat for several",
     )
+    reproduce.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        metavar="ABS",
+        help="largest |recorded - replayed| that still matches (default 1e-3: another CPU's "
+        "last digits; 0: identical figures only)",
+    )
     reproduce.set_defaults(handler="tracking:reproduce")
     ci = sub.add_parser("ci-check", help="validate params, diff params/metrics against REV")
     ci.add_argument("--base", required=True, metavar="REV")

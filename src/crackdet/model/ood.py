@@ -74,7 +74,9 @@ class OODModel:
         try:
             data = read_npz(path)
         except CrackdetError as exc:
-            raise CrackdetError(f"{exc}; rerun train (dvc repro -f train)") from None
+            raise CrackdetError(
+                f"{exc}; rerun train and the stages after it (dvc repro --force --downstream train)"
+            ) from None
         if "mean" not in data:
             return None
         missing = {"components", "scale", "residual_scale", "threshold"} - set(data)

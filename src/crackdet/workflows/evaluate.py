@@ -28,6 +28,7 @@ from crackdet.model.ood import OODModel
 from crackdet.model.plots import write_curves, write_plot_images
 from crackdet.model.probe import Probe
 from crackdet.tracking.descriptions import version_card
+from crackdet.tracking.metric_names import per_source_names, section_names
 from crackdet.tracking.promotion import Reevaluator, auto_promote
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.registry import (
@@ -83,16 +84,11 @@ def evaluate(layout: Layout, cfg: EvaluateParams, gates: PromoteParams) -> dict[
         log_stage_params(layout.root, "evaluate", asdict(cfg))
         log_stage_params(layout.root, "promote", asdict(gates))
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        mlflow.log_metrics({f"test_{k}": v for k, v in scalars.items()})
-        if "probe" in metrics:
-            mlflow.log_metrics({f"probe_test_{k}": v for k, v in metrics["probe"].items()})
         mlflow.log_metrics(
-            {
-                f"test_{name}_{k}": float(v)
-                for name, figures in metrics["per_source"].items()
-                for k, v in figures.items()
-            }
-            | {f"test_{k}": float(v) for k, v in metrics.get("coverage", {}).items()}
+            section_names(scalars, "test")
+            | section_names(metrics.get("probe", {}), "baseline")
+            | per_source_names(metrics["per_source"])
+            | section_names(metrics.get("coverage", {}), "coverage")
         )
         mlflow.log_artifact(str(out.metrics), artifact_path="evaluate")
         for path in plots:

@@ -25,6 +25,7 @@ from crackdet.model.fitting import EpochRecord, TrainResult, calibrate_on_val, t
 from crackdet.model.inputs import load_images, targets_of
 from crackdet.model.ood import OODModel, fit_ood, save_empty
 from crackdet.model.probe import Probe, fit_probe_cached
+from crackdet.tracking.metric_names import EPOCH, fit_names, timing_names
 from crackdet.tracking.model_log import ModelFiles, log_data_input, log_model
 from crackdet.tracking.provenance import data_lineage, lineage_tags
 from crackdet.tracking.redact import safe_params
@@ -83,17 +84,8 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
         log_data_input(layout, lineage)
 
         def log_epoch(record: EpochRecord) -> None:
-            mlflow.log_metrics(
-                {
-                    "train_loss": record.train_loss,
-                    "train_acc": record.train_acc,
-                    "val_loss": record.val_loss,
-                    "val_acc": record.val_acc,
-                    "lr": record.lr,
-                    "epoch_seconds": record.seconds,
-                },
-                step=record.epoch,
-            )
+            figures = {key: getattr(record, key) for key in EPOCH}
+            mlflow.log_metrics({EPOCH[k]: v for k, v in figures.items()}, step=record.epoch)
             say(
                 f"train: epoch {record.epoch}/{cfg.epochs} "
                 f"train_loss {record.train_loss:.4f} train_acc {record.train_acc:.4f} "
@@ -207,14 +199,16 @@ def _log_fit(trained: Trained) -> None:
     result, metrics = trained.result, trained.metrics
     figures = {k: v for k, v in metrics.items() if k not in ("best_epoch", "val_acc", "val_loss")}
     mlflow.log_metrics(
-        {
-            "best_epoch": result.best_epoch,
-            "best_val_acc": result.best.val_acc,
-            "best_val_loss": result.best.val_loss,
-            **{k: float(v) for k, v in figures.items() if isinstance(v, int | float)},
-            **({"ood_threshold": trained.ood.threshold} if trained.ood else {}),
-            **{k: round(v, 3) for k, v in result.timings.items()},
-        }
+        fit_names(
+            {
+                "best_epoch": result.best_epoch,
+                "best_val_acc": result.best.val_acc,
+                "best_val_loss": result.best.val_loss,
+                **{k: float(v) for k, v in figures.items() if isinstance(v, int | float)},
+                **({"ood_threshold": trained.ood.threshold} if trained.ood else {}),
+            }
+        )
+        | timing_names({k: round(v, 3) for k, v in result.timings.items()})
     )
 
 
