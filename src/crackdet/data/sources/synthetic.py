@@ -466,40 +466,71 @@ def _patch_cracks(rng: np.random.Generator, size: int) -> list[_Polyline]:
     return lines
 
 
-def _render_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]) -> np.ndarray:
-    """Rasterise crack polylines into ``shade``; returns the coverage map alpha in [0, 1].
+@dataclass(frozen=True)
+class _CrackField:
+    """Every pixel's distance to the nearest crack centreline pixel, and that pixel's half width
+    and contrast, in a window around the cracks on the canvas padded by ``pad`` px."""
+
+    dist: np.ndarray
+    half: np.ndarray
+    contrast: np.ndarray
+    in_window: tuple[slice, slice]  # the part of the window that lies on the canvas
+    on_canvas: tuple[slice, slice]  # where that part lies on the canvas
+
+
+def _crack_field(cv: _Canvas, lines: list[_Polyline], pad: int) -> _CrackField | None:
+    """The distance field of ``lines`` (None when none of their points is within ``pad`` px of
+    the canvas).
 
     Centreline pixels store width and contrast; one Euclidean distance transform with nearest
     indices then gives every pixel its distance to the crack and the local width, i.e. an
-    anti-aliased variable-width stroke without per-segment drawing.
+    anti-aliased variable-width stroke without per-segment drawing. The window reaches
+    ``pad + 2`` px beyond the outermost points, which keeps the transform small on photos.
     """
-    pad = 10  # cracks passing just outside the frame still darken its border
     hh, ww = cv.h + 2 * pad, cv.w + 2 * pad
-    pts = np.concatenate([ln.pts for ln in lines])
-    wid = np.concatenate([ln.width for ln in lines])
-    con = np.concatenate([ln.contrast for ln in lines])
+    pts = np.concatenate([line.pts for line in lines])
+    wid = np.concatenate([line.width for line in lines])
+    con = np.concatenate([line.contrast for line in lines])
     iy = np.rint(pts[:, 0]).astype(np.intp) + pad
     ix = np.rint(pts[:, 1]).astype(np.intp) + pad
-    ok = (iy >= 0) & (iy < hh) & (ix >= 0) & (ix < ww)
-    alpha = np.zeros((cv.h, cv.w), np.float32)
-    if not ok.any():
-        return alpha
-    iy, ix, wid, con = iy[ok], ix[ok], wid[ok], con[ok]
-    # Rows/cols window around the crack keeps the distance transform small on photos.
-    y0, y1 = max(0, iy.min() - 12), min(hh, iy.max() + 13)
-    x0, x1 = max(0, ix.min() - 12), min(ww, ix.max() + 13)
+    inside = (iy >= 0) & (iy < hh) & (ix >= 0) & (ix < ww)
+    if not inside.any():
+        return None
+    iy, ix, wid, con = iy[inside], ix[inside], wid[inside], con[inside]
+    m = pad + 2
+    y0, y1 = max(0, iy.min() - m), min(hh, iy.max() + m + 1)
+    x0, x1 = max(0, ix.min() - m), min(ww, ix.max() + m + 1)
     wmap = np.zeros((y1 - y0, x1 - x0), np.float32)
     cmap = np.zeros_like(wmap)
     np.maximum.at(wmap, (iy - y0, ix - x0), wid.astype(np.float32))
     np.maximum.at(cmap, (iy - y0, ix - x0), con.astype(np.float32))
     dist, (ny, nx) = _ndimage().distance_transform_edt(wmap == 0, return_indices=True)
-    dist = dist.astype(np.float32)
-    half = wmap[ny, nx] * 0.5
+    in_window = (
+        slice(max(y0, pad) - y0, min(y1, pad + cv.h) - y0),
+        slice(max(x0, pad) - x0, min(x1, pad + cv.w) - x0),
+    )
+    on_canvas = (
+        slice(max(y0, pad) - pad, min(y1, pad + cv.h) - pad),
+        slice(max(x0, pad) - pad, min(x1, pad + cv.w) - pad),
+    )
+    return _CrackField(
+        dist.astype(np.float32), wmap[ny, nx] * 0.5, cmap[ny, nx], in_window, on_canvas
+    )
+
+
+def _render_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]) -> np.ndarray:
+    """Rasterise crack polylines (through :func:`_crack_field`) into ``shade``; returns the
+    coverage map alpha in [0, 1]."""
+    alpha = np.zeros((cv.h, cv.w), np.float32)
+    field = _crack_field(cv, lines, 10)  # cracks passing just outside still darken its border
+    if field is None:
+        return alpha
+    dist, half = field.dist, field.half
     # Ragged walls: perturb the distance with fine noise so edges are not perfectly smooth.
     dist += _noise(rng, *dist.shape, 2.0) * np.float32(rng.uniform(0.1, 0.45))
     a = np.clip(half + 0.5 - dist, 0.0, 1.0)
     core = np.clip(1.0 - dist / (half + 1.0), 0.0, 1.0)  # deepest (darkest) in the middle
-    depth = a * (0.65 + 0.35 * core) * cmap[ny, nx]
+    depth = a * (0.65 + 0.35 * core) * field.contrast
     # Damp/dirty halo some cracks have, and chipped bright arrises on wide ones.
     if rng.random() < 0.4:
         depth += np.float32(rng.uniform(0.03, 0.1)) * np.exp(-dist / rng.uniform(2, 6)) * (1 - a)
@@ -508,12 +539,8 @@ def _render_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]
         rim = np.clip(half + 2.0 - dist, 0.0, 1.0) - a
         chips = _noise(rng, *dist.shape, rng.uniform(6, 20)) > 0.3
         factor += np.float32(rng.uniform(0.05, 0.15)) * rim * chips * (half > 1.2)
-    sy = slice(max(y0, pad) - y0, min(y1, pad + cv.h) - y0)
-    sx = slice(max(x0, pad) - x0, min(x1, pad + cv.w) - x0)
-    ty = slice(max(y0, pad) - pad, min(y1, pad + cv.h) - pad)
-    tx = slice(max(x0, pad) - pad, min(x1, pad + cv.w) - pad)
-    cv.shade[ty, tx] *= factor[sy, sx]
-    alpha[ty, tx] = a[sy, sx]
+    cv.shade[field.on_canvas] *= factor[field.in_window]
+    alpha[field.on_canvas] = a[field.in_window]
     return alpha
 
 
@@ -589,27 +616,10 @@ def _render_wide_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Poly
     ragged walls scaled by the widest crack, a shadowed, textured interior in wide gaps and,
     sometimes, chipped bright edges."""
     wmax = float(max(line.width.max() for line in lines))
-    pad = int(10 + wmax)
-    hh, ww = cv.h + 2 * pad, cv.w + 2 * pad
-    pts = np.concatenate([line.pts for line in lines])
-    wid = np.concatenate([line.width for line in lines])
-    con = np.concatenate([line.contrast for line in lines])
-    iy = np.rint(pts[:, 0]).astype(np.intp) + pad
-    ix = np.rint(pts[:, 1]).astype(np.intp) + pad
-    inside = (iy >= 0) & (iy < hh) & (ix >= 0) & (ix < ww)
-    if not inside.any():
+    field = _crack_field(cv, lines, int(10 + wmax))
+    if field is None:
         return
-    iy, ix, wid, con = iy[inside], ix[inside], wid[inside], con[inside]
-    m = int(12 + wmax)
-    y0, y1 = max(0, iy.min() - m), min(hh, iy.max() + m + 1)
-    x0, x1 = max(0, ix.min() - m), min(ww, ix.max() + m + 1)
-    wmap = np.zeros((y1 - y0, x1 - x0), np.float32)
-    cmap = np.zeros_like(wmap)
-    np.maximum.at(wmap, (iy - y0, ix - x0), wid.astype(np.float32))
-    np.maximum.at(cmap, (iy - y0, ix - x0), con.astype(np.float32))
-    dist, (ny, nx) = _ndimage().distance_transform_edt(wmap == 0, return_indices=True)
-    dist = dist.astype(np.float32)
-    half = wmap[ny, nx] * 0.5
+    dist, half = field.dist, field.half
     # Ragged walls: the roughness grows with the width (chipped aggregate along wide cracks).
     rough = np.float32(rng.uniform(0.1, 0.45)) + np.float32(rng.uniform(0.05, 0.25)) * half
     near = dist < 1
@@ -617,7 +627,7 @@ def _render_wide_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Poly
     dist += _noise(rng, *dist.shape, cell) * rough
     alpha = np.clip(half + 0.5 - dist, 0.0, 1.0)
     core = np.clip(1.0 - dist / (half + 1.0), 0.0, 1.0)
-    depth = alpha * (0.65 + 0.35 * core) * cmap[ny, nx]
+    depth = alpha * (0.65 + 0.35 * core) * field.contrast
     if wmax > 4:  # a shadowed gap: darker towards the core, blotchy (depth, debris)
         wide = np.clip((half - 2.0) / 4.0, 0.0, 1.0)
         texture = _noise(rng, *dist.shape, rng.uniform(2.0, 6.0))
@@ -631,11 +641,7 @@ def _render_wide_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Poly
         rim = np.clip(half + 2.0 + 0.3 * half - dist, 0.0, 1.0) - alpha
         chips = _noise(rng, *dist.shape, rng.uniform(6, 20)) > 0.3
         factor += np.float32(rng.uniform(0.05, 0.2)) * rim * chips * (half > 1.2)
-    sy = slice(max(y0, pad) - y0, min(y1, pad + cv.h) - y0)
-    sx = slice(max(x0, pad) - x0, min(x1, pad + cv.w) - x0)
-    ty = slice(max(y0, pad) - pad, min(y1, pad + cv.h) - pad)
-    tx = slice(max(x0, pad) - pad, min(x1, pad + cv.w) - pad)
-    cv.shade[ty, tx] *= factor[sy, sx]
+    cv.shade[field.on_canvas] *= factor[field.in_window]
 
 
 def render_randomised_patch(rng: np.random.Generator, crack: bool) -> np.ndarray:
