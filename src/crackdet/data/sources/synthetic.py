@@ -397,13 +397,24 @@ def _crack_system(
     n_branches: int,
     branch_len: tuple[float, float],
     faint_p: float = 0.25,
+    wide_base: float | None = None,
 ) -> list[_Polyline]:
-    """One crack through ``centre`` running ``reach`` px each way, plus tapering branches."""
+    """One crack through ``centre`` running ``reach`` px each way, plus tapering branches: the
+    classic renderer's (a random width of 1-5.5 px) or, given ``wide_base``, the randomised
+    renderer's, of that width (wide cracks are deep, dark gaps; hairlines may be faint)."""
     heading = rng.uniform(0, 2 * np.pi)
     wiggle = rng.uniform(0.03, 0.09)
-    base = float(np.exp(rng.uniform(np.log(1.0), np.log(5.5))))
-    contrast = rng.uniform(0.15, 0.4) if rng.random() < faint_p else rng.uniform(0.35, 0.85)
-    shape = _CrackShape(heading, wiggle, base, contrast, _width_profile, (0.4, 0.8), 0.92)
+    if wide_base is None:
+        base = float(np.exp(rng.uniform(np.log(1.0), np.log(5.5))))
+        look = (_width_profile, (0.4, 0.8), 0.92)
+    else:
+        base = wide_base
+        look = (_wide_width_profile, (0.2, 0.6), 0.95)
+    if wide_base is not None and base > 5:
+        contrast = rng.uniform(0.55, 0.92)
+    else:
+        contrast = rng.uniform(0.15, 0.4) if rng.random() < faint_p else rng.uniform(0.35, 0.85)
+    shape = _CrackShape(heading, wiggle, base, contrast, *look)
     return _trace(rng, centre, reach, n_branches, branch_len, shape)
 
 
@@ -454,15 +465,25 @@ def _trace(
     return lines
 
 
-def _patch_cracks(rng: np.random.Generator, size: int) -> list[_Polyline]:
-    """Crack layout for a patch: one crack (sometimes two) crossing it, maybe with branches."""
+def _patch_cracks(
+    rng: np.random.Generator, size: int, wide_base: float | None = None
+) -> list[_Polyline]:
+    """Crack layout for a patch: one crack (sometimes two) crossing it, maybe with branches
+    (:func:`_crack_system`'s, classic or, given ``wide_base``, randomised)."""
     lines: list[_Polyline] = []
     n_systems = 1 if rng.random() < 0.8 else 2
     for _ in range(n_systems):
         centre = (rng.uniform(0.25, 0.75) * size, rng.uniform(0.25, 0.75) * size)
         far = 1.6 * size  # long enough to leave the patch on both sides
         reach = (far, far if rng.random() < 0.85 else rng.uniform(0.15, 0.45) * size)
-        lines += _crack_system(rng, centre, reach, rng.poisson(0.7), (0.15 * size, 0.7 * size))
+        lines += _crack_system(
+            rng,
+            centre,
+            reach,
+            rng.poisson(0.7),
+            (0.15 * size, 0.7 * size),
+            wide_base=wide_base,
+        )
     return lines
 
 
@@ -591,26 +612,6 @@ def _wide_width_profile(rng: np.random.Generator, n: int, base: float) -> np.nda
     return _width_along(rng, n, base, 0.4, 40.0)
 
 
-def _wide_crack_system(
-    rng: np.random.Generator,
-    centre: tuple[float, float],
-    reach: tuple[float, float],
-    n_branches: int,
-    branch_len: tuple[float, float],
-    base: float,
-) -> list[_Polyline]:
-    """A crack of base width ``base`` with branches; wide cracks are deep (dark gaps),
-    hairlines may be faint."""
-    heading = rng.uniform(0, 2 * np.pi)
-    wiggle = rng.uniform(0.03, 0.09)
-    if base > 5:
-        contrast = rng.uniform(0.55, 0.92)
-    else:
-        contrast = rng.uniform(0.15, 0.4) if rng.random() < 0.25 else rng.uniform(0.35, 0.85)
-    shape = _CrackShape(heading, wiggle, base, contrast, _wide_width_profile, (0.2, 0.6), 0.95)
-    return _trace(rng, centre, reach, n_branches, branch_len, shape)
-
-
 def _render_wide_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]) -> None:
     """Darken ``cv`` along the cracks like :func:`_render_cracks`, with the margin and the
     ragged walls scaled by the widest crack, a shadowed, textured interior in wide gaps and,
@@ -649,24 +650,10 @@ def render_randomised_patch(rng: np.random.Generator, crack: bool) -> np.ndarray
     single photographed set shows, for models that must serve any camera distance."""
     zoom = float(np.exp(rng.uniform(np.log(ZOOM[0]), np.log(ZOOM[1]))))
     size = max(64, round(PATCH_SIZE / zoom))
-    cv = _Canvas.new(size, size)
-    _surface(rng, cv)
-    _lighting(rng, cv, 0.12)
-    rate = _POSITIVE_CONFUSER_RATE if crack else 1.0
-    for fn, p in _CONFUSERS:
-        if rng.random() < p * rate:
-            fn(rng, cv)
+    cv = _patch_canvas(rng, size, crack)
     if crack:
         base = float(np.exp(rng.uniform(np.log(WIDE_BASE[0]), np.log(WIDE_BASE[1]))))
-        lines: list[_Polyline] = []
-        for _ in range(1 if rng.random() < 0.8 else 2):
-            centre = (rng.uniform(0.25, 0.75) * size, rng.uniform(0.25, 0.75) * size)
-            far = 1.6 * size
-            reach = (far, far if rng.random() < 0.85 else rng.uniform(0.15, 0.45) * size)
-            lines += _wide_crack_system(
-                rng, centre, reach, rng.poisson(0.7), (0.15 * size, 0.7 * size), base
-            )
-        _render_wide_cracks(rng, cv, lines)
+        _render_wide_cracks(rng, cv, _patch_cracks(rng, size, wide_base=base))
     image = _develop(rng, cv)
     if size != PATCH_SIZE:
         resized = Image.fromarray(image).resize((PATCH_SIZE, PATCH_SIZE), Image.Resampling.BILINEAR)
@@ -679,10 +666,8 @@ def render_randomised_patch(rng: np.random.Generator, crack: bool) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 
 
-def render_patch(rng: np.random.Generator, crack: bool, size: int = PATCH_SIZE) -> np.ndarray:
-    """Render one ``size`` x ``size`` RGB uint8 concrete patch, with a crack if ``crack``."""
-    if size < 16:
-        raise ValueError(f"patch size must be at least 16 px, got {size}")
+def _patch_canvas(rng: np.random.Generator, size: int, crack: bool) -> _Canvas:
+    """A lit ``size`` x ``size`` concrete surface with confusers, ready for cracks."""
     cv = _Canvas.new(size, size)
     _surface(rng, cv)
     _lighting(rng, cv, 0.12)
@@ -692,6 +677,14 @@ def render_patch(rng: np.random.Generator, crack: bool, size: int = PATCH_SIZE) 
     for fn, p in _CONFUSERS:
         if rng.random() < p * rate:
             fn(rng, cv)
+    return cv
+
+
+def render_patch(rng: np.random.Generator, crack: bool, size: int = PATCH_SIZE) -> np.ndarray:
+    """Render one ``size`` x ``size`` RGB uint8 concrete patch, with a crack if ``crack``."""
+    if size < 16:
+        raise ValueError(f"patch size must be at least 16 px, got {size}")
+    cv = _patch_canvas(rng, size, crack)
     if crack:
         _render_cracks(rng, cv, _patch_cracks(rng, size))
     return _develop(rng, cv)
