@@ -390,18 +390,12 @@ def _width_profile(rng: np.random.Generator, n: int, base: float) -> np.ndarray:
     return _width_along(rng, n, base, 0.35, 6.5)
 
 
-def _crack_system(
-    rng: np.random.Generator,
-    centre: tuple[float, float],
-    reach: tuple[float, float],
-    n_branches: int,
-    branch_len: tuple[float, float],
-    faint_p: float = 0.25,
-    wide_base: float | None = None,
-) -> list[_Polyline]:
-    """One crack through ``centre`` running ``reach`` px each way, plus tapering branches: the
-    classic renderer's (a random width of 1-5.5 px) or, given ``wide_base``, the randomised
-    renderer's, of that width (wide cracks are deep, dark gaps; hairlines may be faint)."""
+def _crack_shape(
+    rng: np.random.Generator, faint_p: float = 0.25, wide_base: float | None = None
+) -> _CrackShape:
+    """A crack's look: the classic renderer's (a random width of 1-5.5 px, faint with
+    probability ``faint_p``) or, given ``wide_base``, the randomised renderer's, of that width
+    (wide cracks are deep, dark gaps; hairlines may be faint)."""
     heading = rng.uniform(0, 2 * np.pi)
     wiggle = rng.uniform(0.03, 0.09)
     if wide_base is None:
@@ -414,13 +408,12 @@ def _crack_system(
         contrast = rng.uniform(0.55, 0.92)
     else:
         contrast = rng.uniform(0.15, 0.4) if rng.random() < faint_p else rng.uniform(0.35, 0.85)
-    shape = _CrackShape(heading, wiggle, base, contrast, *look)
-    return _trace(rng, centre, reach, n_branches, branch_len, shape)
+    return _CrackShape(heading, wiggle, base, contrast, *look)
 
 
 @dataclass(frozen=True)
 class _CrackShape:
-    """What differs between the renderers' cracks; :func:`_trace` draws the rest."""
+    """What differs between the renderers' cracks; :func:`_crack_system` draws the rest."""
 
     heading: float
     wiggle: float
@@ -431,7 +424,7 @@ class _CrackShape:
     darkest: float  # the largest contrast
 
 
-def _trace(
+def _crack_system(
     rng: np.random.Generator,
     centre: tuple[float, float],
     reach: tuple[float, float],
@@ -469,7 +462,7 @@ def _patch_cracks(
     rng: np.random.Generator, size: int, wide_base: float | None = None
 ) -> list[_Polyline]:
     """Crack layout for a patch: one crack (sometimes two) crossing it, maybe with branches
-    (:func:`_crack_system`'s, classic or, given ``wide_base``, randomised)."""
+    (:func:`_crack_shape`'s, classic or, given ``wide_base``, randomised)."""
     lines: list[_Polyline] = []
     n_systems = 1 if rng.random() < 0.8 else 2
     for _ in range(n_systems):
@@ -482,7 +475,7 @@ def _patch_cracks(
             reach,
             rng.poisson(0.7),
             (0.15 * size, 0.7 * size),
-            wide_base=wide_base,
+            _crack_shape(rng, wide_base=wide_base),
         )
     return lines
 
@@ -723,7 +716,9 @@ def render_photo(
         centre = (rng.uniform(0.25, 0.75) * height, rng.uniform(0.25, 0.75) * width)
         reach = (rng.uniform(0.25, 0.45) * diag, rng.uniform(0.25, 0.45) * diag)
         # Fewer faint cracks than in patches: a photo's cracks should be visible to a person.
-        lines += _crack_system(rng, centre, reach, 2 + rng.poisson(2.5), (80, 450), faint_p=0.1)
+        lines += _crack_system(
+            rng, centre, reach, 2 + rng.poisson(2.5), (80, 450), _crack_shape(rng, faint_p=0.1)
+        )
     alpha = _render_cracks(rng, cv, lines) if lines else np.zeros((height, width), np.float32)
     mask = np.where(alpha >= 0.5, 255, 0).astype(np.uint8)
     return _develop(rng, cv), mask
