@@ -22,7 +22,7 @@ from crackdet.model.metrics import (
     per_source,
     pretrained_features,
     score_classifier,
-    score_rows,
+    score_rows_with_features,
 )
 from crackdet.model.ood import OODModel
 from crackdet.model.plots import write_curves, write_plot_images
@@ -163,7 +163,8 @@ def split_reevaluator(layout: Layout, name: str, batch_size: int) -> Reevaluator
     def score(version: Any) -> dict[str, float]:
         model = load_registry_model(f"models:/{name}/{version.version}")
         rows = read_manifest(layout.split.manifest("test"))
-        metrics = score_rows(model, layout.fetch.images, rows, batch_size).metrics()
+        evaluation, _ = score_rows_with_features(model, layout.fetch.images, rows, batch_size)
+        metrics = evaluation.metrics()
         return {k: float(metrics[k]) for k in KEY_METRICS}  # type: ignore[arg-type]
 
     return score
