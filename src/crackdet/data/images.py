@@ -7,6 +7,7 @@ through :func:`to_rgb`, so a model never sees BGR, alpha or 16-bit values.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,23 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise CrackdetError(f"{name}: not a readable image ({first_line(exc)})") from None
+
+
+def read_rgb(path: Path, check: Callable[[int, int], None]) -> np.ndarray:
+    """An image file as uint8 HxWx3 RGB. ``check(width, height)`` sees the size before any
+    pixel is decoded and raises :class:`CrackdetError` to refuse the file (a photo too big to
+    map costs nothing to turn away)."""
+    try:
+        with Image.open(path) as image:
+            check(*image.size)
+            image.load()
+            return np.asarray(to_rgb(image), dtype=np.uint8)
+    except CrackdetError:
+        raise
+    except Image.DecompressionBombError:
+        raise CrackdetError(f"{path}: refused as a decompression bomb (too many pixels)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CrackdetError(f"{path}: not a readable image ({first_line(exc)})") from None
 
 
 def load_rgb(path: Path, size: int = PATCH_SIZE) -> np.ndarray:

@@ -32,7 +32,7 @@ from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.io import file_digests
 from crackdet.core.params import MasksSource
 from crackdet.data.archive import extract
-from crackdet.data.images import IMAGE_SUFFIXES, PATCH_SIZE, is_image_file, to_rgb
+from crackdet.data.images import IMAGE_SUFFIXES, PATCH_SIZE, is_image_file, read_rgb
 from crackdet.data.sources.base import Brought, FetchContext, SourceKind, register_kind
 from crackdet.data.sources.labelled import ExtractLimits, Imported, resolve_path
 from crackdet.data.windows import pad_to_window, resize_photo, window_grid
@@ -215,19 +215,15 @@ class PixelCounts(PixelSums):
 
 def read_photo_rgb(path: Path, max_pixels: int) -> np.ndarray:
     """A photo as uint8 HxWx3 RGB, refused before decoding when it has too many pixels."""
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > max_pixels:
-                raise CrackdetError(
-                    f"{path}: {image.width}x{image.height} pixels exceeds fetch.max_pixels "
-                    f"({max_pixels}); raise the limit if this photo is genuine"
-                )
-            image.load()
-            return np.asarray(to_rgb(image), dtype=np.uint8)
-    except CrackdetError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise CrackdetError(f"{path}: not a readable image ({first_line(exc)})") from None
+
+    def check(width: int, height: int) -> None:
+        if width * height > max_pixels:
+            raise CrackdetError(
+                f"{path}: {width}x{height} pixels exceeds fetch.max_pixels "
+                f"({max_pixels}); raise the limit if this photo is genuine"
+            )
+
+    return read_rgb(path, check)
 
 
 @dataclass(frozen=True)
