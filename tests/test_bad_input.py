@@ -653,21 +653,21 @@ CATALOGUE: list[Case] = [
         "predict_samples",
         _ood_file(threshold=np.array(float("nan"))),
         "crackdet predict_samples: error: {root}/outputs/train/ood.npz: not a valid OOD model "
-        "(threshold is not finite); rerun train (dvc repro -f train)",
+        "(threshold is not finite); rerun train (dvc repro --force --downstream train)",
     ),
     Case(
         "ood-model-with-text-arrays",
         "predict_samples",
         _ood_file(components=np.array([["a", "b"]])),
         "crackdet predict_samples: error: {root}/outputs/train/ood.npz: not a valid OOD model "
-        "(components is not numeric); rerun train (dvc repro -f train)",
+        "(components is not numeric); rerun train (dvc repro --force --downstream train)",
     ),
     Case(
         "ood-model-with-mismatched-shapes",
         "predict_samples",
         _ood_file(components=np.eye(5)[:3]),
         "crackdet predict_samples: error: {root}/outputs/train/ood.npz: not a valid OOD model "
-        "(components is 3x5, expected 3x8); rerun train (dvc repro -f train)",
+        "(components is 3x5, expected 3x8); rerun train (dvc repro --force --downstream train)",
     ),
     Case(
         "checkpoint-of-random-bytes",

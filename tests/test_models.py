@@ -177,7 +177,8 @@ def test_a_malformed_ood_model_is_one_line_naming_the_file(tmp_path, changes, pr
     with pytest.raises(CrackdetError) as info:
         OODModel.load(path)
     assert str(info.value) == (
-        f"{path}: not a valid OOD model ({problem}); rerun train (dvc repro -f train)"
+        f"{path}: not a valid OOD model ({problem}); rerun train "
+        "(dvc repro --force --downstream train)"
     )
 
 
@@ -191,5 +192,5 @@ def test_ood_model_of_another_backbone_is_refused_when_scoring(tmp_path) -> None
         ood.is_ood(np.ones((2, 5)))
     assert str(info.value) == (
         f"{tmp_path / 'ood.npz'}: OOD model fits 8 features, the model gives 5 (a model of "
-        "another backbone); rerun train (dvc repro -f train)"
+        "another backbone); rerun train (dvc repro --force --downstream train)"
     )
