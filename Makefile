@@ -9,6 +9,10 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
+# The suite on both cores, a test file per worker (module fixtures such as a tracking server are
+# started once); WORKERS=0 runs it in this process.
+WORKERS ?= 2
+PYTEST := pytest -n $(WORKERS) --dist loadfile
 # Stage commands are `python -m crackdet.stages.*`: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
@@ -33,13 +37,13 @@ repro: $(RUN_STAMP)
 	dvc repro
 
 test: lint docs
-	pytest
+	$(PYTEST)
 
 test-fast: install
-	pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-team: install
-	pytest -m team
+	$(PYTEST) -m team
 
 lint: install
 	ruff check .

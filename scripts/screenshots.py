@@ -32,7 +32,7 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))  # run as `python scripts/screenshots.py` from the root
 
-from crackdet.data.synthetic import write_patch_set  # noqa: E402
+from crackdet.data.sources.synthetic import write_patch_set  # noqa: E402
 from tests.helpers import BIN, make_repo, run_cmd, tiny_params_tree, tool_env  # noqa: E402
 from tests.helpers.browser import MLFLOW_STORAGE, browser, missing_browser, screenshot  # noqa: E402
 from tests.helpers.team_stack import Server, free_port, http_ok  # noqa: E402

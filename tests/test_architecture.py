@@ -223,3 +223,26 @@ def test_every_cli_command_names_a_function_that_exists() -> None:
             broken.append(f"{name}: crackdet.cli.{module}.{function}")
     assert "models" in commands
     assert broken == []
+
+
+def test_every_stage_output_is_in_git_or_in_dvcs_cache() -> None:
+    """An output DVC does not cache (``cache: false``) must be committed, or no clone ever has
+    it and ``dvc pull && dvc repro`` reruns its stage (and evaluate registers again)."""
+    import subprocess
+
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    uncached = [
+        (name, path)
+        for name, stage in stages.items()
+        for kind in ("outs", "metrics", "plots")
+        for entry in stage.get(kind, [])
+        if isinstance(entry, dict)
+        for path, opts in entry.items()
+        if (opts or {}).get("cache", True) is False
+    ]
+    assert uncached, "dvc.yaml: expected the metric and plot-data files to be uncached"
+    for name, path in uncached:
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", path], cwd=PROJECT, capture_output=True
+        )
+        assert tracked.returncode == 0, f"dvc.yaml {name}: {path} is cache: false but not in git"

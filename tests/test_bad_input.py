@@ -29,6 +29,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from crackdet.core.params import BACKBONES, SOURCE_KINDS
 from tests.helpers.file_server import FileServer, ServerState, serve_file
 from tests.helpers.params import archive_source, tiny_params_tree
 from tests.helpers.project import PROJECT
@@ -556,16 +557,15 @@ CATALOGUE: list[Case] = [
         "params-unknown-backbone",
         "fetch",
         _set(train__backbone="vgg16"),
-        "crackdet fetch: error: params.yaml: train.backbone must be one of efficientnet_lite0, "
-        "resnet18, resnet34, resnet50, mobilenet_v3_large, efficientnet_b0, convnext_tiny; "
-        "got 'vgg16'",
+        "crackdet fetch: error: params.yaml: train.backbone must be one of "
+        f"{', '.join(BACKBONES)}; got 'vgg16'",
     ),
     Case(
         "params-unknown-source",
         "fetch",
         lambda r: r.source("set.zip", "s3"),
-        "crackdet fetch: error: params.yaml: fetch.sources.set.kind must be one of archive, "
-        "folder, mendeley, synthetic, masks; got 's3'",
+        "crackdet fetch: error: params.yaml: fetch.sources.set.kind must be one of "
+        f"{', '.join(SOURCE_KINDS)}; got 's3'",
     ),
     Case(
         "params-unknown-key",
@@ -645,7 +645,7 @@ CATALOGUE: list[Case] = [
         _ood_file(pickled=True),
         "crackdet predict_samples: error: {root}/outputs/train/ood.npz: damaged or not a "
         "plain-array .npz (Object arrays cannot be loaded when allow_pickle=False); rerun train "
-        "(dvc repro -f train)",
+        "and the stages after it (dvc repro --force --downstream train)",
         absent=("PWNED",),
     ),
     Case(
@@ -653,21 +653,21 @@ CATALOGUE: list[Case] = [
         "predict_samples",
         _ood_file(threshold=np.array(float("nan"))),
         "crackdet predict_samples: error: {root}/outputs/train/ood.npz: not a valid OOD model "
-        "(threshold is not finite); rerun train (dvc repro -f train)",
+        "(threshold is not finite); rerun train (dvc repro --force --downstream train)",
     ),
     Case(
         "ood-model-with-text-arrays",
         "predict_samples",
         _ood_file(components=np.array([["a", "b"]])),
         "crackdet predict_samples: error: {root}/outputs/train/ood.npz: not a valid OOD model "
-        "(components is not numeric); rerun train (dvc repro -f train)",
+        "(components is not numeric); rerun train (dvc repro --force --downstream train)",
     ),
     Case(
         "ood-model-with-mismatched-shapes",
         "predict_samples",
         _ood_file(components=np.eye(5)[:3]),
         "crackdet predict_samples: error: {root}/outputs/train/ood.npz: not a valid OOD model "
-        "(components is 3x5, expected 3x8); rerun train (dvc repro -f train)",
+        "(components is 3x5, expected 3x8); rerun train (dvc repro --force --downstream train)",
     ),
     Case(
         "checkpoint-of-random-bytes",

@@ -11,11 +11,17 @@ import torch
 
 import crackdet.model.engines
 from crackdet.core.errors import CrackdetError
-from crackdet.core.params import ENGINES, GRAPH_ENGINES
 from crackdet.data.images import CLASSES
 from crackdet.maps.crackmap import crack_map
 from crackdet.model.classifier import build_classifier
-from crackdet.model.engines import OnnxFeatures, effective_engine, feature_fn, openvino_precision
+from crackdet.model.engines import (
+    ENGINES,
+    GRAPH_ENGINES,
+    OnnxFeatures,
+    effective_engine,
+    feature_fn,
+    openvino_precision,
+)
 from crackdet.model.features import FeatureCache, cache_key
 
 

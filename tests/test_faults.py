@@ -279,7 +279,7 @@ def test_four_queued_experiments_two_at_a_time_share_the_store(tmp_path: Path) -
     assert sorted(run_statuses(db).values()) == ["FINISHED"] * 4
     lrs = query(db, "SELECT value FROM params WHERE key = 'train.lr'")
     assert sorted(float(v) for (v,) in lrs) == [0.001, 0.002, 0.003, 0.004]
-    for key in ("best_val_acc", "val_loss", "train_acc"):
+    for key in ("val/best_acc", "val/loss", "train/acc"):
         assert query(db, "SELECT count(*) FROM latest_metrics WHERE key = ?", key) == [(4,)]
     for path in root.glob(".dvc/tmp/exps/**/*.log"):
         assert "database is locked" not in path.read_text(errors="replace"), path
@@ -366,3 +366,35 @@ def test_full_disk_under_the_store_is_one_line_and_leaves_it_intact(tmp_path: Pa
     assert later.returncode == 0, err
     assert "marked KILLED" in out
     assert sorted(run_statuses(db).values()) == ["FINISHED", "FINISHED", "KILLED"]
+
+
+def test_the_rerun_train_hint_reruns_train_and_what_reads_its_outputs(tmp_path: Path) -> None:
+    """The hint's command (crackdet.tracking.runs.RERUN_TRAIN) on a real DVC pipeline of the
+    same shape: train and the stages after it run again, the stages before it do not (``dvc
+    repro --force train`` would rerun fetch, split and train, and not evaluate)."""
+    import yaml
+
+    from crackdet.tracking.runs import RERUN_TRAIN
+
+    command = RERUN_TRAIN.split(": ", 1)[1].split()
+    assert command[:2] == ["dvc", "repro"]
+    run_cmd(["git", "init", "-q"], tmp_path)
+    run_cmd(["dvc", "init", "-q"], tmp_path)
+    chain = ["fetch", "split", "train", "evaluate", "predict_samples"]
+    stages = {}
+    for i, name in enumerate(chain):
+        deps = [f"{chain[i - 1]}.out"] if i else []
+        if name == "predict_samples":
+            deps = ["train.out"]
+        stages[name] = {
+            "cmd": f"echo {name} >> ran.log && date +%s%N > {name}.out",
+            "deps": deps,
+            "outs": [f"{name}.out"],
+        }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    env = tool_env()
+    run_cmd(["dvc", "repro", "-q"], tmp_path, env)
+    (tmp_path / "ran.log").unlink()
+    run_cmd(command, tmp_path, env)
+    ran = (tmp_path / "ran.log").read_text().split()
+    assert ran[0] == "train" and sorted(ran[1:]) == ["evaluate", "predict_samples"], ran

@@ -179,7 +179,8 @@ def test_mendeley_source_downloads_pins_and_records(
     # The real check: a 3+3 fixture is not the 20,000 + 20,000 public set.
     with pytest.raises(CrackdetError, match=r"not the public set as published"):
         fetch(_params(tiny_params, source="mendeley", url=url), 1, Layout(chdir_tmp))
-    monkeypatch.setattr("crackdet.data.labelled.PUBLIC_PER_CLASS", 3)  # the fixture stands in
+    # the fixture stands in
+    monkeypatch.setattr("crackdet.data.sources.labelled.PUBLIC_PER_CLASS", 3)
     archive = served / "file_downloaded"
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     params = _params(tiny_params, source="mendeley", url=f"{base}/file_downloaded", sha256=digest)
@@ -321,7 +322,7 @@ def _masks_folder(root: Path) -> Path:
 
 def test_masks_source_cuts_labelled_windows_at_each_scale(chdir_tmp: Path, tiny_params) -> None:
     from crackdet.core.params import MasksSource
-    from crackdet.data.masks import photo_of
+    from crackdet.data.sources.masks import photo_of
 
     _masks_folder(chdir_tmp / "uav")
     source = MasksSource(
@@ -358,7 +359,7 @@ def test_masks_source_cuts_labelled_windows_at_each_scale(chdir_tmp: Path, tiny_
 
 def test_masks_photo_size_follows_its_exif_orientation(tmp_path: Path) -> None:
     """Windows are cut from the photo as it is shown (EXIF applied): labels use that size."""
-    from crackdet.data.masks import ORIENTATION, read_photo_rgb, read_photo_size
+    from crackdet.data.sources.masks import ORIENTATION, read_photo_rgb, read_photo_size
 
     image = Image.new("RGB", (300, 200), (120, 120, 120))
     exif = image.getexif()
@@ -430,7 +431,7 @@ MASK_ENCODINGS = [
 
 @pytest.mark.parametrize("encoding", MASK_ENCODINGS)
 def test_masks_are_read_whatever_value_marks_the_crack(tmp_path: Path, encoding: str) -> None:
-    from crackdet.data.masks import read_mask
+    from crackdet.data.sources.masks import read_mask
 
     truth = np.zeros((40, 60), bool)
     truth[5:35, 20:23] = True
@@ -448,7 +449,7 @@ def test_masks_are_read_whatever_value_marks_the_crack(tmp_path: Path, encoding:
     ids=["label-map", "grey-levels"],
 )
 def test_a_mask_of_many_levels_is_refused_in_one_line(tmp_path: Path, values, shown) -> None:
-    from crackdet.data.masks import read_mask
+    from crackdet.data.sources.masks import read_mask
 
     pixels = np.resize(np.array(values, np.uint8), (40, 60))
     Image.fromarray(pixels).save(tmp_path / "m.png")
@@ -472,7 +473,7 @@ def test_masks_source_with_0_1_masks_cuts_the_same_windows(chdir_tmp: Path, tiny
 
 
 def test_masks_without_their_photo_are_named(chdir_tmp: Path, tiny_params) -> None:
-    from crackdet.data.masks import find_photos
+    from crackdet.data.sources.masks import find_photos
 
     root = _masks_folder(chdir_tmp / "uav")
     Image.new("L", (400, 400)).save(root / "masks" / "train_c.png")
@@ -557,7 +558,7 @@ def test_entries_outside_the_class_folders_are_named(chdir_tmp: Path, tiny_param
 
 def test_a_32_bit_mask_is_refused_not_counted_level_by_level(tmp_path: Path) -> None:
     """Levels are counted with a table as long as the value range: bounded at 16 bits."""
-    from crackdet.data.masks import read_mask
+    from crackdet.data.sources.masks import read_mask
 
     pixels = np.zeros((40, 60), np.int32)
     pixels[5, 5] = 2**31 - 1
@@ -574,7 +575,7 @@ def test_a_mask_far_bigger_than_its_photo_is_refused_before_decoding(tmp_path: P
     import warnings
     import zlib
 
-    from crackdet.data.masks import read_mask
+    from crackdet.data.sources.masks import read_mask
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data)

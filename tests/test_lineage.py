@@ -162,12 +162,12 @@ def test_trace_run_and_alias(repo: Path, server: str, run_id: str) -> None:
     assert f"dvc.fetch.outputs/fetch: {lock['stages']['fetch']['outs'][0]['md5']}" in text
     summary = json.loads((repo / "outputs/split/summary.json").read_text())
     assert f"data.split_fingerprint: {summary['fingerprint']}" in text
-    assert "test_accuracy: " in text and f"models:/{NAME}/1 @champion: " in text
+    assert "test/accuracy: " in text and f"models:/{NAME}/1 @champion: " in text
     info = json.loads(by_run.stdout)
     assert info["run_id"] == run_id and info["versions"] == [f"{NAME}/1"]
     assert ["predict.threshold", "0.5", "0.7"] in info["params_diff"]
     assert (
-        info["metrics"]["test_accuracy"]
+        info["metrics"]["test/accuracy"]
         == json.loads((repo / "outputs/evaluate/metrics.json").read_text())["accuracy"]
     )
     missing = crackdet(repo, server, "trace", f"models:/{NAME}/7")
@@ -220,15 +220,15 @@ def test_reproduce_matches_exactly(repo: Path, server: str, run_id: str) -> None
 
 def test_reproduce_reports_a_forced_mismatch(repo: Path, server: str, run_id: str) -> None:
     c = client(server)
-    recorded = c.get_run(run_id).data.metrics["best_val_loss"]
-    c.log_metric(run_id, "best_val_loss", recorded + 0.125)  # as if the record were altered
+    recorded = c.get_run(run_id).data.metrics["val/best_loss"]
+    c.log_metric(run_id, "val/best_loss", recorded + 0.125)  # as if the record were altered
     try:
         result = crackdet(repo, server, "reproduce", run_id)
     finally:
-        c.log_metric(run_id, "best_val_loss", recorded)
+        c.log_metric(run_id, "val/best_loss", recorded)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr
     assert "MISMATCH: 1 of" in result.stdout
-    row = next(line for line in result.stdout.splitlines() if line.startswith("best_val_loss"))
+    row = next(line for line in result.stdout.splitlines() if line.startswith("val/best_loss"))
     assert row.split()[1:] == [f"{recorded + 0.125:.10g}", f"{recorded:.10g}"]
 
 
@@ -281,7 +281,7 @@ def _sample_archive(path: Path, per_class: int = 24) -> None:
                     for name in names[1 : per_class + 1]:
                         out.writestr(name, sample.read(name))
         else:  # the rendered stand-in, when the shared sample is not on this machine
-            from crackdet.data.synthetic import write_patch_set
+            from crackdet.data.sources.synthetic import write_patch_set
 
             folder = path.parent / "rendered"
             write_patch_set(folder, per_class, seed=5)
@@ -421,11 +421,11 @@ def test_server_shows_both_runs_params_history_versions_and_aliases(
     assert set(params[0]) == set(params[1])
     for run, steps in zip(runs, ([1, 2], [1]), strict=True):
         history = rest(
-            server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="val_loss"
+            server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="val/loss"
         )["metrics"]
         assert sorted(m["step"] for m in history) == steps
         metrics = {m["key"] for m in run["data"]["metrics"]}
-        assert {"test_accuracy", "test_f1", "best_val_acc", "train_loss"} <= metrics
+        assert {"test/accuracy", "test/f1", "val/best_acc", "train/loss"} <= metrics
     model = rest(server, "registered-models/get", name=NAME)["registered_model"]
     aliases = {a["alias"]: a["version"] for a in model["aliases"]}
     assert aliases == {"champion": "1", "challenger": "2"}
@@ -438,3 +438,112 @@ def test_server_shows_both_runs_params_history_versions_and_aliases(
     assert tags["validation_status"] in ("passed", "failed")
     champion = rest(server, "registered-models/alias", name=NAME, alias="champion")
     assert champion["model_version"]["version"] == "1"
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def test_dirty_means_an_input_changed_not_an_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline rewrites dvc.lock and its tracked metric files: that is not "uncommitted
+    changes"; code, params, dvc.yaml, pins and data pointers are."""
+    from crackdet.tracking.provenance import git_state
+
+    files = {
+        "src/pkg/a.py": "x = 1\n",
+        "params.yaml": "a: 1\n",
+        "dvc.yaml": "stages: {}\n",
+        "data.dvc": "outs: []\n",
+        "dvc.lock": "schema: '2.0'\n",
+        "outputs/train/metrics.json": "{}\n",
+        "README.md": "hi\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    assert git_state(tmp_path)["git.dirty"] == "false"
+
+    # What a run writes, and files no stage reads.
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (tmp_path / "outputs/train/metrics.json").write_text('{"val_loss": 0.1}\n')
+    (tmp_path / "README.md").write_text("changed\n")
+    (tmp_path / "notes.txt").write_text("new\n")
+    state = git_state(tmp_path)
+    assert state["git.dirty"] == "false" and "git.dirty_inputs" not in state
+
+    for name, text in [
+        ("params.yaml", "a: 2\n"),
+        ("src/pkg/new.py", "y = 2\n"),  # untracked code counts
+        ("dvc.yaml", "stages: {x: {cmd: y}}\n"),
+        ("data.dvc", "outs: [1]\n"),
+    ]:
+        before = (tmp_path / name).read_text() if (tmp_path / name).exists() else None
+        (tmp_path / name).write_text(text)
+        state = git_state(tmp_path)
+        assert state["git.dirty"] == "true", name
+        assert state["git.dirty_inputs"] == name
+        if before is None:
+            (tmp_path / name).unlink()
+        else:
+            (tmp_path / name).write_text(before)
+    # An experiment's -S params are written into params.yaml and committed to its ref by DVC.
+    (tmp_path / "params.yaml").write_text("a: 3\n")
+    monkeypatch.setenv("DVC_EXP_NAME", "lusty-rand")
+    assert git_state(tmp_path)["git.dirty"] == "false"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    _git(tmp_path, "mv", "src/pkg/a.py", "src/pkg/b.py")
+    assert git_state(tmp_path)["git.dirty_inputs"] == "src/pkg/a.py, src/pkg/b.py"
+
+
+# train's figures from the committed dvc.lock (an AVX2-only CPU) and from the same commit rerun
+# on an AVX-512 CPU (outputs/train/metrics.json of both).
+AVX2 = {"val/best_loss": 0.11300048232078552, "calibration/temperature": 0.5659451484680176}
+AVX512 = {"val/best_loss": 0.1130005419254303, "calibration/temperature": 0.5659452676773071}
+
+
+def _replay(recorded: dict[str, float], replayed: dict[str, float], tolerance: float = 1e-3):
+    from crackdet.tracking.replay import Replay
+
+    rows = [(k, recorded[k], replayed.get(k)) for k in sorted(recorded)]
+    return Replay("r1", "abc", rows, None, tolerance)
+
+
+def test_replay_matches_another_cpus_last_digits_and_names_the_largest() -> None:
+    same = _replay(AVX2, AVX2)
+    assert same.report() == "MATCH: 2 metrics identical to run r1" and not same.mismatches
+    other = _replay(AVX2, AVX512)
+    assert not other.mismatches
+    assert other.report().startswith(
+        "MATCH within 0.001: 2 metrics of run r1, 2 not identical; largest difference "
+        "calibration/temperature 0.5659451485 -> 0.5659452677 (1.19e-07)"
+    )
+    exact = _replay(AVX2, AVX512, tolerance=0.0)
+    assert len(exact.mismatches) == 2 and exact.report().startswith("MISMATCH: 2 of 2")
+
+
+def test_replay_mismatch_beyond_tolerance_missing_or_nan() -> None:
+    flipped = _replay({"test/accuracy": 0.9598}, {"test/accuracy": 0.9598 + 1 / 224})
+    assert flipped.report().splitlines()[0] == (
+        "MISMATCH: 1 of 1 metrics differ by more than 0.001"
+    )
+    assert _replay({"test/f1": 0.9}, {}).report().splitlines()[-1].split() == [
+        "test/f1",
+        "0.9",
+        "missing",
+    ]
+    nan = float("nan")
+    assert _replay({"maps/precision": nan}, {"maps/precision": nan}).report().startswith("MATCH:")
+    assert _replay({"maps/precision": nan}, {"maps/precision": 0.5}).mismatches
+
+
+def test_replay_skips_time_figures_of_both_namings() -> None:
+    from crackdet.tracking.replay import comparable_metrics
+
+    logged = {"time/epoch_s": 1.0, "time/forward_passes": 3.0, "epoch_seconds": 1.0, "val/acc": 1.0}
+    assert comparable_metrics(logged) == {"val/acc": 1.0}

@@ -16,7 +16,7 @@ from PIL import Image
 from crackdet.core.errors import CrackdetError
 from crackdet.core.params import PredictParams
 from crackdet.data.images import CLASSES
-from crackdet.data.synthetic import render_photo
+from crackdet.data.sources.synthetic import render_photo
 from crackdet.data.windows import window_starts
 from crackdet.maps.crackmap import Tile
 from crackdet.maps.scoring import (
@@ -319,10 +319,10 @@ def test_cli_logs_an_mlflow_run(
     assert run.data.tags["eval.data"] == "maps.zip"
     assert run.data.tags["eval.model"] == str(ckpt)
     assert run.data.params["threshold"] == "0.25"
-    assert run.data.metrics["maps_auroc"] == pytest.approx(metrics["auroc"])
-    assert run.data.metrics["maps_recall"] == pytest.approx(metrics["recall"])
-    assert run.data.metrics["maps_planking_fpr"] == pytest.approx(metrics["planking_fpr"])
-    assert ("maps_precision" in run.data.metrics) == (metrics["precision"] is not None)
+    assert run.data.metrics["maps/auroc"] == pytest.approx(metrics["auroc"])
+    assert run.data.metrics["maps/recall"] == pytest.approx(metrics["recall"])
+    assert run.data.metrics["maps/planking_fpr"] == pytest.approx(metrics["planking_fpr"])
+    assert ("maps/precision" in run.data.metrics) == (metrics["precision"] is not None)
 
     assert main(["eval-maps", str(archive), "--model", str(ckpt), "--overlap", "0.95"]) == 2
     assert capsys.readouterr().err == (
@@ -338,7 +338,7 @@ def test_eval_honours_fetch_on_bad_image_as_its_hint_says(
     import yaml
 
     from crackdet.cli.main import main
-    from crackdet.data.synthetic import write_patch_set
+    from crackdet.data.sources.synthetic import write_patch_set
 
     (chdir_tmp / "dvc.yaml").write_text("stages: {}\n")
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())

@@ -112,11 +112,13 @@ def test_trunk_then_tail_is_the_backbone_for_every_unit_count(name: str) -> None
     images = torch.randn(2, 3, 227, 227)
     with torch.no_grad():
         whole = backbone(images)
-        for units in range(1, len(backbone_units(backbone)) + 1):
-            trunk, tail = split_backbone(backbone, units)
+        for units in range(1, len(backbone_units(name, backbone)) + 1):
+            trunk, tail = split_backbone(name, backbone, units)
             torch.testing.assert_close(tail(trunk(images)), whole, rtol=1e-4, atol=1e-5)
             tail_parameters = {id(p) for p in tail.parameters()}
-            last = {id(p) for unit in backbone_units(backbone)[-units:] for p in unit.parameters()}
+            last = {
+                id(p) for unit in backbone_units(name, backbone)[-units:] for p in unit.parameters()
+            }
             assert tail_parameters == last, f"{name}: tail of {units} holds other parameters"
 
 
@@ -125,7 +127,7 @@ def test_split_of_an_unknown_backbone_names_the_params_key() -> None:
 
     backbone = build_classifier("mobilenet_v3_large", False, 8, 0.0, 227, CLASSES).backbone
     with pytest.raises(CrackdetError, match="set train.finetune: online") as info:
-        split_backbone(backbone, 1)
+        split_backbone("mobilenet_v3_large", backbone, 1)
     assert "\n" not in str(info.value)
 
 
@@ -135,7 +137,7 @@ def test_split_refuses_a_block_count_the_backbone_does_not_have(units: int) -> N
 
     backbone = build_classifier("efficientnet_lite0", False, 8, 0.0, 227, CLASSES).backbone
     with pytest.raises(CrackdetError, match=f"train.unfreeze is {units}; the backbone has 8"):
-        split_backbone(backbone, units)
+        split_backbone("efficientnet_lite0", backbone, units)
 
 
 def _ood_arrays(**changes) -> dict:
@@ -175,7 +177,8 @@ def test_a_malformed_ood_model_is_one_line_naming_the_file(tmp_path, changes, pr
     with pytest.raises(CrackdetError) as info:
         OODModel.load(path)
     assert str(info.value) == (
-        f"{path}: not a valid OOD model ({problem}); rerun train (dvc repro -f train)"
+        f"{path}: not a valid OOD model ({problem}); rerun train "
+        "(dvc repro --force --downstream train)"
     )
 
 
@@ -189,5 +192,5 @@ def test_ood_model_of_another_backbone_is_refused_when_scoring(tmp_path) -> None
         ood.is_ood(np.ones((2, 5)))
     assert str(info.value) == (
         f"{tmp_path / 'ood.npz'}: OOD model fits 8 features, the model gives 5 (a model of "
-        "another backbone); rerun train (dvc repro -f train)"
+        "another backbone); rerun train (dvc repro --force --downstream train)"
     )

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.params import load_params, parse_params
+from crackdet.core.params import BACKBONES, SOURCE_KINDS, load_params, parse_params
 from tests.helpers import PROJECT, default_params_tree
 
 
@@ -61,7 +61,7 @@ def _error_for(mutate) -> str:
         (lambda t: t["predict"].update(overlap=-0.1), "predict.overlap must be >= 0"),
         (
             lambda t: t["fetch"]["sources"]["sdnet"].update(kind="s3"),
-            "fetch.sources.sdnet.kind must be one of archive, folder, mendeley, synthetic, masks",
+            f"fetch.sources.sdnet.kind must be one of {', '.join(SOURCE_KINDS)}; got 's3'",
         ),
         (lambda t: t["fetch"].update(sources={}), "fetch.sources must name at least one source"),
         (
@@ -79,7 +79,10 @@ def _error_for(mutate) -> str:
         (lambda t: t["predict"].update(scale="big"), "predict.scale must be a number or auto"),
         (lambda t: t["predict"].update(scale=9), "predict.scale must be <= 8.0"),
         (lambda t: t["train"]["augment"].update(zoom=[]), "train.augment.zoom must be a non-empty"),
-        (lambda t: t["train"].update(backbone="vgg99"), "train.backbone must be one of"),
+        (
+            lambda t: t["train"].update(backbone="vgg99"),
+            f"train.backbone must be one of {', '.join(BACKBONES)}; got 'vgg99'",
+        ),
         (lambda t: t["train"].update(augment=5), "train.augment must be a mapping"),
         (lambda t: t["split"].update(train=0.8), "must sum to 1"),
         (
@@ -177,3 +180,47 @@ def test_seeds_numpy_and_scikit_learn_cannot_take_are_refused() -> None:
     tree = default_params_tree()
     tree["base"]["seed"] = 2**32 - 1
     assert parse_params(tree).base.seed == 2**32 - 1
+
+
+def test_every_problem_is_reported_at_once_one_line_each(tmp_path: Path) -> None:
+    tree = default_params_tree()
+    tree["train"]["epochs"] = "many"
+    tree["train"]["augment"]["zoom"] = [2.0, 1.0]
+    tree["train"]["lr"] = 0
+    tree["split"]["seed"] = 3
+    tree["fetch"]["sources"]["sdnet"]["sha256"] = "abc"
+    tree["predict"].pop("alpha")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tree))
+    result = subprocess.run(
+        [sys.executable, "-m", "crackdet.cli.main", "check-params"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    prefix = "crackdet check-params: error: params.yaml: "
+    assert result.stderr.splitlines() == [
+        prefix + "fetch.sources.sdnet.sha256 must be 64 hex digits or empty",
+        prefix + "unknown key split.seed (known keys in split: strategy, groups, train, val, test)",
+        prefix + "train.epochs must be an integer, got 'many' (str)",
+        prefix + "train.lr must be > 0.0; got 0.0",
+        prefix + "train.augment.zoom must be a range [low, high] with low <= high; got [2.0, 1.0]",
+        prefix + "missing key predict.alpha",
+    ]
+
+
+def test_a_python_tag_is_named_not_called_invalid_yaml(tmp_path: Path) -> None:
+    """``!!python/…`` tags are valid YAML that safe_load refuses: the message names the tag and
+    its line, so the user knows what to remove."""
+    text = (PROJECT / "params.yaml").read_text()
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if row.startswith("  epochs:"))
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("  epochs: 6", "  epochs: !!python/object/apply:os.getpid []"))
+    with pytest.raises(CrackdetError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"{path}: tag !!python/object/apply:os.getpid at line {line} is not allowed"
+    )

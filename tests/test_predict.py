@@ -134,7 +134,7 @@ def features(model: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
 
 
 def test_ood_signal_separates_concrete_from_something_else(model) -> None:
-    from crackdet.data.synthetic import patch_rng, render_patch, render_photo
+    from crackdet.data.sources.synthetic import patch_rng, render_patch, render_photo
     from crackdet.model.ood import fit_ood
 
     patches = [
@@ -301,7 +301,7 @@ def test_ood_flags_images_that_are_not_concrete(model) -> None:
     a few held-out concrete patches."""
     import skimage.data
 
-    from crackdet.data.synthetic import patch_rng, render_randomised_patch
+    from crackdet.data.sources.synthetic import patch_rng, render_randomised_patch
     from crackdet.model.ood import fit_ood
 
     patches = [

@@ -338,3 +338,64 @@ def test_a_version_description_says_figures_data_commit_and_replay() -> None:
     assert "crackdet trace models:/crack-classifier/7" in text
     assert "DVC experiment" not in text  # none: not shown empty
     assert len(text) <= DESCRIPTION_LIMIT
+
+
+def _logged_model(client: Any) -> tuple[str, str]:
+    """A run and a model logged from it (what train leaves): its run id and ``models:/`` URI."""
+    experiment = client.get_experiment_by_name("crackdet")
+    run = client.create_run(experiment.experiment_id)
+    model = client.create_logged_model(
+        experiment.experiment_id, name="model", source_run_id=run.info.run_id
+    )
+    return run.info.run_id, f"models:/{model.model_id}"
+
+
+def test_a_checkpoint_is_registered_once(client: Any) -> None:
+    from crackdet.tracking.registry import register_once
+    from crackdet.tracking.runs import MODEL_SHA_TAG
+
+    run_id, uri = _logged_model(client)
+    tags = {"run_id": run_id, "git.commit": "0" * 40}
+    assert register_once(client, uri, NAME, tags, "a" * 64) == (1, True)
+    # A second (and third) clone re-evaluating the pulled checkpoint: the same version.
+    assert register_once(client, uri, NAME, tags, "a" * 64) == (1, False)
+    assert register_once(client, uri, NAME, tags, "a" * 64) == (1, False)
+    version = client.get_model_version(NAME, "1")
+    assert version.tags[MODEL_SHA_TAG] == "a" * 64 and version.run_id == run_id
+    # Other weights logged into the same run, or another run: new versions.
+    assert register_once(client, uri, NAME, tags, "b" * 64) == (2, True)
+    other_run, other_uri = _logged_model(client)
+    assert register_once(client, other_uri, NAME, {**tags, "run_id": other_run}, "a" * 64) == (
+        3,
+        True,
+    )
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 3
+
+
+def test_a_version_registered_without_the_digest_tag_is_found_by_its_model(client: Any) -> None:
+    from crackdet.tracking.registry import register_once, version_standing
+
+    run_id, uri = _logged_model(client)
+    client.create_registered_model(NAME)
+    client.create_model_version(NAME, uri, run_id=run_id, tags={"validation_status": "passed"})
+    client.set_registered_model_alias(NAME, CHAMPION, "1")
+    assert register_once(client, uri, NAME, {"run_id": run_id}, "a" * 64) == (1, False)
+    assert version_standing(client, NAME, 1) == {"alias": CHAMPION, "validation_status": "passed"}
+
+
+def test_a_version_card_names_the_runs_data_sources(client: Any) -> None:
+    from crackdet.data.records import SplitSummary
+    from crackdet.tracking.descriptions import version_card, version_description
+    from crackdet.tracking.provenance import DATA_SOURCES_TAG
+
+    experiment = client.get_experiment_by_name("crackdet")
+    run = client.create_run(experiment.experiment_id, tags={DATA_SOURCES_TAG: "ozgenel,uav75"})
+    metrics = {
+        "accuracy": 0.9, "accuracy_ci95_low": 0.8, "accuracy_ci95_high": 0.95, "precision": 0.9,
+        "recall": 0.9, "f1": 0.9, "roc_auc": 0.95, "n": 40, "threshold": 0.5,
+    }  # fmt: skip
+    split = SplitSummary("grouped", "f" * 64, "t" * 64, 9, {"test": {"Negative": 20}}, 1, {})
+    tags = {"data.manifest_sha256": "d" * 64, "git.commit": "c" * 40, "git.dirty": "false"}
+    card = version_card(NAME, 1, client.get_run(run.info.run_id), metrics, tags, split)
+    text = version_description(card)
+    assert f"| data | ozgenel, uav75, manifest sha256 `{'d' * 64}` |" in text

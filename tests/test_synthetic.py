@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from crackdet.data.images import PATCH_SIZE
-from crackdet.data.synthetic import (
+from crackdet.data.sources.synthetic import (
     patch_rng,
     render_patch,
     render_photo,

@@ -95,6 +95,25 @@ def test_a_command_against_a_dead_server_fails_in_one_line_at_once(
         start_pipeline_run(chdir_tmp)
 
 
+@pytest.mark.parametrize("target", ["0123456789abcdef", "models:/crack-classifier@champion"])
+def test_trace_against_a_dead_server_says_unreachable_not_missing(
+    chdir_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, target: str
+) -> None:
+    """A run that cannot be looked up because nobody answers is not "not found"."""
+    port = closed_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    (chdir_tmp / "dvc.yaml").write_text("stages: {}\n")
+    assert main(["trace", target]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(
+        f"crackdet trace: error: MLflow server http://127.0.0.1:{port}: unreachable "
+        f"(connection refused) while looking up {target}"
+    )
+    assert "not found" not in err[0]
+
+
 def test_a_run_whose_server_vanishes_ends_failed_in_one_line(chdir_tmp: Path) -> None:
     """``ending``: MLflow's error for a lost server becomes the one line; the run is ended
     (here the store still answers, so it is marked FAILED) and no run is left active."""
@@ -153,3 +172,42 @@ def test_experiments_are_created_once_with_their_kind(chdir_tmp: Path) -> None:
     client.delete_experiment_tag(first, KIND_TAG)
     init_store(chdir_tmp)
     assert client.get_experiment(first).tags[KIND_TAG] == KIND
+
+
+DOWNLOAD = """
+import sys, tempfile
+from pathlib import Path
+import crackdet.tracking.store  # what every crackdet command and stage imports before MLflow
+import mlflow
+tmp = Path(tempfile.mkdtemp(dir=sys.argv[1]))
+mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+exp = mlflow.create_experiment("x", artifact_location=str(tmp / "artifacts"))
+with mlflow.start_run(experiment_id=exp) as run:
+    for i in range(3):
+        (tmp / f"f{i}.txt").write_text("x" * 1000)
+        mlflow.log_artifact(str(tmp / f"f{i}.txt"), "d")
+print("-- download --", file=sys.stderr, flush=True)
+mlflow.artifacts.download_artifacts(
+    run_id=run.info.run_id, artifact_path="d", dst_path=str(tmp / "o")
+)
+"""
+
+
+def test_no_mlflow_download_bar_in_logs(tmp_path: Path) -> None:
+    """MLflow's tqdm bar ("Downloading artifacts: 33%|███▎ …") stays out of crackdet's logs."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
+    done = subprocess.run(
+        [sys.executable, "-c", DOWNLOAD, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = done.stderr.split("-- download --", 1)[1]
+    assert "Downloading artifacts" not in after and "%|" not in after, after
+    assert len(list(tmp_path.glob("*/o/d/f*.txt"))) == 3

@@ -47,7 +47,7 @@ WIDTH, HEIGHT = 4032, 3024  # a 12 MP phone photo
 
 
 def render() -> np.ndarray:
-    from crackdet.data.synthetic import render_photo
+    from crackdet.data.sources.synthetic import render_photo
 
     image, _ = render_photo(np.random.default_rng(0), WIDTH, HEIGHT, 3)
     return image

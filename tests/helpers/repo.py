@@ -44,7 +44,7 @@ def make_repo(path: Path, params_tree: dict[str, Any], n_photos: int = 1) -> Pat
         shutil.copy2(PROJECT / name, path / name)
     shutil.copytree(PROJECT / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     (path / "params.yaml").write_text(yaml.safe_dump(params_tree, sort_keys=False))
-    from crackdet.data.synthetic import write_photo_set
+    from crackdet.data.sources.synthetic import write_photo_set
 
     write_photo_set(path / "data" / "photos", n_photos, seed=3, width=480, height=360)
     run_cmd(["git", "init", "-q", "-b", "main"], path)

@@ -64,6 +64,11 @@ QUIET_ENV = {
 BIN = Path(sys.executable).parent
 
 
+# A throwaway cluster's passwords (it listens on 127.0.0.1 only and is deleted afterwards).
+PG_SUPERUSER_PASSWORD = "crackdet-test-superuser"
+PG_PASSWORD = "crackdet-test-mlflow"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -215,7 +220,13 @@ class TeamStack:
             os.chown(folder, owner.pw_uid, owner.pw_gid)
             os.chown(log, owner.pw_uid, -1)
         data = folder / "data"
-        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+        # Passwords over TCP, as on a team's server: the URI's role and password must be right.
+        pwfile = folder / "superuser-password"
+        pwfile.write_text(PG_SUPERUSER_PASSWORD)
+        if user is not None:
+            os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", f"--pwfile={pwfile}"]
+        initdb += ["--auth-local=trust", "--auth-host=scram-sha-256"]
         initdb += ["-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]
         subprocess.run(initdb, check=True, capture_output=True, user=user, cwd=folder)
         settings = {
@@ -232,13 +243,18 @@ class TeamStack:
         self.servers["postgres"] = server = Server(argv, log, user=user, cwd=folder)
         ready = [str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.pg_port)]
         server.wait_until(lambda: subprocess.run(ready).returncode == 0, "postgres", 60)
-        createdb = [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.pg_port)]
-        subprocess.run([*createdb, "-U", "postgres", "mlflow"], check=True)
+        # docs/team.md's step 1: the role the server's URI names, and its database.
+        host = ["-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres"]
+        env = {**os.environ, "PGPASSWORD": PG_SUPERUSER_PASSWORD}
+        role = f"CREATE ROLE mlflow LOGIN PASSWORD '{PG_PASSWORD}'"
+        subprocess.run([str(bindir / "psql"), *host, "-q", "-c", role], check=True, env=env)
+        createdb = [str(bindir / "createdb"), *host, "--owner", "mlflow", "mlflow"]
+        subprocess.run(createdb, check=True, env=env)
         self.timings["postgres"] = time.monotonic() - started
 
     @property
     def pg_uri(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/mlflow"
+        return f"postgresql://mlflow:{PG_PASSWORD}@127.0.0.1:{self.pg_port}/mlflow"
 
     def psql(self, sql: str) -> list[list[str]]:
         """Rows of a query on the tracking database, as lists of strings (values may hold
@@ -247,7 +263,8 @@ class TeamStack:
         assert bindir is not None
         argv = [str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres"]
         argv += ["-d", "mlflow", "-At", "-F", "\x1f", "-R", "\x1e", "-c", sql]
-        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+        env = {**os.environ, "PGPASSWORD": PG_SUPERUSER_PASSWORD}
+        out = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
         out = out.removesuffix("\n")
         return [record.split("\x1f") for record in out.split("\x1e")] if out else []
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crackdet.data.synthetic import write_patch_set
+from crackdet.data.sources.synthetic import write_patch_set
 from tests.helpers import make_repo, require, run_cmd, tiny_params_tree
 from tests.helpers.browser import MLFLOW_STORAGE, browser, check_page, missing_browser, screenshot
 from tests.helpers.team import add_team_remote, team_env
@@ -108,13 +108,13 @@ def test_pipeline_lands_in_postgres_and_the_bucket(team_stack: TeamStack, repo: 
         k for (k,) in team_stack.psql(f"select key from latest_metrics where run_uuid = '{run_id}'")
     }
     assert {
-        "val_acc",
-        "test_accuracy",
-        "test_accuracy_ci95_low",
-        "predict_mean_crack_fraction",
+        "val/acc",
+        "test/accuracy",
+        "test/accuracy_ci95_low",
+        "predict/mean_crack_fraction",
     } <= metrics
     steps = team_stack.psql(
-        f"select step from metrics where run_uuid = '{run_id}' and key = 'val_acc'"
+        f"select step from metrics where run_uuid = '{run_id}' and key = 'val/acc'"
     )
     assert sorted(int(s) for (s,) in steps) == [1, 2]
     params = dict(team_stack.psql(f"select key, value from params where run_uuid = '{run_id}'"))
@@ -139,6 +139,27 @@ def test_pipeline_lands_in_postgres_and_the_bucket(team_stack: TeamStack, repo: 
         o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"].endswith("model.pt")
     )
     assert f"{prefix}/files/md5/{model_md5[:2]}/{model_md5[2:]}" in stored
+
+
+def test_a_second_and_third_clone_are_up_to_date_after_dvc_pull(
+    team_stack: TeamStack, repo: Path, tmp_path: Path
+) -> None:
+    """What a teammate does first: clone, ``dvc pull``, ``dvc repro``. Every output is in git or
+    in the remote, so nothing reruns, and the registry gets no new version; twice, as a second
+    and a third teammate would."""
+    versions = f"select count(*) from model_versions where name = '{NAME}'"
+    before = team_stack.psql(versions)
+    for teammate in ("second", "third"):
+        clone = tmp_path / teammate
+        run_cmd(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+        env = env_for(team_stack, clone, tmp_path / f"{teammate}-cache")
+        run_cmd(["dvc", "pull", "-q"], clone, env)
+        assert sorted(p.name for p in (clone / "outputs/evaluate/plots").iterdir())
+        repro = run_cmd(["dvc", "repro"], clone, env)
+        assert "Running stage" not in repro.stdout, repro.stdout
+        assert "Data and pipelines are up to date." in repro.stdout, repro.stdout
+        assert run_cmd(["git", "status", "--porcelain"], clone).stdout == ""
+        assert team_stack.psql(versions) == before, teammate
 
 
 def test_version_description_and_promotion_log_in_the_registry(
@@ -268,7 +289,7 @@ def test_two_queued_experiments_in_parallel_lose_nothing(
         )
         assert len(rows) == 1 and rows[0][1] == "FINISHED", rows
         metrics = team_stack.psql(f"select key from latest_metrics where run_uuid = '{rows[0][0]}'")
-        assert {"best_val_acc", "test_f1", "test_accuracy_ci95_high"} <= {k for (k,) in metrics}
+        assert {"val/best_acc", "test/f1", "test/accuracy_ci95_high"} <= {k for (k,) in metrics}
     versions = {
         v for (v,) in team_stack.psql(f"select version from model_versions where name = '{NAME}'")
     }

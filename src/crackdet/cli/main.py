@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from crackdet import __version__
-from crackdet.core.errors import CrackdetError
+from crackdet.core.errors import CrackdetError, error_lines
 from crackdet.core.layout import Layout
 from crackdet.tracking.store import server_unreachable
 
@@ -159,6 +159,14 @@ def _registry_commands(sub: argparse._SubParsersAction) -> None:
         help="where a source's archive is now, if it moved (checked by sha256); SOURCE may be "
         "left out when the run had one archive source; repeat for several",
     )
+    reproduce.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        metavar="ABS",
+        help="largest |recorded - replayed| that still matches (default 1e-3: another CPU's "
+        "last digits; 0: identical figures only)",
+    )
     reproduce.set_defaults(handler="tracking:reproduce")
     ci = sub.add_parser("ci-check", help="validate params, diff params/metrics against REV")
     ci.add_argument("--base", required=True, metavar="REV")
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = getattr(importlib.import_module(f"crackdet.cli.{module}"), function)
         return handler(args)
     except CrackdetError as exc:
-        print(f"crackdet {args.command}: error: {exc}", file=sys.stderr)
+        print(error_lines(args.command, exc), file=sys.stderr)
         return 2
     except Exception as exc:
         # A tracking server that stops answering, wherever a command meets it: one line.

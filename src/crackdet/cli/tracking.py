@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from crackdet.cli.format import format_log, format_table
+from crackdet.core.errors import CrackdetError
 from crackdet.core.layout import Layout, repo_root
 from crackdet.core.params import load_params
 from crackdet.tracking.lineage import format_trace
@@ -66,7 +67,9 @@ def trace(args: argparse.Namespace) -> int:
 def reproduce(args: argparse.Namespace) -> int:
     root = repo_root()
     data = dict(_source_path(item) for item in args.data)
-    replay = replay_run(root, args.run_id, keep=args.keep, data=data)
+    if not args.tolerance >= 0:  # NaN too
+        raise CrackdetError(f"--tolerance {args.tolerance}: give a number >= 0 (0: identical)")
+    replay = replay_run(root, args.run_id, keep=args.keep, data=data, tolerance=args.tolerance)
     print(replay.report())
     if replay.worktree is not None:
         print(f"reproduce: worktree kept at {replay.worktree} (git worktree remove it when done)")

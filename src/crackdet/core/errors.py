@@ -16,3 +16,10 @@ def first_line(value: object) -> str:
         if line.strip():
             return " ".join(line.split())
     return type(value).__name__ if isinstance(value, BaseException) else ""
+
+
+def error_lines(command: str, exc: BaseException) -> str:
+    """How a command prints an error: one line per problem (a params file can hold several),
+    each ``crackdet <command>: error: …``."""
+    lines = str(exc).splitlines() or [""]
+    return "\n".join(f"crackdet {command}: error: {line}" for line in lines)

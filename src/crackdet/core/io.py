@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -69,6 +69,8 @@ def _write_error(target: Path, exc: OSError) -> CrackdetError:
     )
 
 
+_T = TypeVar("_T")  # what a tempfile maker returns
+
 # Target names up to this many bytes are kept whole in temporary names; the pid, random part
 # and ``.tmp`` add at most about 30.
 _TEMP_STEM_BYTES = 120
@@ -87,16 +89,22 @@ def _prefix(target: Path) -> str:
     return f".{_temp_stem(target.name)}.{os.getpid()}-"
 
 
+def _temp_beside(target: Path, make: Callable[..., _T]) -> _T:
+    """``make`` (``tempfile.mkstemp`` or ``mkdtemp``) called for a temporary next to ``target``,
+    once its folder exists and the temporaries a dead writer left for it are gone."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        return make(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _write_error(target, exc) from None
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary file path next to ``target``; rename it onto ``target`` on success."""
     target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(target)
-        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise _write_error(target, exc) from None
+    fd, tmp = _temp_beside(target, tempfile.mkstemp)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -134,12 +142,7 @@ def write_with(target: Path, writer: Callable[[Path], None]) -> None:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder next to ``target``; swap it in for ``target`` on success."""
     target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(target)
-        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
-    except OSError as exc:
-        raise _write_error(target, exc) from None
+    tmp = Path(_temp_beside(target, tempfile.mkdtemp))
     try:
         try:
             yield tmp

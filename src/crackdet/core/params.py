@@ -1,27 +1,29 @@
-"""The one typed schema for ``params.yaml``.
+"""The one typed schema for ``params.yaml``: its sections, and the names they accept.
 
 Every stage loads its params through :func:`load_params`, which checks the whole file before any
-work starts: unknown keys, missing keys, wrong types and out-of-range values all raise a
-:class:`~crackdet.core.errors.CrackdetError` whose one-line message names the dotted key.
+work starts: unknown keys, missing keys, wrong types and out-of-range values are all reported
+at once in a :class:`~crackdet.core.errors.CrackdetError`, one line per problem, each naming the
+dotted key. The generic checks are in :mod:`crackdet.core.schema`; what one section or record
+needs beyond its fields' rules is its ``check`` method here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from crackdet.core.errors import CrackdetError
+from crackdet.core.schema import INVALID, Problems, build_fields, kinds_of
+from crackdet.core.schema import rule as _rule
 
-# crackdet.model.engines; kept here so params import no torch
+# The names of crackdet.model.engines.ENGINES, kept here so params import no torch.
 ENGINES = ("onnxruntime", "openvino", "torch")
-GRAPH_ENGINES = ("onnxruntime", "openvino")  # engines that run the exported ONNX graph
 
 # Backbones crackdet knows how to build (see crackdet.model.backbones); torchvision ones need the
 # torchvision weights cache when pretrained.
@@ -31,21 +33,17 @@ BACKBONES = (
     "resnet34",
     "resnet50",
     "mobilenet_v3_large",
+    "mobilenet_v3_small",
     "efficientnet_b0",
     "convnext_tiny",
 )
 
 
-def _rule(
-    *,
-    ge: float | None = None,
-    le: float | None = None,
-    gt: float | None = None,
-    lt: float | None = None,
-    choices: tuple[str, ...] | None = None,
-) -> Any:
-    """A schema field with its bounds; every key is required, so there is no default."""
-    return field(metadata={"ge": ge, "le": le, "gt": gt, "lt": lt, "choices": choices})
+# Source names become folder names under outputs/fetch/images and parts of params keys.
+SOURCE_NAMES = (
+    r"[a-z0-9][a-z0-9_-]{0,39}",
+    "lower-case letters, digits, '_' or '-' (it names a folder)",
+)
 
 
 @dataclass(frozen=True)
@@ -68,10 +66,28 @@ class LabelledSource:
     # the file name, names the photo (SDNET2018: "^(\d+)-").
     group_by: str = _rule()
 
+    def check(self, key: str) -> list[str]:
+        found = []
+        if not self.path:
+            what = "URL" if self.kind == "mendeley" else "local archive or folder"
+            found.append(f"{key}.path must name the {what}")
+        if self.sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            found.append(f"{key}.sha256 must be 64 hex digits or empty")
+        if self.group_by != "signature":
+            try:
+                if re.compile(self.group_by).groups < 1:
+                    found.append(
+                        f"{key}.group_by must be signature or a regular expression with a "
+                        "group naming the photo, e.g. ^(\\d+)-"
+                    )
+            except re.error as exc:
+                found.append(f"{key}.group_by is not a valid regular expression ({exc})")
+        return found
+
 
 @dataclass(frozen=True)
 class SyntheticSource:
-    """Rendered concrete patches (crackdet.data.synthetic): offline, any number."""
+    """Rendered concrete patches (crackdet.data.sources.synthetic): offline, any number."""
 
     kind: str = _rule(choices=("synthetic",))
     per_class: int = _rule(ge=10, le=100_000)
@@ -106,13 +122,20 @@ class MasksSource:
     )  # clean windows kept in all (seeded; hard negatives up to half; 0: all)
     licence: str = _rule()
 
+    def check(self, key: str) -> list[str]:
+        return [] if self.path else [f"{key}.path must name the local archive or folder"]
+
 
 Source = LabelledSource | SyntheticSource | MasksSource
+
+# Each source kind and its record: the names crackdet.data.sources registers a fetch for.
+SOURCE_KINDS: dict[str, type] = kinds_of(typing.get_args(Source))
 
 
 @dataclass(frozen=True)
 class FetchParams:
-    sources: dict[str, Source]  # named; each image's manifest row records its source
+    # named; each image's manifest row records its source
+    sources: dict[str, Source] = _rule(names=SOURCE_NAMES, what="source")  # noqa: RUF009
     on_bad_image: str = _rule(choices=("error", "skip"))
     max_files: int = _rule(ge=1)  # extraction bounds for archives from the internet
     max_bytes: int = _rule(ge=1)
@@ -127,6 +150,12 @@ class SplitParams:
     train: float = _rule(gt=0.0, le=1.0)
     val: float = _rule(gt=0.0, le=1.0)
     test: float = _rule(gt=0.0, le=1.0)
+
+    def check(self, key: str) -> list[str]:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            return [f"{key}.train + {key}.val + {key}.test must sum to 1; got {total:g}"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -143,10 +172,10 @@ class AugmentParams:
     # sensor noise (std up to this, 0-255 units; 0 off), JPEG re-encoding (quality drawn in this
     # range; [100, 100] off) and exposure (gamma drawn from exp(U(-e, e)); 0 off). Zoom applies
     # to three views in four, blur, noise and JPEG each to half of them.
-    zoom: tuple[float, ...] = _rule(gt=0.0, le=4.0)
+    zoom: tuple[float, ...] = _rule(gt=0.0, le=4.0, span=True)
     blur: float = _rule(ge=0.0, le=5.0)
     noise: float = _rule(ge=0.0, le=50.0)
-    jpeg_quality: tuple[int, ...] = _rule(ge=5, le=100)
+    jpeg_quality: tuple[int, ...] = _rule(ge=5, le=100, span=True)
     exposure: float = _rule(ge=0.0, le=1.0)
 
 
@@ -171,7 +200,7 @@ class TrainParams:
     # epoch, each of its classes alike; none: every image alike.
     balance: str = _rule(choices=("source", "none"))
     # A source's share of the loss relative to the others (unnamed sources: 1).
-    source_weights: dict[str, float] = _rule(gt=0.0, le=100.0)  # noqa: RUF009 (no default)
+    source_weights: dict[str, float] = _rule(gt=0.0, le=100.0, what="source")  # noqa: RUF009
     # The operating threshold on the calibrated P(crack): fixed (0.5) or f1 (F1-optimal on val).
     threshold: str = _rule(choices=("fixed", "f1"))
     # The share of held-out training-source patches the OOD model accepts (its threshold is
@@ -248,199 +277,22 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-# A number as a person writes it: YAML 1.1 (PyYAML) reads ``1e-4`` as a string, because its
-# floats need a dot; DVC's YAML 1.2 reads it as a number. Both must mean the same here.
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-# Source names become folder names under outputs/fetch/images and parts of params keys.
-_SOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
-
-
-def _check_value(key: str, tp: Any, value: Any, meta: typing.Mapping[str, Any]) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    origin = typing.get_origin(tp)
-    if origin is dict:
-        item = typing.get_args(tp)[1]
-        if item is float:
-            return _check_weights(key, value, meta)
-        return _check_sources(key, item, value)
-    if origin is types.UnionType:
-        options = typing.get_args(tp)
-        if all(dataclasses.is_dataclass(o) for o in options):
-            return _check_kind(key, options, value)
-        return _check_number_or_word(key, options, value, meta)
-    if origin is tuple:  # tuple[X, ...]: a YAML list of X
-        item = typing.get_args(tp)[0]
-        if not isinstance(value, list) or not value:
-            raise CrackdetError(f"params.yaml: {key} must be a non-empty list, got {value!r}")
-        return tuple(_check_value(f"{key}[{i}]", item, v, meta) for i, v in enumerate(value))
-    if tp is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-        value = float(value)
-    # bool is an int subclass in Python; YAML `true` must never pass as a count.
-    ok = (
-        isinstance(value, bool)
-        if tp is bool
-        else isinstance(value, tp) and not isinstance(value, bool)
-        if tp in (int, str)
-        else isinstance(value, (int, float)) and not isinstance(value, bool)
-    )
-    if not ok:
-        raise CrackdetError(
-            f"params.yaml: {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-        )
-    if tp is float:
-        value = float(value)
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        raise CrackdetError(
-            f"params.yaml: {key} must be one of {', '.join(choices)}; got {value!r}"
-        )
-    for bound, test, word in (
-        ("ge", lambda v, b: v >= b, ">="),
-        ("gt", lambda v, b: v > b, ">"),
-        ("le", lambda v, b: v <= b, "<="),
-        ("lt", lambda v, b: v < b, "<"),
-    ):
-        limit = meta.get(bound)
-        if limit is not None and not test(value, limit):
-            raise CrackdetError(f"params.yaml: {key} must be {word} {limit}; got {value!r}")
-    return value
-
-
-def _check_number_or_word(
-    key: str, options: tuple[type, ...], value: Any, meta: typing.Mapping[str, Any]
-) -> Any:
-    """``float | str``: a number within the bounds, or one of the words in ``choices``."""
-    words = meta.get("choices") or ()
-    if isinstance(value, str) and value in words:
-        return value
-    number = next(o for o in options if o in (int, float))
-    try:
-        return _check_value(key, number, value, {k: v for k, v in meta.items() if k != "choices"})
-    except CrackdetError as exc:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            raise  # a number out of range: the bound says it
-        raise CrackdetError(
-            f"params.yaml: {key} must be a number or {' or '.join(words)}; got {value!r}"
-        ) from exc
-
-
-def _check_sources(key: str, item: Any, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or not value:
-        raise CrackdetError(
-            f"params.yaml: {key} must name at least one source (name: {{kind: …, …}})"
-        )
-    sources = {}
-    for name, raw in value.items():
-        if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
-            raise CrackdetError(
-                f"params.yaml: {key}: source name {name!r} must be lower-case letters, digits, "
-                "'_' or '-' (it names a folder)"
-            )
-        sources[name] = _check_value(f"{key}.{name}", item, raw, {})
-    return sources
-
-
-def _check_weights(key: str, value: Any, meta: typing.Mapping[str, Any]) -> dict[str, float]:
-    """``name: number`` pairs (may be empty)."""
-    if not isinstance(value, dict):
-        raise CrackdetError(
-            f"params.yaml: {key} must be a mapping of source names to numbers ({{}} for none)"
-        )
-    return {str(name): _check_value(f"{key}.{name}", float, v, meta) for name, v in value.items()}
-
-
-def _check_kind(key: str, options: tuple[type, ...], value: Any) -> Any:
-    """One of several record types, chosen by the value's ``kind``."""
-    by_kind = {
-        kind: cls
-        for cls in options
-        for kind in dataclasses.fields(cls)[0].metadata["choices"]  # the first field is kind
-    }
-    kind = value.get("kind") if isinstance(value, dict) else None
-    if kind not in by_kind:
-        raise CrackdetError(
-            f"params.yaml: {key}.kind must be one of {', '.join(by_kind)}; got {kind!r}"
-        )
-    return _build(by_kind[kind], value, key)
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix or "the top level"
-    if not isinstance(raw, dict):
-        raise CrackdetError(f"params.yaml: {where} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    dotted = (prefix + ".") if prefix else ""
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise CrackdetError(
-            f"params.yaml: unknown key {dotted}{unknown[0]} (known keys in {where}: "
-            f"{', '.join(fields)})"
-        )
-    values = {}
-    for name, fld in fields.items():
-        if name not in raw:
-            raise CrackdetError(f"params.yaml: missing key {dotted}{name}")
-        tp = hints[name]
-        values[name] = _check_value(f"{dotted}{name}", tp, raw[name], fld.metadata)
-    return cls(**values)
-
-
 def parse_params(raw: Any) -> Params:
-    """Validate an already-loaded YAML tree and return typed params."""
-    params: Params = _build(Params, raw, "")
-    total = params.split.train + params.split.val + params.split.test
-    if abs(total - 1.0) > 1e-6:
-        raise CrackdetError(
-            f"params.yaml: split.train + split.val + split.test must sum to 1; got {total:g}"
-        )
-    for name, source in params.fetch.sources.items():
-        _check_source(f"fetch.sources.{name}", source)
-    augment = params.train.augment
-    for key, pair in (("zoom", augment.zoom), ("jpeg_quality", augment.jpeg_quality)):
-        if len(pair) != 2 or pair[0] > pair[1]:
-            raise CrackdetError(
-                f"params.yaml: train.augment.{key} must be a range [low, high] with low <= high; "
-                f"got {list(pair)}"
-            )
-    for name in params.train.source_weights:
-        if name not in params.fetch.sources:
-            raise CrackdetError(
-                f"params.yaml: train.source_weights.{name} names no source in fetch.sources "
-                f"({', '.join(params.fetch.sources)})"
-            )
-    return params
-
-
-def _check_source(key: str, source: Source) -> None:
-    """What the schema's types cannot say about one source."""
-    if isinstance(source, LabelledSource | MasksSource) and not source.path:
-        what = "URL" if source.kind == "mendeley" else "local archive or folder"
-        raise CrackdetError(f"params.yaml: {key}.path must name the {what}")
-    if isinstance(source, LabelledSource):
-        if source.sha256 and not re.fullmatch(r"[0-9a-f]{64}", source.sha256):
-            raise CrackdetError(f"params.yaml: {key}.sha256 must be 64 hex digits or empty")
-        if source.group_by != "signature":
-            try:
-                pattern = re.compile(source.group_by)
-            except re.error as exc:
-                raise CrackdetError(
-                    f"params.yaml: {key}.group_by is not a valid regular expression ({exc})"
-                ) from None
-            if pattern.groups < 1:
-                raise CrackdetError(
-                    f"params.yaml: {key}.group_by must be signature or a regular expression "
-                    "with a group naming the photo, e.g. ^(\\d+)-"
-                )
+    """Validate an already-loaded YAML tree and return typed params; every problem is reported,
+    one line each."""
+    problems = Problems()
+    sections = build_fields(Params, raw, "", problems)
+    if sections is not None:
+        fetch, train = sections["fetch"], sections["train"]
+        if fetch is not INVALID and train is not INVALID:
+            problems += [
+                f"train.source_weights.{name} names no source in fetch.sources "
+                f"({', '.join(fetch.sources)})"
+                for name in train.source_weights
+                if name not in fetch.sources
+            ]
+    problems.raise_if_any("params.yaml: ")
+    return Params(**sections)  # type: ignore[arg-type]
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
@@ -455,13 +307,24 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
+        tag = re.search(r"tag '([^']+)'", str(getattr(exc, "problem", "")))
+        if isinstance(exc, yaml.constructor.ConstructorError) and tag:
+            # e.g. !!python/object/apply:os.system: safe_load refuses it; say which and where.
+            name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            raise CrackdetError(
+                f"{_display(path)}: tag {name}{where} is not allowed (params hold plain values "
+                "only); remove the tag"
+            ) from None
         raise CrackdetError(f"{_display(path)}: not valid YAML{where}") from None
     except CrackdetError as exc:
         raise CrackdetError(f"{_display(path)}: {exc}") from None
     try:
         return parse_params(raw)
     except CrackdetError as exc:
-        raise CrackdetError(str(exc).replace("params.yaml", _display(path), 1)) from None
+        lines = str(exc).splitlines()
+        raise CrackdetError(
+            "\n".join(line.replace("params.yaml", _display(path), 1) for line in lines)
+        ) from None
 
 
 def _refuse_duplicate_keys(node: yaml.Node | None, prefix: str) -> None:

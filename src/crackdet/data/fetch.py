@@ -13,44 +13,25 @@ complete.
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import atomic_dir, file_digests, write_text
+from crackdet.core.io import atomic_dir, write_text
 from crackdet.core.layout import FetchOutputs, Layout
-from crackdet.core.params import (
-    FetchParams,
-    LabelledSource,
-    MasksSource,
-    Source,
-    SyntheticSource,
-    flatten,
-)
-from crackdet.data.archive import extract
+from crackdet.core.params import FetchParams, Source, flatten
 from crackdet.data.images import CLASSES, decode_image
-from crackdet.data.labelled import (
-    ExtractLimits,
-    Imported,
-    check_public_layout,
-    class_files,
-    import_labelled,
-    import_public,
-    resolve_path,
-)
 from crackdet.data.manifest import ManifestRow, manifest_digest, write_manifest
-from crackdet.data.masks import cut_windows, photo_of
 from crackdet.data.records import FetchSummary, SourceSummary
 from crackdet.data.signatures import dhash, duplicate_groups, save_signatures, signature
-from crackdet.data.synthetic import write_patch_set
+from crackdet.data.sources import KINDS
+from crackdet.data.sources.base import FetchContext, GroupOf
+from crackdet.data.sources.labelled import ExtractLimits, Imported, class_files
 
 BAD_IMAGE_HINT = "; remove or replace it, or set fetch.on_bad_image: skip"
-GroupOf = Callable[[str], str]  # file name -> the photo it was cut from ("" if unknown)
 
 
 @dataclass
@@ -136,23 +117,6 @@ def report_duplicates(
     }
 
 
-def filename_groups(pattern: str, key: str) -> GroupOf:
-    """Photo of a file by a regular expression's first group (``group_by``); a file the
-    pattern does not match stops fetch, naming it and the params key."""
-    compiled = re.compile(pattern)
-
-    def group(name: str) -> str:
-        match = compiled.search(name)
-        if match is None or not match.group(1):
-            raise CrackdetError(
-                f"{key}.group_by '{pattern}' names no photo in the file name {name}; fix the "
-                "pattern or set it to signature"
-            )
-        return match.group(1)
-
-    return group
-
-
 @dataclass(frozen=True)
 class _Fetched:
     """One source brought into ``images/<name>``, indexed."""
@@ -171,42 +135,15 @@ def _fetch_source(
     work = out.dir / ".work" / name
     work.mkdir(parents=True)
     limits = ExtractLimits(params.max_files, params.max_bytes)
-    extra: dict[str, int] = {}
-    group_of: GroupOf | None = None
-    if isinstance(source, SyntheticSource):
-        write_patch_set(target, source.per_class, seed, style=source.style)
-        origin, imported = f"{key} (synthetic)", Imported(None, None, [])
-    elif isinstance(source, MasksSource):
-        path = resolve_path(layout.root, source.path, f"{key}.path")
-        origin = source.path
-        masks = import_masks(path, work, limits)
-        cut, left_out = cut_windows(masks.folder, source, target, seed, params.max_pixels, key)
-        imported = Imported(masks.archive_sha256, masks.archive_md5, left_out)
-        extra = asdict(cut)
-        group_of = photo_of
-    elif source.kind == "mendeley":
-        origin = source.path
-        imported = import_public(source.path, source.sha256, layout.downloads, target, work, limits)
-    else:
-        path = resolve_path(layout.root, source.path, f"{key}.path")
-        origin = source.path
-        if source.kind == "folder" and not path.is_dir():
-            raise CrackdetError(f"{key}.path: {source.path} is not a folder; use kind: archive")
-        if source.kind == "archive" and path.is_dir():
-            raise CrackdetError(f"{key}.path: {source.path} is a folder; use kind: folder")
-        imported = import_labelled(path, target, work, limits)
-        if source.sha256 and imported.archive_sha256 != source.sha256:
-            raise CrackdetError(
-                f"{key}.sha256: {source.path} has sha256 {imported.archive_sha256}, not the "
-                f"pinned {source.sha256}; use the archive you pinned or update the pin"
-            )
-    if isinstance(source, LabelledSource) and source.group_by != "signature":
-        group_of = filename_groups(source.group_by, key)
+    context = FetchContext(key, target, work, limits, params.max_pixels, seed, layout)
+    brought = KINDS[source.kind].fetch(context, source)
     shutil.rmtree(work)
-    indexed = index_images(target, origin, params.on_bad_image, params.max_pixels, name, group_of)
-    if isinstance(source, LabelledSource) and source.kind == "mendeley":
-        check_public_layout(indexed.rows, origin, key)
-    return _Fetched(indexed, imported, origin, extra)
+    indexed = index_images(
+        target, brought.origin, params.on_bad_image, params.max_pixels, name, brought.group_of
+    )
+    if brought.check is not None:
+        brought.check(indexed.rows)
+    return _Fetched(indexed, brought.imported, brought.origin, brought.extra)
 
 
 def fetch(params: FetchParams, seed: int, layout: Layout) -> FetchSummary:
@@ -248,22 +185,3 @@ def fetch(params: FetchParams, seed: int, layout: Layout) -> FetchSummary:
         )
         summary.write(out.summary)
     return summary
-
-
-@dataclass(frozen=True)
-class MasksFolder:
-    """A masks source made readable: its folder (extracted from an archive into ``work``)."""
-
-    folder: Path
-    archive_sha256: str | None
-    archive_md5: str | None
-
-
-def import_masks(path: Path, work: Path, limits: ExtractLimits) -> MasksFolder:
-    """A masks source's folder: read in place, or an archive extracted into ``work``."""
-    if path.is_dir():
-        return MasksFolder(path, None, None)
-    sha256, md5 = file_digests(path)
-    folder = work / "extracted"
-    extract(path, folder, max_files=limits.max_files, max_bytes=limits.max_bytes)
-    return MasksFolder(folder, sha256, md5)

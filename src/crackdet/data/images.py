@@ -7,6 +7,7 @@ through :func:`to_rgb`, so a model never sees BGR, alpha or 16-bit values.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +75,33 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise CrackdetError(f"{name}: not a readable image ({first_line(exc)})") from None
 
 
+def read_rgb(path: Path, check: Callable[[int, int], None]) -> np.ndarray:
+    """An image file as uint8 HxWx3 RGB. ``check(width, height)`` sees the size before any
+    pixel is decoded and raises :class:`CrackdetError` to refuse the file (a photo too big to
+    map costs nothing to turn away)."""
+    try:
+        with Image.open(path) as image:
+            check(*image.size)
+            image.load()
+            return np.asarray(to_rgb(image), dtype=np.uint8)
+    except CrackdetError:
+        raise
+    except Image.DecompressionBombError:
+        raise CrackdetError(f"{path}: refused as a decompression bomb (too many pixels)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CrackdetError(f"{path}: not a readable image ({first_line(exc)})") from None
+
+
 def load_rgb(path: Path, size: int = PATCH_SIZE) -> np.ndarray:
     """An image file as uint8 HxWx3 RGB, resized to ``size`` when it is not already that size."""
     with Image.open(path) as image:
         rgb = to_rgb(image)
+    return as_patch(rgb, size)
+
+
+def as_patch(rgb: Image.Image, size: int = PATCH_SIZE) -> np.ndarray:
+    """An RGB image as the model's uint8 ``size`` x ``size`` x 3 input: resized (bilinear) when
+    it is not that size already, as every training and test patch was."""
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from crackdet.core.errors import CrackdetError, first_line
-from crackdet.data.images import is_image_file, to_rgb
+from crackdet.core.errors import CrackdetError
+from crackdet.data.images import is_image_file, read_rgb
 
 
 def read_photo(
@@ -20,31 +19,23 @@ def read_photo(
     """A photo as uint8 HxWx3 RGB; refuse, before decoding its pixels, a photo that has more
     than ``max_pixels`` pixels or would have at ``scale`` (the size it is mapped at; a function
     of (height, width) gives the largest scale a photo of that size is mapped at)."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise CrackdetError(
-                    f"{path}: {width}x{height} = {width * height} pixels exceeds "
-                    f"predict.max_pixels ({max_pixels}); downscale it or raise the limit"
-                )
-            if callable(scale):
-                scale = scale(height, width)
-            mapped_w, mapped_h = max(1, round(width * scale)), max(1, round(height * scale))
-            if mapped_w * mapped_h > max_pixels:
-                raise CrackdetError(
-                    f"{path}: {width}x{height} at predict.scale {scale:g} is mapped at "
-                    f"{mapped_w}x{mapped_h} = {mapped_w * mapped_h} pixels, over "
-                    f"predict.max_pixels ({max_pixels}); lower predict.scale or raise the limit"
-                )
-            image.load()
-            return np.asarray(to_rgb(image), dtype=np.uint8)
-    except CrackdetError:
-        raise
-    except Image.DecompressionBombError:
-        raise CrackdetError(f"{path}: refused as a decompression bomb (too many pixels)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CrackdetError(f"{path}: not a readable image ({first_line(exc)})") from None
+
+    def check(width: int, height: int) -> None:
+        if width * height > max_pixels:
+            raise CrackdetError(
+                f"{path}: {width}x{height} = {width * height} pixels exceeds "
+                f"predict.max_pixels ({max_pixels}); downscale it or raise the limit"
+            )
+        mapped = scale(height, width) if callable(scale) else scale
+        mapped_w, mapped_h = max(1, round(width * mapped)), max(1, round(height * mapped))
+        if mapped_w * mapped_h > max_pixels:
+            raise CrackdetError(
+                f"{path}: {width}x{height} at predict.scale {mapped:g} is mapped at "
+                f"{mapped_w}x{mapped_h} = {mapped_w * mapped_h} pixels, over "
+                f"predict.max_pixels ({max_pixels}); lower predict.scale or raise the limit"
+            )
+
+    return read_rgb(path, check)
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.params import PredictParams
 from crackdet.core.progress import say
 from crackdet.data.archive import extract
-from crackdet.data.labelled import ExtractLimits
-from crackdet.data.masks import MaskedPhoto, PixelCounts, PixelSums, find_photos, read_mask
+from crackdet.data.sources.labelled import ExtractLimits
+from crackdet.data.sources.masks import MaskedPhoto, PixelCounts, PixelSums, find_photos, read_mask
 from crackdet.data.windows import window_grid
 from crackdet.maps.crackmap import Tile
 from crackdet.maps.mapping import (

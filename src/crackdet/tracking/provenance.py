@@ -11,6 +11,8 @@ import yaml
 from crackdet.core.layout import Layout
 from crackdet.data.records import FetchSummary, SplitSummary
 
+DATA_SOURCES_TAG = "data.sources"  # the run's sources, comma-separated (registry cards read it)
+
 
 def _git(root: Path, *args: str) -> str | None:
     try:
@@ -22,15 +24,57 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout.strip()
 
 
+# What a run's outputs are made from, as git sees it: code, pins, params, the pipeline and the
+# data pointers. Anything else may change without the run being "uncommitted": dvc.lock and the
+# metric files the pipeline itself writes, docs, tests.
+INPUT_FILES = ("params.yaml", "dvc.yaml", "pyproject.toml", "requirements.lock")
+INPUT_DIRS = ("src/",)
+INPUT_SUFFIXES = (".dvc",)
+
+
+def is_input(path: str) -> bool:
+    return path in INPUT_FILES or path.startswith(INPUT_DIRS) or path.endswith(INPUT_SUFFIXES)
+
+
+def changed_inputs(root: Path) -> list[str] | None:
+    """Input files (``is_input``) that differ from HEAD, new ones included; None without git."""
+    status = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+    if status is None:
+        return None
+    entries = status.split("\0")
+    paths: list[str] = []
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        paths.append(entry[3:])
+        if entry[0] in "RC":  # a rename or copy: its source path follows as the next entry
+            paths.append(entries[i])
+            i += 1
+    changed = {p for p in paths if is_input(p)}
+    if os.environ.get("DVC_EXP_NAME"):
+        # `dvc exp run -S …` writes the experiment's params into params.yaml, commits them to
+        # the experiment's ref and the run records them: not uncommitted changes.
+        changed.discard("params.yaml")
+    return sorted(changed)
+
+
 def git_state(root: Path) -> dict[str, str]:
-    """Commit and dirty flag (outputs and the MLflow store are git-ignored: only code counts)."""
+    """Commit, dirty flag and the changed inputs; outputs, dvc.lock and the MLflow store are not
+    inputs, so a pipeline that rewrites its tracked metric files leaves the flag false."""
     commit = _git(root, "rev-parse", "HEAD")
-    if commit is None:
+    changed = changed_inputs(root) if commit is not None else None
+    if commit is None or changed is None:
         return {"git.commit": "none", "git.dirty": "unknown"}
-    status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
-    # dvc.lock changes while the pipeline runs (each stage records its outputs): not "dirty" code.
-    changed = [line for line in status.splitlines() if not line.endswith("dvc.lock")]
-    return {"git.commit": commit, "git.dirty": str(bool(changed)).lower()}
+    tags = {"git.commit": commit, "git.dirty": str(bool(changed)).lower()}
+    if changed:
+        shown = ", ".join(changed[:10]) + (
+            f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+        )
+        tags["git.dirty_inputs"] = shown
+    return tags
 
 
 def dvc_lock_hashes(root: Path, stages: tuple[str, ...]) -> dict[str, str]:
@@ -61,7 +105,7 @@ def data_lineage(layout: Layout) -> dict[str, str]:
     fetched = FetchSummary.read(layout.fetch.summary)
     split = SplitSummary.read(layout.split.summary)
     tags = {
-        "data.sources": ",".join(fetched.sources),
+        DATA_SOURCES_TAG: ",".join(fetched.sources),
         "data.manifest_sha256": fetched.manifest_sha256,
         "data.count": str(fetched.count),
         "data.split_fingerprint": split.fingerprint,

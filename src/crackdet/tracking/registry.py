@@ -11,8 +11,12 @@ experiments never interleave them.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +32,8 @@ from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.io import sha256_file
 from crackdet.model.classifier import ModelSpec
 from crackdet.tracking.descriptions import VersionCard, promotion_table, version_description
-from crackdet.tracking.runs import HOST_TAG, PID_TAG, owner_gone, owner_tags
+from crackdet.tracking.runs import HOST_TAG, MODEL_SHA_TAG, PID_TAG, owner_gone, owner_tags
+from crackdet.tracking.serving import MODEL_FOLDER
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -49,6 +54,43 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> int:
     import mlflow  # ~1.3 s to import: only where the registry is used
 
     return int(mlflow.register_model(model_uri, name, tags=tags).version)
+
+
+def registered_version(
+    client: Any, name: str, run_id: str, model_uri: str, model_sha256: str
+) -> Any | None:
+    """The version of ``name`` that already holds this run's checkpoint: same run and same
+    model digest (tag ``crackdet.model_sha256``; a version registered before that tag existed:
+    the same logged model). None when there is none."""
+    try:
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except _mlflow_error():
+        return None  # no registered model of that name yet
+    for version in sorted(versions, key=lambda v: int(v.version)):
+        digest = version.tags.get(MODEL_SHA_TAG)
+        if digest == model_sha256 or (digest is None and version.source == model_uri):
+            return version
+    return None
+
+
+def register_once(
+    client: Any, model_uri: str, name: str, tags: dict[str, str], model_sha256: str
+) -> tuple[int, bool]:
+    """The version of ``name`` holding this run's checkpoint, registered now unless one already
+    does (a second clone's ``dvc repro`` re-evaluates a pulled checkpoint: no duplicate
+    version). Returns the version number and whether it is new."""
+    existing = registered_version(client, name, tags["run_id"], model_uri, model_sha256)
+    if existing is not None:
+        return int(existing.version), False
+    return register(model_uri, name, {**tags, MODEL_SHA_TAG: model_sha256}), True
+
+
+def version_standing(client: Any, name: str, version: int) -> dict[str, str]:
+    """The aliases a version holds (comma-separated, "" for none) and its validation status."""
+    aliases = client.get_registered_model(name).aliases
+    held = sorted(alias for alias, number in aliases.items() if str(number) == str(version))
+    status = get_version(client, name, version).tags.get("validation_status", "")
+    return {"alias": ",".join(held), "validation_status": status}
 
 
 def version_of(client: Any, uri: str) -> Any | None:
@@ -257,6 +299,48 @@ class RegistryClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._exported(images)
+
+
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+_FOLDERS: dict[str, Path] = {}  # registry URI -> its downloaded crackdet/ folder, per process
+
+
+def registry_folder(uri: str) -> Path | None:
+    """The checkpoint folder (``crackdet/``: weights, spec, OOD model, exported graph) that a
+    model logged by crackdet train carries, downloaded once per process into a temporary
+    folder removed at exit; None for a model logged without it (an older pt2-only version)."""
+    if uri in _FOLDERS:
+        return _FOLDERS[uri]
+    import mlflow  # ~1.3 s to import: only when a registry model is asked for
+    import mlflow.artifacts
+
+    client = mlflow.MlflowClient()
+    version = version_of(client, uri)
+    source = version.source if version is not None else uri
+    scratch = Path(tempfile.mkdtemp(prefix="crackdet-model-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    # MLflow's download bar would land in the logs of every stage and command that loads one.
+    bar = os.environ.get(_PROGRESS_BAR)
+    os.environ[_PROGRESS_BAR] = "false"
+    try:
+        if source.startswith("models:/m-"):  # a logged model: fetch only its crackdet/ folder
+            location = client.get_logged_model(source.removeprefix("models:/")).artifact_location
+            target = f"{location.rstrip('/')}/{MODEL_FOLDER}"
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=target, dst_path=scratch))
+        else:
+            whole = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
+            local = Path(whole) / MODEL_FOLDER
+    except _mlflow_error():
+        return None  # no crackdet/ folder, or no such model: load_registry_model says which
+    finally:
+        if bar is None:
+            os.environ.pop(_PROGRESS_BAR, None)
+        else:
+            os.environ[_PROGRESS_BAR] = bar
+    found = local if (local / "model.json").is_file() else None
+    if found is not None:
+        _FOLDERS[uri] = found
+    return found
 
 
 @dataclass(frozen=True)

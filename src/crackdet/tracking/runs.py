@@ -31,6 +31,7 @@ from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.io import sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import flatten
+from crackdet.tracking.provenance import git_state
 from crackdet.tracking.redact import redact, source_name
 from crackdet.tracking.store import (
     CAMPAIGNS,
@@ -45,6 +46,8 @@ from crackdet.tracking.store import (
 )
 
 MODEL_SHA_TAG = "crackdet.model_sha256"
+# `dvc repro --force train` would rerun fetch, split and train but not what reads the checkpoint.
+RERUN_TRAIN = "rerun train and the stages after it: dvc repro --force --downstream train"
 MODEL_URI_TAG = "crackdet.model_uri"
 
 
@@ -96,7 +99,7 @@ def run_of_model(layout: Layout) -> RunInfo:
     if not runs:
         raise CrackdetError(
             f"{shown}: no run in the MLflow store {tracking_uri(layout.root)} trained this "
-            f"checkpoint (sha256 {digest[:12]}); rerun train: dvc repro --force train"
+            f"checkpoint (sha256 {digest[:12]}); {RERUN_TRAIN}"
         )
     tags = runs[0].data.tags
     return RunInfo(runs[0].info.run_id, tags.get(MODEL_URI_TAG, ""), digest)
@@ -185,8 +188,18 @@ def _start_run(root: Path, experiment: str, stage: str, run_name: str | None) ->
 
 def start_pipeline_run(root: Path, run_name: str | None = None) -> Any:
     """Create the run that train, evaluate and predict_samples of this execution share."""
-    name = run_name or os.environ.get("DVC_EXP_NAME") or None
-    return _start_run(root, EXPERIMENT_NAME, "pipeline", name)
+    return _start_run(root, EXPERIMENT_NAME, "pipeline", run_name or pipeline_run_name(root))
+
+
+def pipeline_run_name(root: Path) -> str:
+    """What MLflow's run list shows: the DVC experiment (or ``repro``) and the commit, so a run
+    is told apart without opening it (MLflow's default is a random two-word name)."""
+    state = git_state(root)
+    label = os.environ.get("DVC_EXP_NAME") or "repro"
+    commit = state["git.commit"]
+    where = commit[:7] if commit != "none" else "no commit"
+    changed = " (changed inputs)" if state["git.dirty"] == "true" else ""
+    return f"{label} @ {where}{changed}"
 
 
 def start_evaluation_run(root: Path, stage: str, run_name: str) -> Any:
@@ -278,8 +291,7 @@ def resume_pipeline_run(layout: Layout) -> Iterator[tuple[Any, RunInfo]]:
             raise lost from None
         raise CrackdetError(
             f"run {run_id} of {layout.train.model.relative_to(root)} cannot be resumed in the "
-            f"MLflow store {tracking_uri(root)} ({first_line(exc)}); rerun train: "
-            "dvc repro --force train"
+            f"MLflow store {tracking_uri(root)} ({first_line(exc)}); {RERUN_TRAIN}"
         ) from None
     with ending(run):
         yield run, info

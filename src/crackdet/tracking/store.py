@@ -46,6 +46,11 @@ KIND_TAG = "mlflow.experimentKind"
 KIND = "custom_model_development"
 STORE_DIR = "mlruns"
 
+# MLflow draws a tqdm bar for every artifact download (a registry model, a champion re-scored):
+# noise in stage logs and CI. Read per download, so this holds for every later call; a user who
+# wants the bar sets the variable.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 def store_root(root: Path) -> Path:
     """Where ``mlruns/`` lives: ``DVC_ROOT`` under ``dvc exp run`` (the original repository, so

@@ -142,8 +142,8 @@ def ci_check(root: Path, base: str, rerun: str = "auto") -> CiResult:
     try:
         load_params(root / "params.yaml")
     except CrackdetError as exc:
-        result.params_error = str(exc)
-        result.failures.append(f"invalid params: {exc}")
+        result.params_error = "; ".join(str(exc).splitlines())  # one report line
+        result.failures += [f"invalid params: {line}" for line in str(exc).splitlines()]
     params = _json(["dvc", "params", "diff", base, "--json"], root)
     for path, keys in sorted(params.items()):
         for key, values in sorted(keys.items()):

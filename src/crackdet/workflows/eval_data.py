@@ -21,12 +21,13 @@ from crackdet.core.io import write_json
 from crackdet.core.layout import Layout
 from crackdet.core.params import EvaluateParams, FetchParams
 from crackdet.data.fetch import index_images
-from crackdet.data.labelled import ExtractLimits, import_labelled
 from crackdet.data.manifest import manifest_digest
+from crackdet.data.sources.labelled import ExtractLimits, import_labelled
 from crackdet.model.classifier import operating_threshold
 from crackdet.model.engines import classifier_features
 from crackdet.model.metrics import coverage, score_rows_with_features
 from crackdet.model.plots import write_curves, write_plot_images
+from crackdet.tracking.metric_names import section_names
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.runs import ending, start_evaluation_run
 from crackdet.workflows.models import load_model, ood_beside
@@ -86,8 +87,9 @@ def score_dataset(
             data_tags["data.archive_sha256"] = imported.archive_sha256
         mlflow.set_tags(data_tags)
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        scalars |= {k: float(v) for k, v in metrics.get("coverage", {}).items()}
-        mlflow.log_metrics({f"test_{k}": v for k, v in scalars.items()})
+        mlflow.log_metrics(
+            section_names(scalars, "test") | section_names(metrics.get("coverage", {}), "coverage")
+        )
         report = Path(tmp) / "report"
         write_curves(evaluation, indexed.rows, report)
         write_plot_images(evaluation, report)

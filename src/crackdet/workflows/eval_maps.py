@@ -12,9 +12,10 @@ from crackdet.core.io import sha256_file, write_json
 from crackdet.core.layout import Layout
 from crackdet.core.overrides import predict_settings
 from crackdet.core.params import Params, PredictParams
-from crackdet.data.labelled import ExtractLimits
+from crackdet.data.sources.labelled import ExtractLimits
 from crackdet.maps.scoring import MapsResult, evaluate_maps, windows_csv
 from crackdet.model.engines import effective_engine, engine_label
+from crackdet.tracking.metric_names import TIME, section_names
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.runs import ending, start_evaluation_run
 from crackdet.workflows.models import load_model, ood_beside
@@ -59,23 +60,22 @@ def run_eval_maps(
                 "engine": engine_label(effective_engine(model, settings.engine)),
             }
         )
+        figures = {
+            key: float(metrics[key])
+            for key in (*FIGURES, *(f"accepted_{k}" for k in FIGURES), "ood_share")
+            if metrics.get(key) is not None  # undefined figures are left out, not logged as 0
+        } | {
+            key: float(metrics[key])
+            for key in (
+                "windows_crack",
+                "windows_clean",
+                "windows_ignored",
+                "windows_planking",
+                "photos",
+            )
+        }
         mlflow.log_metrics(
-            {
-                f"maps_{key}": float(metrics[key])
-                for key in (*FIGURES, *(f"accepted_{k}" for k in FIGURES), "ood_share")
-                if metrics.get(key) is not None  # undefined figures are left out, not logged as 0
-            }
-            | {
-                f"maps_{key}": float(metrics[key])
-                for key in (
-                    "windows_crack",
-                    "windows_clean",
-                    "windows_ignored",
-                    "windows_planking",
-                    "photos",
-                    "seconds",
-                )
-            }
+            section_names(figures, "maps") | {f"{TIME}maps_s": float(metrics["seconds"])}
         )
         mlflow.log_dict(metrics, "eval-maps/metrics.json")
         mlflow.log_text(windows_csv(result.windows), "eval-maps/windows.csv")

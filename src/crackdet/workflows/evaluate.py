@@ -22,19 +22,21 @@ from crackdet.model.metrics import (
     per_source,
     pretrained_features,
     score_classifier,
-    score_rows,
+    score_rows_with_features,
 )
 from crackdet.model.ood import OODModel
 from crackdet.model.plots import write_curves, write_plot_images
 from crackdet.model.probe import Probe
-from crackdet.tracking.descriptions import BaselineFigures, SplitFigures, VersionCard
+from crackdet.tracking.descriptions import version_card
+from crackdet.tracking.metric_names import per_source_names, section_names
 from crackdet.tracking.promotion import Reevaluator, auto_promote
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.registry import (
     KEY_METRICS,
     describe_version,
     load_registry_model,
-    register,
+    register_once,
+    version_standing,
 )
 from crackdet.tracking.runs import log_stage_params, resume_pipeline_run
 from crackdet.tracking.store import client_for
@@ -82,16 +84,11 @@ def evaluate(layout: Layout, cfg: EvaluateParams, gates: PromoteParams) -> dict[
         log_stage_params(layout.root, "evaluate", asdict(cfg))
         log_stage_params(layout.root, "promote", asdict(gates))
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        mlflow.log_metrics({f"test_{k}": v for k, v in scalars.items()})
-        if "probe" in metrics:
-            mlflow.log_metrics({f"probe_test_{k}": v for k, v in metrics["probe"].items()})
         mlflow.log_metrics(
-            {
-                f"test_{name}_{k}": float(v)
-                for name, figures in metrics["per_source"].items()
-                for k, v in figures.items()
-            }
-            | {f"test_{k}": float(v) for k, v in metrics.get("coverage", {}).items()}
+            section_names(scalars, "test")
+            | section_names(metrics.get("probe", {}), "baseline")
+            | per_source_names(metrics["per_source"])
+            | section_names(metrics.get("coverage", {}), "coverage")
         )
         mlflow.log_artifact(str(out.metrics), artifact_path="evaluate")
         for path in plots:
@@ -106,44 +103,30 @@ def evaluate(layout: Layout, cfg: EvaluateParams, gates: PromoteParams) -> dict[
                 "data.split_fingerprint": run_tags.get("data.split_fingerprint", ""),
                 **{f"test_{k}": f"{scalars[k]:.6f}" for k in ("accuracy", "f1", "roc_auc")},
             }
-            version = register(run_info.model_uri, cfg.model_name, tags)
-            card = _version_card(layout, cfg.model_name, version, active, metrics, tags)
-            describe_version(client_for(layout.root), card)
+            client = client_for(layout.root)
+            version, new = register_once(
+                client, run_info.model_uri, cfg.model_name, tags, run_info.model_sha256
+            )
             registered = {
                 "name": cfg.model_name,
                 "version": version,
                 "run_id": active.info.run_id,
                 "model_uri": run_info.model_uri,
             }
-            registered.update(_promote(layout, cfg, gates, version))
+            if new:
+                split = SplitSummary.read(layout.split.summary)
+                card = version_card(cfg.model_name, version, active, metrics, tags, split)
+                describe_version(client, card)
+                registered.update(_promote(layout, cfg, gates, version))
+            else:  # judged and described when it was registered
+                registered.update(version_standing(client, cfg.model_name, version))
+                print(
+                    f"evaluate: {cfg.model_name} v{version} already holds this run's checkpoint: "
+                    "not registered again"
+                )
     write_json(out.registered, registered)
     _print_summary(metrics, registered)
     return metrics
-
-
-def _version_card(
-    layout: Layout,
-    name: str,
-    version: int,
-    run: Any,
-    metrics: dict[str, Any],
-    tags: dict[str, str],
-) -> VersionCard:
-    """What the registry's page of the new version says about it."""
-    run_tags = run.data.tags
-    return VersionCard(
-        name=name,
-        version=version,
-        run_id=run.info.run_id,
-        figures=SplitFigures.from_metrics(metrics),
-        baseline=BaselineFigures.from_metrics(metrics),
-        data_source=run_tags.get("data.source", ""),
-        manifest_sha256=tags["data.manifest_sha256"],
-        split=SplitSummary.read(layout.split.summary),
-        commit=tags["git.commit"],
-        dirty=tags["git.dirty"],
-        experiment=run_tags.get("dvc.dvc_exp_name", ""),
-    )
 
 
 def _promote(
@@ -180,7 +163,8 @@ def split_reevaluator(layout: Layout, name: str, batch_size: int) -> Reevaluator
     def score(version: Any) -> dict[str, float]:
         model = load_registry_model(f"models:/{name}/{version.version}")
         rows = read_manifest(layout.split.manifest("test"))
-        metrics = score_rows(model, layout.fetch.images, rows, batch_size).metrics()
+        evaluation, _ = score_rows_with_features(model, layout.fetch.images, rows, batch_size)
+        metrics = evaluation.metrics()
         return {k: float(metrics[k]) for k in KEY_METRICS}  # type: ignore[arg-type]
 
     return score

@@ -15,6 +15,7 @@ from crackdet.maps.mapping import MappedPhotos, checkpoint_digest, map_photos
 from crackdet.maps.photos import left_out_line, list_photos
 from crackdet.model.classifier import load_checkpoint
 from crackdet.model.ood import OODModel
+from crackdet.tracking.metric_names import TIME
 from crackdet.tracking.runs import log_stage_params, resume_pipeline_run
 
 
@@ -55,10 +56,10 @@ def predict_samples(layout: Layout, cfg: PredictParams) -> MappedPhotos:
         mlflow.log_artifacts(str(layout.predict), artifact_path="predict_samples")
         mlflow.log_metrics(
             {
-                "predict_mean_crack_fraction": sum(s.crack_area_fraction for s in mapped.summaries)
+                "predict/mean_crack_fraction": sum(s.crack_area_fraction for s in mapped.summaries)
                 / len(mapped.summaries),
-                "predict_seconds": sum(mapped.seconds),
-                "predict_left_out": len(folder.left_out),
+                f"{TIME}predict_s": sum(mapped.seconds),
+                "predict/left_out": len(folder.left_out),
             }
         )
     return mapped

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crackdet.data.synthetic import write_photo_set
+from crackdet.data.sources.synthetic import write_photo_set
 
 
 def render_photos(

@@ -9,6 +9,7 @@ import io
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from crackdet.core.errors import CrackdetError
 from crackdet.core.io import write_bytes, write_json, write_text
@@ -17,13 +18,15 @@ from crackdet.core.params import BaseParams, TrainParams, flatten
 from crackdet.core.progress import say
 from crackdet.data.manifest import ManifestRow, read_manifest
 from crackdet.data.records import FetchSummary, SplitSummary
+from crackdet.data.sources import KINDS
 from crackdet.model.classifier import checkpoint_bytes
 from crackdet.model.engines import GRAPH_ENGINES, effective_engine, ensure_graph
 from crackdet.model.fitting import EpochRecord, TrainResult, calibrate_on_val, train_model
 from crackdet.model.inputs import load_images, targets_of
 from crackdet.model.ood import OODModel, fit_ood, save_empty
 from crackdet.model.probe import Probe, fit_probe_cached
-from crackdet.tracking.model_log import log_data_input, log_model
+from crackdet.tracking.metric_names import EPOCH, fit_names, timing_names
+from crackdet.tracking.model_log import ModelFiles, log_data_input, log_model
 from crackdet.tracking.provenance import data_lineage, lineage_tags
 from crackdet.tracking.redact import safe_params
 from crackdet.tracking.runs import RunInfo, ending, model_tags, start_pipeline_run
@@ -56,9 +59,13 @@ def upstream_params(layout: Layout) -> dict[str, object]:
 
 
 def plain_sources(summary: FetchSummary) -> frozenset[str]:
-    """Sources whose images training never augments: masks windows, cut at the maps' scales,
-    are already the views the maps will score."""
-    return frozenset(name for name, s in summary.sources.items() if s.kind == "masks")
+    """Sources whose images training never augments, as their kind says (masks windows, cut at
+    the maps' scales, are already the views the maps will score)."""
+    return frozenset(
+        name
+        for name, s in summary.sources.items()
+        if s.kind in KINDS and not KINDS[s.kind].augmented
+    )
 
 
 def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
@@ -77,17 +84,8 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
         log_data_input(layout, lineage)
 
         def log_epoch(record: EpochRecord) -> None:
-            mlflow.log_metrics(
-                {
-                    "train_loss": record.train_loss,
-                    "train_acc": record.train_acc,
-                    "val_loss": record.val_loss,
-                    "val_acc": record.val_acc,
-                    "lr": record.lr,
-                    "epoch_seconds": record.seconds,
-                },
-                step=record.epoch,
-            )
+            figures = {key: getattr(record, key) for key in EPOCH}
+            mlflow.log_metrics({EPOCH[k]: v for k, v in figures.items()}, step=record.epoch)
             say(
                 f"train: epoch {record.epoch}/{cfg.epochs} "
                 f"train_loss {record.train_loss:.4f} train_acc {record.train_acc:.4f} "
@@ -97,9 +95,10 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
         trained = fit(layout, base, cfg, log_epoch)
         result = trained.result
         _log_fit(trained)
-        _export_graph(layout, result)
+        graph = _export_graph(layout, result)
         example = load_images(layout.fetch.images, val_rows[:2]).float() / 255.0
-        model_uri = log_model(layout, result.model, example)
+        files = ModelFiles(trained.checkpoint, trained.ood, graph)
+        model_uri = log_model(layout, result.model, example, files)
         mlflow.set_tags(model_tags(model_uri, trained.checkpoint_sha256))
         # Files last: a failure above (MLflow, the export) leaves the last good outputs.
         _write_outputs(layout, trained)
@@ -200,14 +199,16 @@ def _log_fit(trained: Trained) -> None:
     result, metrics = trained.result, trained.metrics
     figures = {k: v for k, v in metrics.items() if k not in ("best_epoch", "val_acc", "val_loss")}
     mlflow.log_metrics(
-        {
-            "best_epoch": result.best_epoch,
-            "best_val_acc": result.best.val_acc,
-            "best_val_loss": result.best.val_loss,
-            **{k: float(v) for k, v in figures.items() if isinstance(v, int | float)},
-            **({"ood_threshold": trained.ood.threshold} if trained.ood else {}),
-            **{k: round(v, 3) for k, v in result.timings.items()},
-        }
+        fit_names(
+            {
+                "best_epoch": result.best_epoch,
+                "best_val_acc": result.best.val_acc,
+                "best_val_loss": result.best.val_loss,
+                **{k: float(v) for k, v in figures.items() if isinstance(v, int | float)},
+                **({"ood_threshold": trained.ood.threshold} if trained.ood else {}),
+            }
+        )
+        | timing_names({k: round(v, 3) for k, v in result.timings.items()})
     )
 
 
@@ -238,14 +239,15 @@ def _write_outputs(layout: Layout, trained: Trained) -> None:
         mlflow.log_artifact(str(path), artifact_path="data")
 
 
-def _export_graph(layout: Layout, result: TrainResult) -> None:
+def _export_graph(layout: Layout, result: TrainResult) -> Path | None:
     """Export the backbone's ONNX graph, so evaluate and predict_samples run it without building
     the backbone in PyTorch; a frozen backbone's graph is exported once and found from then on.
     A backbone that cannot be exported is said on one line: stages whose engine is torch still
-    work, the others stop with the exporter's reason."""
+    work, the others stop with the exporter's reason. Returns the graph's file (None: none)."""
     if effective_engine(result.model, GRAPH_ENGINES[0]) not in GRAPH_ENGINES:
-        return  # not on the CPU: the graph engines do not apply
+        return None  # not on the CPU: the graph engines do not apply
     try:
-        ensure_graph(result.model, layout.graph_cache)
+        return ensure_graph(result.model, layout.graph_cache)
     except CrackdetError as exc:
         print(f"train: warning: {exc}", file=sys.stderr)
+        return None

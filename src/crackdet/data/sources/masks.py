@@ -22,15 +22,19 @@ cracks.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from crackdet.core.errors import CrackdetError, first_line
+from crackdet.core.io import file_digests
 from crackdet.core.params import MasksSource
-from crackdet.data.images import IMAGE_SUFFIXES, PATCH_SIZE, is_image_file, to_rgb
+from crackdet.data.archive import extract
+from crackdet.data.images import IMAGE_SUFFIXES, PATCH_SIZE, is_image_file, read_rgb
+from crackdet.data.sources.base import Brought, FetchContext, SourceKind, register_kind
+from crackdet.data.sources.labelled import ExtractLimits, Imported, resolve_path
 from crackdet.data.windows import pad_to_window, resize_photo, window_grid
 
 MASKS, PLANKING = "masks", "masks_planking"
@@ -211,19 +215,15 @@ class PixelCounts(PixelSums):
 
 def read_photo_rgb(path: Path, max_pixels: int) -> np.ndarray:
     """A photo as uint8 HxWx3 RGB, refused before decoding when it has too many pixels."""
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > max_pixels:
-                raise CrackdetError(
-                    f"{path}: {image.width}x{image.height} pixels exceeds fetch.max_pixels "
-                    f"({max_pixels}); raise the limit if this photo is genuine"
-                )
-            image.load()
-            return np.asarray(to_rgb(image), dtype=np.uint8)
-    except CrackdetError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise CrackdetError(f"{path}: not a readable image ({first_line(exc)})") from None
+
+    def check(width: int, height: int) -> None:
+        if width * height > max_pixels:
+            raise CrackdetError(
+                f"{path}: {width}x{height} pixels exceeds fetch.max_pixels "
+                f"({max_pixels}); raise the limit if this photo is genuine"
+            )
+
+    return read_rgb(path, check)
 
 
 @dataclass(frozen=True)
@@ -383,3 +383,33 @@ def _write_windows(
 def photo_of(window_file: str) -> str:
     """The photo a window file was cut from (``<photo>_s<scale>_y<y>_x<x>.png``): its group."""
     return window_file.rsplit("_s", 1)[0]
+
+
+@dataclass(frozen=True)
+class MasksFolder:
+    """A masks source made readable: its folder (extracted from an archive into ``work``)."""
+
+    folder: Path
+    archive_sha256: str | None
+    archive_md5: str | None
+
+
+def import_masks(path: Path, work: Path, limits: ExtractLimits) -> MasksFolder:
+    """A masks source's folder: read in place, or an archive extracted into ``work``."""
+    if path.is_dir():
+        return MasksFolder(path, None, None)
+    sha256, md5 = file_digests(path)
+    folder = work / "extracted"
+    extract(path, folder, max_files=limits.max_files, max_bytes=limits.max_bytes)
+    return MasksFolder(folder, sha256, md5)
+
+
+def _fetch_masks(ctx: FetchContext, source: MasksSource) -> Brought:
+    path = resolve_path(ctx.layout.root, source.path, f"{ctx.key}.path")
+    masks = import_masks(path, ctx.work, ctx.limits)
+    cut, left_out = cut_windows(masks.folder, source, ctx.target, ctx.seed, ctx.max_pixels, ctx.key)
+    imported = Imported(masks.archive_sha256, masks.archive_md5, left_out)
+    return Brought(imported, source.path, extra=asdict(cut), group_of=photo_of)
+
+
+register_kind(SourceKind("masks", MasksSource, _fetch_masks, augmented=False))

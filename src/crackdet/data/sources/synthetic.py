@@ -17,6 +17,7 @@ Design goals, in order:
 
 from __future__ import annotations
 
+import types
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
+from crackdet.core.params import SyntheticSource
 from crackdet.data.images import PATCH_SIZE
+from crackdet.data.sources.base import Brought, FetchContext, SourceKind, register_kind
+from crackdet.data.sources.labelled import Imported
 
 LABELS = ("Positive", "Negative")
 
@@ -124,7 +127,7 @@ def _spots(
     iy = rng.integers(0, h, n)
     ix = rng.integers(0, w, n)
     np.add.at(out, (iy, ix), rng.uniform(amp[0], amp[1], n).astype(np.float32))
-    out = ndimage.gaussian_filter(out, sigma, mode="constant", truncate=3.0)
+    out = _ndimage().gaussian_filter(out, sigma, mode="constant", truncate=3.0)
     return out * np.float32(2 * np.pi * sigma * sigma)
 
 
@@ -217,7 +220,7 @@ def _formwork(
     factor *= 1.0 + rng.uniform(0.0, 0.1) * np.exp(-(((r - lip) / 1.2) ** 2))
     # Wood grain imprint: 1-D noise across the boards, stretched along them.
     grain = rng.standard_normal(int(np.ceil(np.abs(d).max())) * 2 + 8).astype(np.float32)
-    grain = ndimage.gaussian_filter1d(grain, rng.uniform(1.0, 3.0))
+    grain = _ndimage().gaussian_filter1d(grain, rng.uniform(1.0, 3.0))
     gi = np.clip((d + grain.size / 2).astype(np.intp), 0, grain.size - 1)
     factor *= 1.0 + rng.uniform(0.0, 0.04) * grain[gi]
     cv.shade *= factor
@@ -354,7 +357,7 @@ def _walk(
     kinks = rng.random(n) < 0.012
     e[kinks] += rng.normal(0, 0.45, int(kinks.sum()))
     dev = _ar1(e, 0.96)
-    dev += ndimage.gaussian_filter1d(rng.normal(0, 0.35, n), 1.0)  # pixel-scale jaggedness
+    dev += _ndimage().gaussian_filter1d(rng.normal(0, 0.35, n), 1.0)  # pixel-scale jaggedness
     ang = heading + dev
     steps = np.stack([np.sin(ang), np.cos(ang)], axis=1)
     pts = np.asarray(start, float)[None, :] + np.cumsum(steps, axis=0)
@@ -377,7 +380,7 @@ def _width_along(
 ) -> np.ndarray:
     """Width along a crack: slowly varying around ``base`` (log-spread up to ``spread``) and
     clipped to 0.8-``widest`` px."""
-    var = ndimage.gaussian_filter1d(rng.standard_normal(n + 40), rng.uniform(8, 30))[20:-20]
+    var = _ndimage().gaussian_filter1d(rng.standard_normal(n + 40), rng.uniform(8, 30))[20:-20]
     var /= var.std() + 1e-6
     return np.clip(base * np.exp(rng.uniform(0.1, spread) * var), 0.8, widest)
 
@@ -387,26 +390,30 @@ def _width_profile(rng: np.random.Generator, n: int, base: float) -> np.ndarray:
     return _width_along(rng, n, base, 0.35, 6.5)
 
 
-def _crack_system(
-    rng: np.random.Generator,
-    centre: tuple[float, float],
-    reach: tuple[float, float],
-    n_branches: int,
-    branch_len: tuple[float, float],
-    faint_p: float = 0.25,
-) -> list[_Polyline]:
-    """One crack through ``centre`` running ``reach`` px each way, plus tapering branches."""
+def _crack_shape(
+    rng: np.random.Generator, faint_p: float = 0.25, wide_base: float | None = None
+) -> _CrackShape:
+    """A crack's look: the classic renderer's (a random width of 1-5.5 px, faint with
+    probability ``faint_p``) or, given ``wide_base``, the randomised renderer's, of that width
+    (wide cracks are deep, dark gaps; hairlines may be faint)."""
     heading = rng.uniform(0, 2 * np.pi)
     wiggle = rng.uniform(0.03, 0.09)
-    base = float(np.exp(rng.uniform(np.log(1.0), np.log(5.5))))
-    contrast = rng.uniform(0.15, 0.4) if rng.random() < faint_p else rng.uniform(0.35, 0.85)
-    shape = _CrackShape(heading, wiggle, base, contrast, _width_profile, (0.4, 0.8), 0.92)
-    return _trace(rng, centre, reach, n_branches, branch_len, shape)
+    if wide_base is None:
+        base = float(np.exp(rng.uniform(np.log(1.0), np.log(5.5))))
+        look = (_width_profile, (0.4, 0.8), 0.92)
+    else:
+        base = wide_base
+        look = (_wide_width_profile, (0.2, 0.6), 0.95)
+    if wide_base is not None and base > 5:
+        contrast = rng.uniform(0.55, 0.92)
+    else:
+        contrast = rng.uniform(0.15, 0.4) if rng.random() < faint_p else rng.uniform(0.35, 0.85)
+    return _CrackShape(heading, wiggle, base, contrast, *look)
 
 
 @dataclass(frozen=True)
 class _CrackShape:
-    """What differs between the renderers' cracks; :func:`_trace` draws the rest."""
+    """What differs between the renderers' cracks; :func:`_crack_system` draws the rest."""
 
     heading: float
     wiggle: float
@@ -417,7 +424,7 @@ class _CrackShape:
     darkest: float  # the largest contrast
 
 
-def _trace(
+def _crack_system(
     rng: np.random.Generator,
     centre: tuple[float, float],
     reach: tuple[float, float],
@@ -434,7 +441,7 @@ def _trace(
     # Cracks thin out to a tip where they end; ends outside the image are cut anyway.
     taper = np.minimum(np.arange(len(pts)) + 1, np.arange(len(pts))[::-1] + 1) / 25.0
     width = np.maximum(0.8, width * np.minimum(1.0, 0.3 + taper))
-    cvar = ndimage.gaussian_filter1d(rng.standard_normal(len(pts)), 15)
+    cvar = _ndimage().gaussian_filter1d(rng.standard_normal(len(pts)), 15)
     con = shape.contrast * np.exp(0.15 * cvar / (cvar.std() + 1e-6))
     lines = [_Polyline(pts, width, np.clip(con, 0.08, shape.darkest))]
     for _ in range(n_branches):
@@ -451,52 +458,93 @@ def _trace(
     return lines
 
 
-def _patch_cracks(rng: np.random.Generator, size: int) -> list[_Polyline]:
-    """Crack layout for a patch: one crack (sometimes two) crossing it, maybe with branches."""
+def _patch_cracks(
+    rng: np.random.Generator, size: int, wide_base: float | None = None
+) -> list[_Polyline]:
+    """Crack layout for a patch: one crack (sometimes two) crossing it, maybe with branches
+    (:func:`_crack_shape`'s, classic or, given ``wide_base``, randomised)."""
     lines: list[_Polyline] = []
     n_systems = 1 if rng.random() < 0.8 else 2
     for _ in range(n_systems):
         centre = (rng.uniform(0.25, 0.75) * size, rng.uniform(0.25, 0.75) * size)
         far = 1.6 * size  # long enough to leave the patch on both sides
         reach = (far, far if rng.random() < 0.85 else rng.uniform(0.15, 0.45) * size)
-        lines += _crack_system(rng, centre, reach, rng.poisson(0.7), (0.15 * size, 0.7 * size))
+        lines += _crack_system(
+            rng,
+            centre,
+            reach,
+            rng.poisson(0.7),
+            (0.15 * size, 0.7 * size),
+            _crack_shape(rng, wide_base=wide_base),
+        )
     return lines
 
 
-def _render_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]) -> np.ndarray:
-    """Rasterise crack polylines into ``shade``; returns the coverage map alpha in [0, 1].
+@dataclass(frozen=True)
+class _CrackField:
+    """Every pixel's distance to the nearest crack centreline pixel, and that pixel's half width
+    and contrast, in a window around the cracks on the canvas padded by ``pad`` px."""
+
+    dist: np.ndarray
+    half: np.ndarray
+    contrast: np.ndarray
+    in_window: tuple[slice, slice]  # the part of the window that lies on the canvas
+    on_canvas: tuple[slice, slice]  # where that part lies on the canvas
+
+
+def _crack_field(cv: _Canvas, lines: list[_Polyline], pad: int) -> _CrackField | None:
+    """The distance field of ``lines`` (None when none of their points is within ``pad`` px of
+    the canvas).
 
     Centreline pixels store width and contrast; one Euclidean distance transform with nearest
     indices then gives every pixel its distance to the crack and the local width, i.e. an
-    anti-aliased variable-width stroke without per-segment drawing.
+    anti-aliased variable-width stroke without per-segment drawing. The window reaches
+    ``pad + 2`` px beyond the outermost points, which keeps the transform small on photos.
     """
-    pad = 10  # cracks passing just outside the frame still darken its border
     hh, ww = cv.h + 2 * pad, cv.w + 2 * pad
-    pts = np.concatenate([ln.pts for ln in lines])
-    wid = np.concatenate([ln.width for ln in lines])
-    con = np.concatenate([ln.contrast for ln in lines])
+    pts = np.concatenate([line.pts for line in lines])
+    wid = np.concatenate([line.width for line in lines])
+    con = np.concatenate([line.contrast for line in lines])
     iy = np.rint(pts[:, 0]).astype(np.intp) + pad
     ix = np.rint(pts[:, 1]).astype(np.intp) + pad
-    ok = (iy >= 0) & (iy < hh) & (ix >= 0) & (ix < ww)
-    alpha = np.zeros((cv.h, cv.w), np.float32)
-    if not ok.any():
-        return alpha
-    iy, ix, wid, con = iy[ok], ix[ok], wid[ok], con[ok]
-    # Rows/cols window around the crack keeps the distance transform small on photos.
-    y0, y1 = max(0, iy.min() - 12), min(hh, iy.max() + 13)
-    x0, x1 = max(0, ix.min() - 12), min(ww, ix.max() + 13)
+    inside = (iy >= 0) & (iy < hh) & (ix >= 0) & (ix < ww)
+    if not inside.any():
+        return None
+    iy, ix, wid, con = iy[inside], ix[inside], wid[inside], con[inside]
+    m = pad + 2
+    y0, y1 = max(0, iy.min() - m), min(hh, iy.max() + m + 1)
+    x0, x1 = max(0, ix.min() - m), min(ww, ix.max() + m + 1)
     wmap = np.zeros((y1 - y0, x1 - x0), np.float32)
     cmap = np.zeros_like(wmap)
     np.maximum.at(wmap, (iy - y0, ix - x0), wid.astype(np.float32))
     np.maximum.at(cmap, (iy - y0, ix - x0), con.astype(np.float32))
-    dist, (ny, nx) = ndimage.distance_transform_edt(wmap == 0, return_indices=True)
-    dist = dist.astype(np.float32)
-    half = wmap[ny, nx] * 0.5
+    dist, (ny, nx) = _ndimage().distance_transform_edt(wmap == 0, return_indices=True)
+    in_window = (
+        slice(max(y0, pad) - y0, min(y1, pad + cv.h) - y0),
+        slice(max(x0, pad) - x0, min(x1, pad + cv.w) - x0),
+    )
+    on_canvas = (
+        slice(max(y0, pad) - pad, min(y1, pad + cv.h) - pad),
+        slice(max(x0, pad) - pad, min(x1, pad + cv.w) - pad),
+    )
+    return _CrackField(
+        dist.astype(np.float32), wmap[ny, nx] * 0.5, cmap[ny, nx], in_window, on_canvas
+    )
+
+
+def _render_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]) -> np.ndarray:
+    """Rasterise crack polylines (through :func:`_crack_field`) into ``shade``; returns the
+    coverage map alpha in [0, 1]."""
+    alpha = np.zeros((cv.h, cv.w), np.float32)
+    field = _crack_field(cv, lines, 10)  # cracks passing just outside still darken its border
+    if field is None:
+        return alpha
+    dist, half = field.dist, field.half
     # Ragged walls: perturb the distance with fine noise so edges are not perfectly smooth.
     dist += _noise(rng, *dist.shape, 2.0) * np.float32(rng.uniform(0.1, 0.45))
     a = np.clip(half + 0.5 - dist, 0.0, 1.0)
     core = np.clip(1.0 - dist / (half + 1.0), 0.0, 1.0)  # deepest (darkest) in the middle
-    depth = a * (0.65 + 0.35 * core) * cmap[ny, nx]
+    depth = a * (0.65 + 0.35 * core) * field.contrast
     # Damp/dirty halo some cracks have, and chipped bright arrises on wide ones.
     if rng.random() < 0.4:
         depth += np.float32(rng.uniform(0.03, 0.1)) * np.exp(-dist / rng.uniform(2, 6)) * (1 - a)
@@ -505,12 +553,8 @@ def _render_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]
         rim = np.clip(half + 2.0 - dist, 0.0, 1.0) - a
         chips = _noise(rng, *dist.shape, rng.uniform(6, 20)) > 0.3
         factor += np.float32(rng.uniform(0.05, 0.15)) * rim * chips * (half > 1.2)
-    sy = slice(max(y0, pad) - y0, min(y1, pad + cv.h) - y0)
-    sx = slice(max(x0, pad) - x0, min(x1, pad + cv.w) - x0)
-    ty = slice(max(y0, pad) - pad, min(y1, pad + cv.h) - pad)
-    tx = slice(max(x0, pad) - pad, min(x1, pad + cv.w) - pad)
-    cv.shade[ty, tx] *= factor[sy, sx]
-    alpha[ty, tx] = a[sy, sx]
+    cv.shade[field.on_canvas] *= factor[field.in_window]
+    alpha[field.on_canvas] = a[field.in_window]
     return alpha
 
 
@@ -537,7 +581,7 @@ def _develop(rng: np.random.Generator, cv: _Canvas) -> np.ndarray:
     if cv.tint is not None:
         rgb *= cv.tint
     sigma = rng.uniform(0.45, 1.1)
-    rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0), truncate=2.5)
+    rgb = _ndimage().gaussian_filter(rgb, (sigma, sigma, 0), truncate=2.5)
     # Sensor noise after the lens blur; luminance-only because JPEG discards chroma noise anyway.
     noise = rng.standard_normal((cv.h, cv.w), dtype=np.float32)
     rgb += (noise * np.float32(rng.uniform(0.002, 0.01)))[..., None]
@@ -561,52 +605,15 @@ def _wide_width_profile(rng: np.random.Generator, n: int, base: float) -> np.nda
     return _width_along(rng, n, base, 0.4, 40.0)
 
 
-def _wide_crack_system(
-    rng: np.random.Generator,
-    centre: tuple[float, float],
-    reach: tuple[float, float],
-    n_branches: int,
-    branch_len: tuple[float, float],
-    base: float,
-) -> list[_Polyline]:
-    """A crack of base width ``base`` with branches; wide cracks are deep (dark gaps),
-    hairlines may be faint."""
-    heading = rng.uniform(0, 2 * np.pi)
-    wiggle = rng.uniform(0.03, 0.09)
-    if base > 5:
-        contrast = rng.uniform(0.55, 0.92)
-    else:
-        contrast = rng.uniform(0.15, 0.4) if rng.random() < 0.25 else rng.uniform(0.35, 0.85)
-    shape = _CrackShape(heading, wiggle, base, contrast, _wide_width_profile, (0.2, 0.6), 0.95)
-    return _trace(rng, centre, reach, n_branches, branch_len, shape)
-
-
 def _render_wide_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Polyline]) -> None:
     """Darken ``cv`` along the cracks like :func:`_render_cracks`, with the margin and the
     ragged walls scaled by the widest crack, a shadowed, textured interior in wide gaps and,
     sometimes, chipped bright edges."""
     wmax = float(max(line.width.max() for line in lines))
-    pad = int(10 + wmax)
-    hh, ww = cv.h + 2 * pad, cv.w + 2 * pad
-    pts = np.concatenate([line.pts for line in lines])
-    wid = np.concatenate([line.width for line in lines])
-    con = np.concatenate([line.contrast for line in lines])
-    iy = np.rint(pts[:, 0]).astype(np.intp) + pad
-    ix = np.rint(pts[:, 1]).astype(np.intp) + pad
-    inside = (iy >= 0) & (iy < hh) & (ix >= 0) & (ix < ww)
-    if not inside.any():
+    field = _crack_field(cv, lines, int(10 + wmax))
+    if field is None:
         return
-    iy, ix, wid, con = iy[inside], ix[inside], wid[inside], con[inside]
-    m = int(12 + wmax)
-    y0, y1 = max(0, iy.min() - m), min(hh, iy.max() + m + 1)
-    x0, x1 = max(0, ix.min() - m), min(ww, ix.max() + m + 1)
-    wmap = np.zeros((y1 - y0, x1 - x0), np.float32)
-    cmap = np.zeros_like(wmap)
-    np.maximum.at(wmap, (iy - y0, ix - x0), wid.astype(np.float32))
-    np.maximum.at(cmap, (iy - y0, ix - x0), con.astype(np.float32))
-    dist, (ny, nx) = ndimage.distance_transform_edt(wmap == 0, return_indices=True)
-    dist = dist.astype(np.float32)
-    half = wmap[ny, nx] * 0.5
+    dist, half = field.dist, field.half
     # Ragged walls: the roughness grows with the width (chipped aggregate along wide cracks).
     rough = np.float32(rng.uniform(0.1, 0.45)) + np.float32(rng.uniform(0.05, 0.25)) * half
     near = dist < 1
@@ -614,7 +621,7 @@ def _render_wide_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Poly
     dist += _noise(rng, *dist.shape, cell) * rough
     alpha = np.clip(half + 0.5 - dist, 0.0, 1.0)
     core = np.clip(1.0 - dist / (half + 1.0), 0.0, 1.0)
-    depth = alpha * (0.65 + 0.35 * core) * cmap[ny, nx]
+    depth = alpha * (0.65 + 0.35 * core) * field.contrast
     if wmax > 4:  # a shadowed gap: darker towards the core, blotchy (depth, debris)
         wide = np.clip((half - 2.0) / 4.0, 0.0, 1.0)
         texture = _noise(rng, *dist.shape, rng.uniform(2.0, 6.0))
@@ -628,11 +635,7 @@ def _render_wide_cracks(rng: np.random.Generator, cv: _Canvas, lines: list[_Poly
         rim = np.clip(half + 2.0 + 0.3 * half - dist, 0.0, 1.0) - alpha
         chips = _noise(rng, *dist.shape, rng.uniform(6, 20)) > 0.3
         factor += np.float32(rng.uniform(0.05, 0.2)) * rim * chips * (half > 1.2)
-    sy = slice(max(y0, pad) - y0, min(y1, pad + cv.h) - y0)
-    sx = slice(max(x0, pad) - x0, min(x1, pad + cv.w) - x0)
-    ty = slice(max(y0, pad) - pad, min(y1, pad + cv.h) - pad)
-    tx = slice(max(x0, pad) - pad, min(x1, pad + cv.w) - pad)
-    cv.shade[ty, tx] *= factor[sy, sx]
+    cv.shade[field.on_canvas] *= factor[field.in_window]
 
 
 def render_randomised_patch(rng: np.random.Generator, crack: bool) -> np.ndarray:
@@ -640,24 +643,10 @@ def render_randomised_patch(rng: np.random.Generator, crack: bool) -> np.ndarray
     single photographed set shows, for models that must serve any camera distance."""
     zoom = float(np.exp(rng.uniform(np.log(ZOOM[0]), np.log(ZOOM[1]))))
     size = max(64, round(PATCH_SIZE / zoom))
-    cv = _Canvas.new(size, size)
-    _surface(rng, cv)
-    _lighting(rng, cv, 0.12)
-    rate = _POSITIVE_CONFUSER_RATE if crack else 1.0
-    for fn, p in _CONFUSERS:
-        if rng.random() < p * rate:
-            fn(rng, cv)
+    cv = _patch_canvas(rng, size, crack)
     if crack:
         base = float(np.exp(rng.uniform(np.log(WIDE_BASE[0]), np.log(WIDE_BASE[1]))))
-        lines: list[_Polyline] = []
-        for _ in range(1 if rng.random() < 0.8 else 2):
-            centre = (rng.uniform(0.25, 0.75) * size, rng.uniform(0.25, 0.75) * size)
-            far = 1.6 * size
-            reach = (far, far if rng.random() < 0.85 else rng.uniform(0.15, 0.45) * size)
-            lines += _wide_crack_system(
-                rng, centre, reach, rng.poisson(0.7), (0.15 * size, 0.7 * size), base
-            )
-        _render_wide_cracks(rng, cv, lines)
+        _render_wide_cracks(rng, cv, _patch_cracks(rng, size, wide_base=base))
     image = _develop(rng, cv)
     if size != PATCH_SIZE:
         resized = Image.fromarray(image).resize((PATCH_SIZE, PATCH_SIZE), Image.Resampling.BILINEAR)
@@ -670,10 +659,8 @@ def render_randomised_patch(rng: np.random.Generator, crack: bool) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 
 
-def render_patch(rng: np.random.Generator, crack: bool, size: int = PATCH_SIZE) -> np.ndarray:
-    """Render one ``size`` x ``size`` RGB uint8 concrete patch, with a crack if ``crack``."""
-    if size < 16:
-        raise ValueError(f"patch size must be at least 16 px, got {size}")
+def _patch_canvas(rng: np.random.Generator, size: int, crack: bool) -> _Canvas:
+    """A lit ``size`` x ``size`` concrete surface with confusers, ready for cracks."""
     cv = _Canvas.new(size, size)
     _surface(rng, cv)
     _lighting(rng, cv, 0.12)
@@ -683,6 +670,14 @@ def render_patch(rng: np.random.Generator, crack: bool, size: int = PATCH_SIZE) 
     for fn, p in _CONFUSERS:
         if rng.random() < p * rate:
             fn(rng, cv)
+    return cv
+
+
+def render_patch(rng: np.random.Generator, crack: bool, size: int = PATCH_SIZE) -> np.ndarray:
+    """Render one ``size`` x ``size`` RGB uint8 concrete patch, with a crack if ``crack``."""
+    if size < 16:
+        raise ValueError(f"patch size must be at least 16 px, got {size}")
+    cv = _patch_canvas(rng, size, crack)
     if crack:
         _render_cracks(rng, cv, _patch_cracks(rng, size))
     return _develop(rng, cv)
@@ -721,7 +716,9 @@ def render_photo(
         centre = (rng.uniform(0.25, 0.75) * height, rng.uniform(0.25, 0.75) * width)
         reach = (rng.uniform(0.25, 0.45) * diag, rng.uniform(0.25, 0.45) * diag)
         # Fewer faint cracks than in patches: a photo's cracks should be visible to a person.
-        lines += _crack_system(rng, centre, reach, 2 + rng.poisson(2.5), (80, 450), faint_p=0.1)
+        lines += _crack_system(
+            rng, centre, reach, 2 + rng.poisson(2.5), (80, 450), _crack_shape(rng, faint_p=0.1)
+        )
     alpha = _render_cracks(rng, cv, lines) if lines else np.zeros((height, width), np.float32)
     mask = np.where(alpha >= 0.5, 255, 0).astype(np.uint8)
     return _develop(rng, cv), mask
@@ -806,3 +803,19 @@ def write_photo_set(
         _save_jpeg(img, path, quality)
         paths.append(path)
     return paths
+
+
+def _ndimage() -> types.ModuleType:
+    # scipy.ndimage costs ~0.5 s to import, paid only when rendering: the source registry
+    # imports this module in every stage and command that asks what a source kind is.
+    from scipy import ndimage
+
+    return ndimage
+
+
+def _fetch_synthetic(ctx: FetchContext, source: SyntheticSource) -> Brought:
+    write_patch_set(ctx.target, source.per_class, ctx.seed, style=source.style)
+    return Brought(Imported(None, None, []), f"{ctx.key} (synthetic)")
+
+
+register_kind(SourceKind("synthetic", SyntheticSource, _fetch_synthetic))
