@@ -37,7 +37,7 @@ sys.path.insert(0, str(PROJECT))  # run as `python bench/speed/campaign_speed.py
 from crackdet.core.layout import Layout  # noqa: E402
 from crackdet.core.params import load_params  # noqa: E402
 from crackdet.data.images import CLASSES  # noqa: E402
-from crackdet.data.synthetic import render_photo  # noqa: E402
+from crackdet.data.sources.synthetic import render_photo  # noqa: E402
 from crackdet.model.classifier import build_classifier  # noqa: E402
 from crackdet.model.engines import ensure_graph  # noqa: E402
 from crackdet.workflows.campaign import run_campaign  # noqa: E402
