@@ -31,6 +31,7 @@ from PIL import Image
 
 from crackdet.core.params import BACKBONES, SOURCE_KINDS
 from tests.helpers.file_server import FileServer, ServerState, serve_file
+from tests.helpers.ood import ood_arrays
 from tests.helpers.params import archive_source, tiny_params_tree
 from tests.helpers.project import PROJECT
 from tests.helpers.repo import tool_env
@@ -327,15 +328,8 @@ def _ood_file(
         _checkpoint(r)
         target = r.root / "outputs/train/ood.npz"
         if arrays:  # a well-formed file holding the wrong values
-            consistent = {
-                "mean": np.zeros(8),
-                "components": np.eye(8)[:3],
-                "scale": np.ones(3),
-                "residual_scale": np.array(1.0),
-                "threshold": np.array(2.0),
-            }
             with open(target, "wb") as handle:
-                np.savez(handle, **(consistent | arrays))
+                np.savez(handle, **ood_arrays(**arrays))
         elif pickled:  # an object array: np.load must refuse it, not unpickle it
             with open(target, "wb") as handle:
                 np.savez(handle, mean=np.array([_Payload()], dtype=object))

@@ -321,22 +321,10 @@ def _masks_folder(root: Path) -> Path:
 
 
 def test_masks_source_cuts_labelled_windows_at_each_scale(chdir_tmp: Path, tiny_params) -> None:
-    from crackdet.core.params import MasksSource
     from crackdet.data.sources.masks import photo_of
 
     _masks_folder(chdir_tmp / "uav")
-    source = MasksSource(
-        kind="masks",
-        path="uav",
-        photos="train_*",
-        scales=(1.0, 2.0),
-        centre=0.5,
-        crack_length=0.25,
-        margin=0.125,
-        planking_length=0.5,
-        max_clean=0,
-        licence="GPL-3.0",
-    )
+    source = _masks_source()
     params = dataclasses.replace(tiny_params().fetch, sources={"uav": source})
     summary = fetch(params, 3, Layout(chdir_tmp))
     windows = summary.sources["uav"].windows

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from tests.helpers import BIN, default_params_tree, make_repo, run_cmd, tiny_params_tree, tool_env
+from tests.helpers.repo import stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -75,12 +76,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, grace=20)
         log.close()
 
 

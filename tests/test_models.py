@@ -13,6 +13,7 @@ from crackdet.core.errors import CrackdetError
 from crackdet.data.images import CLASSES
 from crackdet.model.backbones import lite0_weights_file, torchvision_cache_file
 from crackdet.model.classifier import build_classifier, load_checkpoint
+from tests.helpers.ood import ood_arrays
 
 
 def test_lite0_loads_packaged_imagenet_weights_offline() -> None:
@@ -140,18 +141,6 @@ def test_split_refuses_a_block_count_the_backbone_does_not_have(units: int) -> N
         split_backbone("efficientnet_lite0", backbone, units)
 
 
-def _ood_arrays(**changes) -> dict:
-    """A consistent OOD model's arrays (8 features, 3 components), with ``changes`` applied."""
-    arrays = {
-        "mean": np.zeros(8),
-        "components": np.eye(8)[:3],
-        "scale": np.ones(3),
-        "residual_scale": np.array(1.0),
-        "threshold": np.array(2.0),
-    }
-    return arrays | changes
-
-
 @pytest.mark.parametrize(
     ("changes", "problem"),
     [
@@ -171,9 +160,9 @@ def test_a_malformed_ood_model_is_one_line_naming_the_file(tmp_path, changes, pr
     from crackdet.model.ood import OODModel
 
     path = tmp_path / "ood.npz"
-    write_npz(path, _ood_arrays())
+    write_npz(path, ood_arrays())
     assert OODModel.load(path).is_ood(np.ones((2, 8))).tolist() == [False] * 2
-    write_npz(path, _ood_arrays(**changes))
+    write_npz(path, ood_arrays(**changes))
     with pytest.raises(CrackdetError) as info:
         OODModel.load(path)
     assert str(info.value) == (
@@ -186,7 +175,7 @@ def test_ood_model_of_another_backbone_is_refused_when_scoring(tmp_path) -> None
     from crackdet.core.io import write_npz
     from crackdet.model.ood import OODModel
 
-    write_npz(tmp_path / "ood.npz", _ood_arrays())
+    write_npz(tmp_path / "ood.npz", ood_arrays())
     ood = OODModel.load(tmp_path / "ood.npz")
     with pytest.raises(CrackdetError) as info:
         ood.is_ood(np.ones((2, 5)))

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import make_repo, run_cmd, tiny_params_tree, tool_env
+from tests.helpers import tiny_params_tree
+from tests.helpers.repo import make_repo, run_cmd, stop_process, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -245,12 +246,7 @@ def test_mlflow_models_serve_answers_an_image_with_p_crack(repo: Path, tmp_path:
             with urllib.request.urlopen(request, timeout=120) as response:
                 answers += json.loads(response.read())["predictions"]
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
         log.close()
     # What the checkpoint says with the pipeline's own graph, one image at a time as served.
     train = repo / "outputs/train"

@@ -26,6 +26,16 @@ def run_cmd(args: list[str], cwd: Path, env: dict[str, str] | None = None, check
     return result
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """End a server a test started: SIGTERM, then SIGKILL if it has not gone after ``grace``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def tool_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: this venv first on PATH, no user MLflow/DVC settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
