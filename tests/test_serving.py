@@ -49,6 +49,9 @@ def test_an_image_is_resized_as_training_resized_its_patches(tmp_path) -> None:
     trained = load_rgb(tmp_path / "p.png")  # how train and evaluate read a patch file
     assert trained.shape == (227, 227, 3)
     assert np.array_equal(as_patch(Image.fromarray(photo)), trained)
+    # Independent of both: the bilinear resize the training data was made with.
+    expected = np.asarray(Image.fromarray(photo).resize((227, 227), Image.Resampling.BILINEAR))
+    assert np.array_equal(trained, expected)
 
 
 def test_logged_requirements_are_the_runtimes_closure() -> None:

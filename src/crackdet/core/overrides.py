@@ -66,6 +66,8 @@ def predict_settings(
     replaces the model's own."""
     values: dict[str, Any] = {"scale": scale, "overlap": overlap, "threshold": threshold}
     values = {key: value for key, value in values.items() if value is not None}
+    if not values:
+        return params.predict  # already checked with the rest of params
     if threshold is not None:
         values["use_model_threshold"] = False
     options = {"scale": "--scale", "overlap": "--overlap", "threshold": "--threshold"}

@@ -206,7 +206,7 @@ def map_photos(
     if renamed:
         print(f"{command}: photos share a file name; outputs named apart: {', '.join(renamed)}")
     work = PhotoWork(
-        partial(_given, model, ood), params, graph_cache, out, model_ref, model_digest, command
+        partial(loaded, model, ood), params, graph_cache, out, model_ref, model_digest, command
     )
     mapped = collect(run_photos(work, [(p, stems[p]) for p in photos], executor, command))
     if mapped.summaries:
@@ -229,7 +229,8 @@ def collect(outcomes: Iterable[PhotoOutcome]) -> MappedPhotos:
     return mapped
 
 
-def _given(model: CrackClassifier, ood: OODModel | None) -> tuple[CrackClassifier, OODModel | None]:
+def loaded(model: CrackClassifier, ood: OODModel | None) -> tuple[CrackClassifier, OODModel | None]:
+    """A model loader for a model already in this process (PhotoWork's ``load``)."""
     return model, ood
 
 

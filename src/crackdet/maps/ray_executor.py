@@ -20,7 +20,6 @@ half-written outputs are redone.
 
 from __future__ import annotations
 
-import os
 import pickle
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -129,8 +128,3 @@ class RayData:
         )
         for row in dataset.iter_rows():
             yield pickle.loads(row["result"])
-
-
-def default_address() -> str | None:
-    """The cluster named by ``RAY_ADDRESS`` (what Ray's own tools read), if any."""
-    return os.environ.get("RAY_ADDRESS") or None

@@ -24,6 +24,9 @@ from crackdet.core.io import read_npz, write_npz
 COMPONENTS = 64
 QUANTILE = 0.95  # as params.yaml train.ood_quantile
 
+# What reruns train and everything that reads its outputs (a bare `-f train` stops at train).
+RERUN = "dvc repro --force --downstream train"
+
 
 @dataclass(frozen=True)
 class OODModel:
@@ -42,8 +45,7 @@ class OODModel:
             given = features.shape[-1] if features.ndim else 0
             raise CrackdetError(
                 f"{self.origin}: OOD model fits {self.mean.shape[0]} features, the model gives "
-                f"{given} (a model of another backbone); rerun train (dvc repro --force "
-                "--downstream train)"
+                f"{given} (a model of another backbone); rerun train ({RERUN})"
             )
         centred = features - self.mean
         projected = centred @ self.components.T
@@ -75,9 +77,7 @@ class OODModel:
         try:
             data = read_npz(path)
         except CrackdetError as exc:
-            raise CrackdetError(
-                f"{exc}; rerun train and the stages after it (dvc repro --force --downstream train)"
-            ) from None
+            raise CrackdetError(f"{exc}; rerun train and the stages after it ({RERUN})") from None
         if "mean" not in data:
             return None
         missing = {"components", "scale", "residual_scale", "threshold"} - set(data)
@@ -88,10 +88,7 @@ class OODModel:
             )
         problem = _malformed(data)
         if problem:
-            raise CrackdetError(
-                f"{path}: not a valid OOD model ({problem}); rerun train "
-                "(dvc repro --force --downstream train)"
-            )
+            raise CrackdetError(f"{path}: not a valid OOD model ({problem}); rerun train ({RERUN})")
         return cls(
             data["mean"].astype(np.float64),
             data["components"].astype(np.float64),

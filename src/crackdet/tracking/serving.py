@@ -1,9 +1,9 @@
 """The registered model as users call it: MLflow's ``python_function`` flavour of crackdet.
 
 A logged crackdet model holds, besides the pt2 program of the ``pytorch`` flavour, the
-checkpoint folder train writes (:data:`MODEL_FILES`: weights, spec with the operating
-threshold, OOD model) and the backbone's exported ONNX graph, in the model's ``crackdet/``
-folder. ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` load that folder here
+checkpoint folder train writes (``crackdet.maps.mapping.CHECKPOINT_FILES``: weights, spec
+with the operating threshold, OOD model) and the backbone's exported ONNX graph, in the
+model's ``crackdet/`` folder. ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` load that folder here
 (``_load_pyfunc``): images go in as people have them (uint8 RGB, H x W x 3, any size), are
 resized to the model's patch as every training and test patch was
 (:func:`crackdet.data.images.as_patch`), and what comes out is P(crack), the label at the
@@ -25,7 +25,6 @@ from crackdet.model.classifier import FORWARD_CHUNK, CrackClassifier, load_check
 from crackdet.model.ood import OODModel
 
 MODEL_FOLDER = "crackdet"  # inside the logged model's artifacts
-MODEL_FILES = ("model.pt", "model.json", "ood.npz")  # as in outputs/train
 SERVING_ENGINE = "onnxruntime"  # the exported graph, as the pipeline's default engine runs it
 
 

@@ -14,7 +14,7 @@ import csv
 import io
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from crackdet.maps.mapping import (
     MappedPhotos,
     PhotoWork,
     collect,
+    loaded,
     run_photos,
 )
 from crackdet.maps.outputs import mapped_before, output_stems, write_contact_sheet
@@ -56,7 +57,6 @@ class Campaign:
     seconds: float
     run_id: str = ""
     executor: str = "local"
-    failures: list[str] = field(default_factory=list)
 
 
 def load_for_worker(reference: str, root: Path) -> tuple[CrackClassifier, OODModel | None]:
@@ -121,12 +121,14 @@ def run_campaign(
         executor = RayData(workers)
     model = load_model(model_ref, layout)
     identity = model_identity(model_ref, model, layout)
+    # Here the loaded model serves; Ray's actors, in other processes, load their own.
+    load = None if ray else partial(loaded, model, ood_beside(model_ref))
     if not model_ref.startswith(REGISTRY_SCHEMES) and Path(model_ref).exists():
         model_ref = str(Path(model_ref).resolve())  # workers run in other folders
     stems = output_stems([Path(p) for p in photos])
     items = [(p, stems[Path(p)]) for p in photos]
     inner = PhotoWork(
-        partial(load_for_worker, model_ref, layout.root),
+        load or partial(load_for_worker, model_ref, layout.root),
         cfg,
         # The project's graph cache (exported once, written atomically): on a node without
         # it, the first actor there exports into it.
@@ -150,12 +152,11 @@ def run_campaign(
                 "campaign.model_digest": identity.digest,
             }
         )
-        mlflow.log_params({f"predict.{k}": v for k, v in flatten(_settings(cfg)).items()})
+        mlflow.log_params({f"predict.{k}": v for k, v in flatten(asdict(cfg)).items()})
         start = time.perf_counter()
         mapped = collect(run_photos(work, items, executor, "predict"))
         seconds = time.perf_counter() - start
         campaign = Campaign(mapped, len(photos), out, seconds, run.info.run_id, where)
-        campaign.failures = list(mapped.errors)
         if not is_s3(out) and (mapped.summaries or mapped.errors):
             folder = Path(out)
             if mapped.summaries:
@@ -169,10 +170,6 @@ def run_campaign(
             write_report(folder, report, f"Crack maps: {names}")
         _log_campaign(campaign)
     return campaign
-
-
-def _settings(cfg: PredictParams) -> dict:
-    return asdict(cfg)
 
 
 def _log_campaign(campaign: Campaign) -> None:
