@@ -1,13 +1,13 @@
 """The registered model as users call it: MLflow's ``python_function`` flavour of crackdet.
 
-A logged crackdet model holds, besides the pt2 program of the ``pytorch`` flavour, the
-checkpoint folder train writes (``crackdet.maps.mapping.CHECKPOINT_FILES``: weights, spec
-with the operating threshold, OOD model) and the backbone's exported ONNX graph, in the
-model's ``crackdet/`` folder. ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` load
-that folder here (``_load_pyfunc``): images go in as people have them (uint8 RGB, H x W x 3, any size), are
-resized to the model's patch as every training and test patch was
-(:func:`crackdet.data.images.as_patch`), and what comes out is P(crack), the label at the
-model's threshold and whether the patch looks unlike the training data (``unfamiliar``)."""
+A logged crackdet model holds, besides the pt2 program of the ``pytorch`` flavour, the checkpoint
+folder train writes (``crackdet.maps.mapping.CHECKPOINT_FILES``: weights, spec with the operating
+threshold, OOD model) and the backbone's exported ONNX graph, in the model's ``crackdet/`` folder.
+``mlflow.pyfunc.load_model`` and ``mlflow models serve`` load that folder here (``_load_pyfunc``):
+images go in as people have them (uint8 RGB, H x W x 3, any size), are resized to the model's patch
+as every training and test patch was (:func:`crackdet.data.images.as_patch`), and what comes out is
+P(crack), the label at the model's threshold and whether the patch looks unlike the training data
+(``unfamiliar``)."""
 
 from __future__ import annotations
 
