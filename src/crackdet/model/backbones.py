@@ -35,6 +35,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Built = tuple[nn.Module, int, str]  # the network without classifier, its width, weights source
 Units = Callable[[nn.Module], list[nn.Module]]
 Split = Callable[[nn.Module, int], tuple[nn.Module, nn.Module]]
+# (network, normalised images) -> features at strides 2, 4, 8, 16, 32 (crackdet.model.dense)
+TapFn = Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Backbone:
     std: tuple[float, float, float]
     units: Units  # its blocks in order: train.unfreeze: N frees the last N
     split: Split | None  # (trunk, tail) holding the last N units; None: online fine-tuning only
+    taps: TapFn | None = None  # multi-depth features for dense maps; None: no dense maps
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -56,13 +59,14 @@ def register_backbone(
     std: tuple[float, float, float] = IMAGENET_STD,
     units: Units,
     split: Split | None = None,
+    taps: TapFn | None = None,
 ) -> Callable[[Callable[[bool], Built]], Callable[[bool], Built]]:
     """Register the decorated ``build(pretrained)`` under its function name."""
 
     def register(build: Callable[[bool], Built]) -> Callable[[bool], Built]:
         if build.__name__ in BACKBONES:
             raise ValueError(f"backbone {build.__name__} registered twice")
-        BACKBONES[build.__name__] = Backbone(build.__name__, build, mean, std, units, split)
+        BACKBONES[build.__name__] = Backbone(build.__name__, build, mean, std, units, split, taps)
         return build
 
     return register
@@ -168,6 +172,20 @@ def _timm_efficientnet_split(net: nn.Module, units: int) -> tuple[nn.Module, nn.
     return trunk, tail
 
 
+def _timm_efficientnet_taps(net: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """timm EfficientNets: the last block output at each stride 2, 4, 8, 16, then the head
+    conv's output at stride 32 (the features the classifier pools)."""
+    x = net.bn1(net.conv_stem(images))
+    taps, strides = [], [block[0].conv_dw.stride[0] for block in net.blocks]
+    for index, block in enumerate(net.blocks):
+        x = block(x)
+        last_at_stride = index + 1 == len(net.blocks) or strides[index + 1] == 2
+        if last_at_stride and len(taps) < 4:
+            taps.append(x)
+    taps.append(net.bn2(net.conv_head(x)))
+    return taps
+
+
 def _resnet_units(net: nn.Module) -> list[nn.Module]:
     return [net.layer1, net.layer2, net.layer3, net.layer4]
 
@@ -190,6 +208,7 @@ def _features_units(net: nn.Module) -> list[nn.Module]:
     std=LITE0_STD,
     units=_timm_efficientnet_units,
     split=_timm_efficientnet_split,
+    taps=_timm_efficientnet_taps,
 )
 def efficientnet_lite0(pretrained: bool) -> Built:
     return _lite0(pretrained)
@@ -250,6 +269,19 @@ def backbone_units(name: str, backbone: nn.Module) -> list[nn.Module]:
     """The blocks of ``backbone`` (built as ``name``) in order, so that ``train.unfreeze: N``
     can free the last N."""
     return registered(name).units(backbone)
+
+
+def backbone_taps(name: str) -> TapFn:
+    """How to read ``name``'s multi-depth features (dense maps); a backbone without registered
+    taps names the params key."""
+    taps = registered(name).taps
+    if taps is None:
+        dense = ", ".join(n for n, b in BACKBONES.items() if b.taps is not None)
+        raise CrackdetError(
+            f"params.yaml: train.backbone {name} has no dense taps registered; dense maps and "
+            f"crack pixels need one of: {dense}"
+        )
+    return taps
 
 
 def split_backbone(name: str, backbone: nn.Module, units: int) -> tuple[nn.Module, nn.Module]:
