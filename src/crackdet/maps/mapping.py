@@ -121,11 +121,13 @@ def prepare_mapper(
 
 @dataclass(frozen=True)
 class PhotoMap:
-    """One photo mapped: its pixels, the scales the map averages and the map."""
+    """One photo mapped: its pixels, the scales the map averages, the window map and, where
+    the model has a pixel decoder, P(crack pixel) at the photo's own size (float32 HxW)."""
 
     photo: np.ndarray
     scales: tuple[float, ...]
     result: CrackMap
+    pixels: np.ndarray | None = None
 
 
 def map_photo(mapper: Mapper, photo: Path | np.ndarray) -> PhotoMap:
