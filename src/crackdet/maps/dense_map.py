@@ -265,21 +265,30 @@ def prepare_dense(
     """A runner for ``graph``: in PyTorch (``engine`` torch) or as its exported graph in ONNX
     Runtime, found in (or exported into) ``cache`` with its halo beside it (``<key>.json``);
     None: a temporary export."""
-    if engine == "torch":
-        return DenseRunner(
-            TorchDense(graph), graph.outputs, context_halo(graph), "torch", patch, tile, batch
-        )
     key = graph_key(graph)
+    if engine == "torch":
+        halo = _halo(graph, key)
+        return DenseRunner(TorchDense(graph), graph.outputs, halo, "torch", patch, tile, batch)
     with tempfile.TemporaryDirectory(prefix="crackdet-dense-") as scratch:
         folder = Path(cache or scratch)
         path, meta = folder / f"{key}.onnx", folder / f"{key}.json"
         halo = _cached_halo(meta)
         if halo is None or not path.is_file():
-            halo = context_halo(graph)
+            halo = _halo(graph, key)
             export_dense(graph, path)
             write_json(meta, {"halo": halo, "outputs": list(graph.outputs)})
         session = OnnxDense(path, graph.outputs)  # holds the graph in memory
     return DenseRunner(session, graph.outputs, halo, "onnxruntime", patch, tile, batch)
+
+
+# Halos measured in this process, by graph key (measuring takes a backward pass).
+_HALOS: dict[str, int] = {}
+
+
+def _halo(graph: DenseGraph, key: str) -> int:
+    if key not in _HALOS:
+        _HALOS[key] = context_halo(graph)
+    return _HALOS[key]
 
 
 def _cached_halo(meta: Path) -> int | None:

@@ -1,0 +1,221 @@
+"""Dense maps: tiles with the measured halo stitch to the whole-photo pass; cells sit where
+their window is centred, at every scale; ONNX Runtime runs the same graph as PyTorch."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from crackdet.maps.dense_map import (
+    DenseGraph,
+    DenseRunner,
+    context_halo,
+    dense_map,
+    pad_to_stride,
+    prepare_dense,
+    run_tiled,
+    tile_spans,
+)
+from crackdet.model.backbones import build_backbone
+from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
+
+torch.manual_seed(0)
+
+
+class ToyTrunk(nn.Module):
+    """Five taps at strides 2..32 from strided 3x3 convolutions (random weights): a trunk
+    small enough to tile a 0.3 MP photo many times over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "toy"
+        self.backbone = nn.ModuleList(
+            nn.Conv2d(3 if k == 0 else 4, 4, 3, stride=2, padding=1) for k in range(5)
+        )
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
+        self.register_buffer("std", torch.full((1, 3, 1, 1), 0.5))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x, taps = (images - self.mean) / self.std, []
+        for conv in self.backbone:
+            x = torch.tanh(conv(x))
+            taps.append(x)
+        return tuple(taps)
+
+
+class WindowHead(nn.Module):
+    """Two logits per stride-32 cell from the last tap (3x3: reads the neighbouring cells)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2, 3, padding=1)
+
+    def forward(self, taps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.conv(taps[-1])
+
+
+class Decoder(nn.Module):
+    """A pixel logit from two depths and the image, upsampled bilinearly."""
+
+    def __init__(self, shallow: int, deep: int) -> None:
+        super().__init__()
+        self.shallow, self.deep = nn.Conv2d(shallow, 4, 3, padding=1), nn.Conv2d(deep, 4, 1)
+        self.out = nn.Conv2d(4 + 3, 1, 3, padding=1)
+
+    def forward(self, taps: tuple[torch.Tensor, ...], images: torch.Tensor) -> torch.Tensor:
+        size = images.shape[-2:]
+        x = F.interpolate(self.shallow(taps[0]), size=size, mode="bilinear")
+        x = x + F.interpolate(self.deep(taps[2]), size=size, mode="bilinear")
+        return self.out(torch.cat([x, images], 1))
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def with_tile(runner: DenseRunner, tile: int, halo: int | None = None) -> DenseRunner:
+    halo = runner.halo if halo is None else halo
+    return DenseRunner(runner.run, runner.outputs, halo, runner.engine, runner.patch, tile, 2)
+
+
+@pytest.fixture(scope="module")
+def toy() -> DenseGraph:
+    return DenseGraph(DenseModel(ToyTrunk(), WindowHead(4), Decoder(4, 4)).eval(), True)
+
+
+@pytest.fixture(scope="module")
+def lite0() -> DenseGraph:
+    net, _, _, mean, std = build_backbone("efficientnet_lite0", pretrained=False)
+    trunk = DenseTrunk("efficientnet_lite0", net.eval(), mean, std)
+    return DenseGraph(DenseModel(trunk, WindowHead(1280), Decoder(16, 40)).eval(), False)
+
+
+@pytest.mark.parametrize("length", [32, 320, 672, 704, 1024, 2976])
+def test_tiles_own_every_cell_once_away_from_their_inner_edges(length: int) -> None:
+    tile, halo = 320, 96
+    spans = tile_spans(length, tile, halo)
+    assert spans[0][1] == 0 and spans[-1][2] == length
+    for (_, _, end), (_, begin, _) in itertools.pairwise(spans):
+        assert end == begin  # contiguous, no overlap, no gap
+    for start, own_from, own_to in spans:
+        side = min(tile, length)
+        assert start % STRIDE == 0 and own_from % STRIDE == 0 and start + side <= length
+        assert start <= own_from < own_to <= start + side
+        assert own_from == 0 or own_from - start >= halo
+        assert own_to == length or start + side - own_to >= halo
+
+
+def test_halo_is_the_graphs_reach(toy: DenseGraph) -> None:
+    # Five 3x3 stride-2 convs reach 31 px before a cell (none past it), the 3x3 head one cell
+    # more (63 px), the 7x7 OOD pooling of the trunk's cells three more (127); the decoder less.
+    assert context_halo(toy) == 128
+    no_pool = DenseGraph(toy.model, pooled=False)
+    assert context_halo(no_pool) == 64
+
+
+def test_tiled_equals_the_whole_photo_pass(toy: DenseGraph) -> None:
+    runner = prepare_dense(toy, "torch")
+    padded = pad_to_stride(photo(600, 730))
+    assert padded.shape[:2] == (608, 736)
+    whole = run_tiled(with_tile(runner, 4096), padded)
+    tiled = run_tiled(with_tile(runner, 2 * runner.halo + 64), padded)  # 4 x 6 tiles
+    assert set(whole) == {"window", "pixels", "pooled"}
+    assert whole["window"].shape == (2, 19, 23) and whole["pixels"].shape == (608, 736)
+    for name in whole:
+        np.testing.assert_allclose(tiled[name], whole[name], rtol=0, atol=1e-5, err_msg=name)
+    # The halo is what makes them equal: without it the tiles' borders show.
+    short = run_tiled(with_tile(runner, 2 * runner.halo + 64, halo=32), padded)
+    assert np.abs(short["window"] - whole["window"]).max() > 1e-3
+
+
+def test_tiled_equals_whole_on_the_lite0_trunk(lite0: DenseGraph) -> None:
+    runner = prepare_dense(lite0, "torch")
+    assert runner.halo >= 256  # lite0 sees far: why tiles are large
+    tile = 2 * runner.halo + 2 * STRIDE
+    padded = pad_to_stride(photo(tile + 100, 64, seed=1))
+    assert len(tile_spans(padded.shape[0], tile, runner.halo)) == 3
+    tiled = run_tiled(with_tile(runner, tile), padded)
+    whole = run_tiled(with_tile(runner, 4096), padded)
+    for name in whole:
+        scale = np.abs(whole[name]).max()
+        np.testing.assert_allclose(tiled[name], whole[name], rtol=0, atol=1e-4 * scale)
+
+
+class Brightness(nn.Module):
+    """A trunk whose last tap is each cell's mean brightness: P(crack) is high on bright cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "brightness"
+        self.backbone = nn.Identity()
+        self.register_buffer("mean", torch.zeros(1, 3, 1, 1))
+        self.register_buffer("std", torch.ones(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        grey = images.mean(1, keepdim=True)
+        return tuple(F.avg_pool2d(grey, s) for s in (2, 4, 8, 16, 32))
+
+
+class BrightHead(nn.Module):
+    def forward(self, taps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(taps[-1]), 40 * (taps[-1] - 0.5)], 1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5, 2.0])
+def test_cells_lie_where_their_window_is_centred(scale: float) -> None:
+    graph = DenseGraph(DenseModel(Brightness(), BrightHead()), pooled=False)
+    runner = prepare_dense(graph, "torch")
+    image = np.zeros((500, 700, 3), np.uint8)
+    image[200:264, 320:384] = 255  # a bright square centred on (232, 352)
+    result = dense_map(runner, image, (scale,))
+    assert result.heatmap is not None and result.heatmap.shape == (500, 700)
+    assert result.pixels is None and result.ood_map is None
+    best = max(result.cells, key=lambda t: t.p)
+    assert best.p > 0.99 and best.scale == scale and best.size == round(227 / scale)
+    centre_y, centre_x = best.y + best.size / 2, best.x + best.size / 2
+    cell = STRIDE / scale  # a cell's side in the photo's pixels
+    assert abs(centre_y - 232) <= cell / 2 + 1 and abs(centre_x - 352) <= cell / 2 + 1
+    assert abs(np.mean(np.argwhere(result.heatmap > 0.5), 0) - [232, 352]).max() <= cell / 2
+    # Cells centred on the photo, one per cell of the scaled photo.
+    assert len(result.cells) == round(500 * scale / STRIDE) * round(700 * scale / STRIDE)
+
+
+def test_scales_are_averaged_at_the_photos_size(toy: DenseGraph) -> None:
+    runner = prepare_dense(toy, "torch")
+    image = photo(300, 420, seed=2)
+    both = dense_map(runner, image, (1.0, 0.5))
+    one = dense_map(runner, image, (1.0,))
+    half = dense_map(runner, image, (0.5,))
+    assert both.pixels is not None and both.pixels.shape == (300, 420)
+    np.testing.assert_allclose(both.heatmap, (one.heatmap + half.heatmap) / 2, atol=1e-6)
+    np.testing.assert_allclose(both.pixels, (one.pixels + half.pixels) / 2, atol=1e-6)
+    assert len(both.cells) == len(one.cells) + len(half.cells)
+    assert {t.scale for t in both.cells} == {1.0, 0.5}
+
+
+def test_onnxruntime_runs_the_torch_graph(lite0: DenseGraph, tmp_path: Path) -> None:
+    torch_runner = prepare_dense(lite0, "torch")
+    onnx_runner = prepare_dense(lite0, "onnxruntime", tmp_path)
+    assert onnx_runner.halo == torch_runner.halo
+    graphs = sorted(tmp_path.glob("dense-*.onnx"))
+    assert len(graphs) == 1
+    images = photo(224, 288, seed=3).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    got, expected = onnx_runner.run(images), torch_runner.run(images)
+    assert set(got) == set(expected) == {"window", "pixels"}
+    for name in expected:
+        assert got[name].shape == expected[name].shape
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-4)
+    # Found in the cache the second time; other head weights are another graph.
+    stamp = graphs[0].stat().st_mtime_ns
+    prepare_dense(lite0, "onnxruntime", tmp_path)
+    assert graphs[0].stat().st_mtime_ns == stamp
+    head = WindowHead(1280)
+    other = DenseGraph(DenseModel(lite0.model.trunk, head, lite0.model.decoder), False)
+    prepare_dense(other, "onnxruntime", tmp_path)
+    assert len(list(tmp_path.glob("dense-*.onnx"))) == 2
