@@ -4,6 +4,7 @@ their window is centred, at every scale; ONNX Runtime runs the same graph as PyT
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +13,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from crackdet.core.params import PredictParams
+from crackdet.data.images import CLASSES
 from crackdet.maps.dense_map import (
     DenseGraph,
     DenseRunner,
     context_halo,
     dense_map,
+    load_dense,
     pad_to_stride,
     prepare_dense,
     run_tiled,
     tile_spans,
 )
+from crackdet.maps.mapping import map_photo, prepare_mapper
 from crackdet.model.backbones import build_backbone
+from crackdet.model.classifier import CrackClassifier, build_classifier
 from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
+from crackdet.model.ood import OODModel
 
 torch.manual_seed(0)
 
@@ -219,3 +226,62 @@ def test_onnxruntime_runs_the_torch_graph(lite0: DenseGraph, tmp_path: Path) -> 
     other = DenseGraph(DenseModel(lite0.model.trunk, head, lite0.model.decoder), False)
     prepare_dense(other, "onnxruntime", tmp_path)
     assert len(list(tmp_path.glob("dense-*.onnx"))) == 2
+
+
+def settings(engine: str = "torch") -> PredictParams:
+    return PredictParams(
+        scale=1.0,
+        auto_windows=(6.75,),
+        overlap=0.5,
+        batch_size=8,
+        engine=engine,
+        use_model_threshold=False,
+        threshold=0.5,
+        alpha=0.45,
+        max_pixels=10**7,
+    )
+
+
+@pytest.fixture(scope="module")
+def classifier_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[CrackClassifier, Path]:
+    model = build_classifier("efficientnet_lite0", False, 8, 0.0, 227, CLASSES).eval()
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.save(model.state_dict(), folder / "model.pt")
+    (folder / "model.json").write_text(json.dumps(model.spec.to_dict()))
+    return model, folder
+
+
+def test_map_photo_maps_window_by_window_without_heads(classifier_folder) -> None:
+    model, folder = classifier_folder
+    mapper = prepare_mapper(model, settings(), folder=folder)
+    assert mapper.dense is None and load_dense(folder, "torch") is None
+    mapped = map_photo(mapper, photo(300, 400))
+    assert mapped.pixels is None
+    assert {t.size for t in mapped.result.tiles} == {227}
+    assert sorted({t.x for t in mapped.result.tiles}) == [0, 114, 173]  # 50 % overlap, flush
+
+
+def test_map_photo_takes_the_dense_path_with_heads(classifier_folder, lite0: DenseGraph) -> None:
+    model, _ = classifier_folder
+    ood = OODModel(
+        mean=np.zeros(1280),
+        components=np.eye(1280)[:3],
+        scale=np.ones(3),
+        residual_scale=1.0,
+        threshold=1.0,
+    )
+    graph = DenseGraph(lite0.model, pooled=True)
+    mapper = prepare_mapper(model, settings(), ood, dense=prepare_dense(graph, "torch"))
+    assert mapper.extract is None and mapper.engine == "torch"
+    image = photo(300, 400)
+    mapped = map_photo(mapper, image)
+    assert mapped.pixels is not None and mapped.pixels.shape == (300, 400)
+    assert mapped.pixels.dtype == np.float32 and 0 <= mapped.pixels.min() <= 1
+    result = mapped.result
+    assert result.heatmap.shape == (300, 400) and result.ood_map is not None
+    # One 227-px window per 32-px cell whose centre is on the photo (9 rows x 12 columns).
+    xs = sorted({t.x for t in result.tiles})
+    assert len(result.tiles) == 9 * 12 and np.all(np.diff(xs) == 32) and xs[0] == round(16 - 113.5)
+    assert all(t.ood is not None for t in result.tiles)
+    direct = dense_map(mapper.dense, image, (1.0,), ood)
+    np.testing.assert_array_equal(result.heatmap, direct.heatmap)

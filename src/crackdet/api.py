@@ -25,8 +25,8 @@ from crackdet.maps.crackmap import Tile
 from crackdet.maps.mapping import map_photo as map_one
 from crackdet.maps.mapping import prepare_mapper
 from crackdet.model.ood import OODModel
+from crackdet.workflows.models import checkpoint_folder, model_identity, ood_beside
 from crackdet.workflows.models import load_model as load_reference
-from crackdet.workflows.models import model_identity, ood_beside
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Model:
     label: str
     ood: OODModel | None
     layout: Layout  # where exported graphs are cached
+    folder: Path | None = None  # the checkpoint folder (its dense heads, if any)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ def load_model(reference: str | Path | None = None) -> Model:
     reference = str(layout.train.dir if reference is None else reference)
     network = load_reference(reference, layout)
     label = model_identity(reference, network, layout).label
-    return Model(network, reference, label, ood_beside(reference), layout)
+    folder = checkpoint_folder(reference, layout)
+    return Model(network, reference, label, ood_beside(reference), layout, folder)
 
 
 def map_photo(
@@ -84,7 +86,9 @@ def map_photo(
         overlap=overlap,
         threshold=threshold,
     )
-    mapper = prepare_mapper(model.network, settings, model.ood, model.layout.graph_cache)
+    mapper = prepare_mapper(
+        model.network, settings, model.ood, model.layout.graph_cache, model.folder
+    )
     source = photo if isinstance(photo, np.ndarray) else Path(photo)
     mapped = map_one(mapper, source)
     result = mapped.result

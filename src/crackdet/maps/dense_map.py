@@ -35,7 +35,8 @@ from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.io import write_json, write_with
 from crackdet.data.windows import resize_photo
 from crackdet.maps.crackmap import CrackMap, Tile
-from crackdet.model.dense import STRIDE, DenseModel
+from crackdet.model.classifier import load_checkpoint
+from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
 from crackdet.model.ood import OODModel
 
 # The window a cell stands for: the classifier's 227-px patch, ~7 cells wide, so the OOD model
@@ -490,3 +491,48 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 def _softmax1(logits: np.ndarray) -> np.ndarray:
     """P(class 1) of two-class logits (2, h, w)."""
     return _sigmoid(logits[1] - logits[0])
+
+
+# The files of a model folder that hold the dense heads (beside model.pt, model.json, ood.npz).
+DENSE_FILES = ("window_head.pt", "window_head.json", "decoder.pt", "decoder.json")
+
+
+def has_dense_heads(folder: Path) -> bool:
+    """Whether a model folder holds a trained window head or pixel decoder."""
+    return (folder / "window_head.pt").is_file() or (folder / "decoder.pt").is_file()
+
+
+def load_dense(
+    folder: Path, engine: str, cache: Path | None = None, pooled: bool = False
+) -> DenseRunner | None:
+    """The dense runner of a model folder: its backbone (model.pt, model.json) with the heads
+    beside it (window_head.pt, decoder.pt; each may be absent); None when it has neither.
+    ``engine`` torch runs PyTorch, any other engine the exported graph in ONNX Runtime;
+    ``pooled``: also give the cells' pooled features (for the OOD model)."""
+    if not has_dense_heads(folder):
+        return None
+    window_head, decoder = load_heads(folder)
+    if window_head is None and decoder is None:
+        return None
+    trunk, patch = load_trunk(folder)
+    graph = DenseGraph(DenseModel(trunk, window_head, decoder), pooled)
+    return prepare_dense(graph, "torch" if engine == "torch" else "onnxruntime", cache, patch)
+
+
+def load_heads(folder: Path) -> tuple[nn.Module | None, nn.Module | None]:
+    """The window head and the pixel decoder saved in a model folder (None where absent)."""
+    names = [name for name in ("window_head.pt", "decoder.pt") if (folder / name).is_file()]
+    # The heads' loaders (crackdet.model.window_head, crackdet.model.decoder) are wired here
+    # when those modules are on this branch's main.
+    raise CrackdetError(
+        f"{folder}: holds {', '.join(names)}, which this build of crackdet cannot load yet; "
+        "move them aside to map window by window"
+    )
+
+
+def load_trunk(folder: Path) -> tuple[DenseTrunk, int]:
+    """The checkpoint's backbone as a dense trunk, and the patch size its windows stand for."""
+    checkpoint = load_checkpoint(folder / "model.pt", folder / "model.json")
+    spec = checkpoint.spec
+    trunk = DenseTrunk(spec.backbone, checkpoint.backbone, spec.mean, spec.std).eval()
+    return trunk, spec.patch_size

@@ -31,6 +31,7 @@ from crackdet.core.io import sha256_file
 from crackdet.core.params import PredictParams
 from crackdet.core.progress import progress, say
 from crackdet.maps.crackmap import CrackMap, crack_map, scales_for
+from crackdet.maps.dense_map import DENSE_FILES, DenseRunner, dense_map, load_dense
 from crackdet.maps.outputs import (
     MadeFrom,
     PhotoFiles,
@@ -78,7 +79,8 @@ def run_photos(
 @dataclass(frozen=True)
 class Mapper:
     """What maps photos, prepared once: the model, its feature function for the engine, the
-    operating threshold, the OOD model and the settings (params.yaml ``predict``)."""
+    operating threshold, the OOD model and the settings (params.yaml ``predict``); ``dense``:
+    the one-pass runner where the model folder has a window head or decoder."""
 
     model: CrackClassifier
     settings: PredictParams
@@ -86,6 +88,7 @@ class Mapper:
     engine: str  # the engine actually used (torch for a registry model)
     threshold: float
     ood: OODModel | None
+    dense: DenseRunner | None = None
 
     def scales(self, height: int, width: int) -> tuple[float, ...]:
         return scales_for(
@@ -109,14 +112,22 @@ def prepare_mapper(
     settings: PredictParams,
     ood: OODModel | None = None,
     graph_cache: Path | None = None,
+    folder: Path | None = None,
+    dense: DenseRunner | None = None,
 ) -> Mapper:
     """A :class:`Mapper`; ``graph_cache``: folder of exported graphs for the graph engines
-    (None: a temporary export)."""
+    (None: a temporary export); ``folder``: the model's checkpoint folder, whose dense heads
+    (window head, pixel decoder) are used when it has them; ``dense``: a runner already made."""
     engine = effective_engine(model, settings.engine)  # torch for a registry (pt2) model
     # The operating threshold chosen on val travels with the model; params can override it.
     threshold = operating_threshold(model, settings.threshold, settings.use_model_threshold)
+    if dense is None and folder is not None:
+        dense = load_dense(folder, settings.engine, graph_cache, pooled=ood is not None)
+    if dense is not None and "window" in dense.outputs:
+        # The window map comes from the one pass: no per-window feature function.
+        return Mapper(model, settings, None, dense.engine, threshold, ood, dense)
     extract = classifier_features(model, engine, graph_cache)
-    return Mapper(model, settings, extract, engine, threshold, ood)
+    return Mapper(model, settings, extract, engine, threshold, ood, dense)
 
 
 @dataclass(frozen=True)
@@ -131,10 +142,17 @@ class PhotoMap:
 
 
 def map_photo(mapper: Mapper, photo: Path | np.ndarray) -> PhotoMap:
-    """Map one photo (a path, read as :meth:`Mapper.read` does, or an RGB uint8 array)."""
+    """Map one photo (a path, read as :meth:`Mapper.read` does, or an RGB uint8 array): in one
+    backbone pass per scale where the mapper has a dense runner, else window by window."""
     pixels = mapper.read(photo) if isinstance(photo, Path) else photo
     scales = mapper.scales(*pixels.shape[:2])
     settings = mapper.settings
+    crack_pixels = None
+    if mapper.dense is not None:
+        dense = dense_map(mapper.dense, pixels, scales, mapper.ood)
+        crack_pixels = dense.pixels
+        if dense.heatmap is not None:
+            return PhotoMap(pixels, scales, dense.crack_map(), crack_pixels)
     result = crack_map(
         mapper.model,
         pixels,
@@ -144,7 +162,7 @@ def map_photo(mapper: Mapper, photo: Path | np.ndarray) -> PhotoMap:
         mapper.ood,
         mapper.extract,
     )
-    return PhotoMap(pixels, scales, result)
+    return PhotoMap(pixels, scales, result, crack_pixels)
 
 
 @dataclass
@@ -171,16 +189,19 @@ class PhotoOutcome:
 
 
 # The files of a checkpoint folder that decide its maps: weights, spec (threshold, temperature)
-# and the OOD model.
-CHECKPOINT_FILES = ("model.pt", "model.json", "ood.npz")
+# and the OOD model; then the dense heads (window head, pixel decoder) where there are some.
+CHECKPOINT_FILES = ("model.pt", "model.json", "ood.npz", *DENSE_FILES)
 
 
 def checkpoint_digest(folder: Path) -> str:
-    """sha256 over the sha256s of a checkpoint folder's CHECKPOINT_FILES (absent ones too):
-    what identifies the model whose maps a folder holds."""
+    """sha256 over the sha256s of a checkpoint folder's CHECKPOINT_FILES: what identifies the
+    model whose maps a folder holds. An absent classifier file counts as "-"; an absent dense
+    file not at all, so a folder without heads keeps the digest it had before they existed."""
     digest = hashlib.sha256()
     for name in CHECKPOINT_FILES:
         path = folder / name
+        if name in DENSE_FILES and not path.is_file():
+            continue
         digest.update(f"{name}:{sha256_file(path) if path.is_file() else '-'}\n".encode())
     return digest.hexdigest()
 
@@ -196,19 +217,28 @@ def map_photos(
     command: str = "predict_samples",
     model_digest: str = "",
     executor: Executor = SEQUENTIAL,
+    folder: Path | None = None,
 ) -> MappedPhotos:
     """Per photo: ``<stem>_overlay.png``, ``<stem>_heatmap.png`` / ``.npy`` (crack probability),
     ``<stem>_mask.png`` (at the threshold), ``<stem>_thumb.jpg`` and ``<stem>.json``; plus
     ``contact_sheet.png``. ``model_ref``: how the model is named in the outputs;
     ``model_digest``: what identifies its weights (empty: never reuse outputs); ``graph_cache``:
     folder of exported graphs for the onnxruntime and openvino engines (None: temp export);
-    ``command`` names the caller in error lines."""
+    ``command`` names the caller in error lines; ``folder``: the checkpoint folder, whose dense
+    heads map in one backbone pass where it has them."""
     stems = output_stems(photos)
     renamed = [f"{p} -> {stems[p]}_*" for p in photos if stems[p] != p.stem]
     if renamed:
         print(f"{command}: photos share a file name; outputs named apart: {', '.join(renamed)}")
     work = PhotoWork(
-        partial(loaded, model, ood), params, graph_cache, out, model_ref, model_digest, command
+        partial(loaded, model, ood),
+        params,
+        graph_cache,
+        out,
+        model_ref,
+        model_digest,
+        command,
+        folder,
     )
     mapped = collect(run_photos(work, [(p, stems[p]) for p in photos], executor, command))
     if mapped.summaries:
@@ -254,9 +284,11 @@ class PhotoWork:
         model_ref: str,
         digest: str,
         command: str,
+        folder: Path | None = None,
     ) -> None:
         self.load, self.settings, self.graph_cache = load, settings, graph_cache
         self.out, self.model_ref, self.digest, self.command = out, model_ref, digest, command
+        self.folder = folder  # the checkpoint folder: its dense heads, if any
         self._mapper: Mapper | None = None
 
     def __getstate__(self) -> dict:
@@ -265,7 +297,7 @@ class PhotoWork:
     def mapper(self) -> Mapper:
         if self._mapper is None:
             model, ood = self.load()
-            self._mapper = prepare_mapper(model, self.settings, ood, self.graph_cache)
+            self._mapper = prepare_mapper(model, self.settings, ood, self.graph_cache, self.folder)
         return self._mapper
 
     def __call__(self, item: tuple[Path, str]) -> PhotoOutcome:

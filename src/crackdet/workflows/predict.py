@@ -16,7 +16,7 @@ from crackdet.maps.html_report import write_report
 from crackdet.maps.mapping import MappedPhotos, map_photos
 from crackdet.maps.outputs import mapped_before
 from crackdet.maps.photos import left_out_line, list_photos
-from crackdet.workflows.models import load_model, model_identity, ood_beside
+from crackdet.workflows.models import checkpoint_folder, load_model, model_identity, ood_beside
 
 
 def predict(
@@ -47,6 +47,7 @@ def predict(
         layout.graph_cache,
         "predict",
         model_digest=identity.digest,
+        folder=checkpoint_folder(model_ref, layout),
     )
     # Photos an earlier run mapped into this folder stay in its report.
     stems = {s.outputs for s in mapped.summaries}

@@ -40,7 +40,15 @@ def predict_samples(layout: Layout, cfg: PredictParams) -> MappedPhotos:
     digest = checkpoint_digest(layout.train.dir)
     with atomic_dir(layout.predict) as out:
         mapped = map_photos(
-            model, folder.photos, out, cfg, model_ref, ood, layout.graph_cache, model_digest=digest
+            model,
+            folder.photos,
+            out,
+            cfg,
+            model_ref,
+            ood,
+            layout.graph_cache,
+            model_digest=digest,
+            folder=layout.train.dir,
         )
         if mapped.errors:
             raise CrackdetError(
