@@ -86,9 +86,9 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def with_tile(runner: DenseRunner, tile: int, halo: int | None = None) -> DenseRunner:
+def with_core(runner: DenseRunner, core: int, halo: int | None = None) -> DenseRunner:
     halo = runner.halo if halo is None else halo
-    return DenseRunner(runner.run, runner.outputs, halo, runner.engine, runner.patch, tile, 2)
+    return DenseRunner(runner.run, runner.outputs, halo, runner.engine, runner.patch, core, 2)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,9 @@ def lite0() -> DenseGraph:
 
 @pytest.mark.parametrize("length", [32, 320, 672, 704, 1024, 2976])
 def test_tiles_own_every_cell_once_away_from_their_inner_edges(length: int) -> None:
-    tile, halo = 320, 96
-    spans = tile_spans(length, tile, halo)
+    core, halo = 128, 96
+    tile = core + 2 * halo
+    spans = tile_spans(length, core, halo)
     assert spans[0][1] == 0 and spans[-1][2] == length
     for (_, _, end), (_, begin, _) in itertools.pairwise(spans):
         assert end == begin  # contiguous, no overlap, no gap
@@ -130,25 +131,24 @@ def test_tiled_equals_the_whole_photo_pass(toy: DenseGraph) -> None:
     runner = prepare_dense(toy, "torch")
     padded = pad_to_stride(photo(600, 730))
     assert padded.shape[:2] == (608, 736)
-    whole = run_tiled(with_tile(runner, 4096), padded)
-    tiled = run_tiled(with_tile(runner, 2 * runner.halo + 64), padded)  # 4 x 6 tiles
+    whole = run_tiled(with_core(runner, 4096), padded)
+    tiled = run_tiled(with_core(runner, 64), padded)  # 4 x 6 tiles
     assert set(whole) == {"window", "pixels", "pooled"}
     assert whole["window"].shape == (2, 19, 23) and whole["pixels"].shape == (608, 736)
     for name in whole:
         np.testing.assert_allclose(tiled[name], whole[name], rtol=0, atol=1e-5, err_msg=name)
     # The halo is what makes them equal: without it the tiles' borders show.
-    short = run_tiled(with_tile(runner, 2 * runner.halo + 64, halo=32), padded)
+    short = run_tiled(with_core(runner, 2 * runner.halo, halo=32), padded)
     assert np.abs(short["window"] - whole["window"]).max() > 1e-3
 
 
 def test_tiled_equals_whole_on_the_lite0_trunk(lite0: DenseGraph) -> None:
     runner = prepare_dense(lite0, "torch")
     assert runner.halo >= 256  # lite0 sees far: why tiles are large
-    tile = 2 * runner.halo + 2 * STRIDE
-    padded = pad_to_stride(photo(tile + 100, 64, seed=1))
-    assert len(tile_spans(padded.shape[0], tile, runner.halo)) == 3
-    tiled = run_tiled(with_tile(runner, tile), padded)
-    whole = run_tiled(with_tile(runner, 4096), padded)
+    padded = pad_to_stride(photo(2 * runner.halo + 2 * STRIDE + 100, 64, seed=1))
+    assert len(tile_spans(padded.shape[0], 2 * STRIDE, runner.halo)) == 3
+    tiled = run_tiled(with_core(runner, 2 * STRIDE), padded)
+    whole = run_tiled(with_core(runner, 4096), padded)
     for name in whole:
         scale = np.abs(whole[name]).max()
         np.testing.assert_allclose(tiled[name], whole[name], rtol=0, atol=1e-4 * scale)
@@ -183,9 +183,10 @@ def test_cells_lie_where_their_window_is_centred(scale: float) -> None:
     result = dense_map(runner, image, (scale,))
     assert result.heatmap is not None and result.heatmap.shape == (500, 700)
     assert result.pixels is None and result.ood_map is None
-    best = max(result.cells, key=lambda t: t.p)
-    assert best.p > 0.99 and best.scale == scale and best.size == round(227 / scale)
-    centre_y, centre_x = best.y + best.size / 2, best.x + best.size / 2
+    bright = [t for t in result.cells if t.p > 0.5]
+    assert bright and {(t.scale, t.size) for t in result.cells} == {(scale, round(227 / scale))}
+    centre_y = np.mean([t.y + t.size / 2 for t in bright])
+    centre_x = np.mean([t.x + t.size / 2 for t in bright])
     cell = STRIDE / scale  # a cell's side in the photo's pixels
     assert abs(centre_y - 232) <= cell / 2 + 1 and abs(centre_x - 352) <= cell / 2 + 1
     assert abs(np.mean(np.argwhere(result.heatmap > 0.5), 0) - [232, 352]).max() <= cell / 2

@@ -7,7 +7,7 @@ Prints, on this machine and in one run (CPU model and AVX-512 flags first):
   over the photo done the fastest way found here (the trunk alone, in tiles without halo or
   whole; each pixel once); with the ratios the issue sets: window mapper / dense window (target
   >= 2.5x) and (dense + pixels) / bare pass (target <= 1.5x, and <= 2 s);
-- the dense map per tile size (the halo is the graph's measured reach), to choose ``TILE``;
+- the dense map per tile size (the halo is the graph's measured reach), to choose ``CORE``;
 - at ``scale: auto``: read the JPEG, map (window map + pixels), trace the cracks of the
   thresholded pixels, write the mask and overlay PNGs (target <= 3 s);
 - peak memory: maxrss after each figure and the tracemalloc peak of the step.
@@ -41,7 +41,7 @@ from crackdet.data.images import CLASSES, PATCH_SIZE
 from crackdet.maps.crackmap import crack_map, scales_for
 from crackdet.maps.cracks import trace_cracks
 from crackdet.maps.dense_map import (
-    TILE,
+    CORE,
     DenseGraph,
     DenseRunner,
     dense_map,
@@ -149,7 +149,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="outputs/train", help="checkpoint folder, if any")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure: the best")
-    parser.add_argument("--tiles", default=f"{TILE},2048,4096", help="dense tile sides to try")
+    parser.add_argument(
+        "--cores", default=f"{CORE},2048,8192", help="dense tile cores to try (8192: whole)"
+    )
     args = parser.parse_args()
     predict = load_params("params.yaml").predict
     folder = Path(args.model)
@@ -175,7 +177,7 @@ def main() -> None:
     )
     bare = bare_session(trunk, scratch)
     padded = pad_to_stride(photo)
-    tiles = [int(t) for t in args.tiles.split(",")]
+    tiles = [int(t) for t in args.cores.split(",")]
     print(f"halo (the graph's measured reach): {both.halo} px; dense engine {both.engine}")
 
     def with_tile(runner: DenseRunner, tile: int) -> DenseRunner:
@@ -189,10 +191,10 @@ def main() -> None:
         ),
     }
     for tile in tiles:
-        steps[f"dense window, tile {tile}"] = lambda t=tile: dense_map(
+        steps[f"dense window, core {tile}"] = lambda t=tile: dense_map(
             with_tile(window_only, t), photo
         )
-        steps[f"dense window + pixels, tile {tile}"] = lambda t=tile: dense_map(
+        steps[f"dense window + pixels, core {tile}"] = lambda t=tile: dense_map(
             with_tile(both, t), photo
         )
     for tile in (512, 1024, 4096):

@@ -43,9 +43,10 @@ from crackdet.model.ood import OODModel
 # scores the mean of the 7x7 stride-32 features around the cell (the classifier pools ~8x8 on
 # an isolated 227-px window).
 POOL_CELLS = 7
-# Tile side (halo included) and tiles per forward pass: chosen by bench/speed/dense_speed.py
-# (a tile's activations stay cache-resident; a larger tile wastes less on its halo).
-TILE = 1024
+# A tile's core (the cells it gives; the tile is the core plus a halo each side) and tiles per
+# forward pass: chosen by bench/speed/dense_speed.py (a tile's activations stay cache-resident;
+# a larger core wastes less on its halo).
+CORE = 1024
 TILE_BATCH = 1
 OUTPUTS = ("window", "pixels", "pooled")
 
@@ -244,14 +245,15 @@ def export_dense(graph: DenseGraph, path: Path) -> None:
 @dataclass(frozen=True)
 class DenseRunner:
     """A dense graph ready to run: its engine function, the outputs it gives, its halo, and
-    how photos are cut for it (``tile`` px squares, ``batch`` tiles per call)."""
+    how photos are cut for it (tiles of ``core`` px plus the halo each side, ``batch`` tiles
+    per call)."""
 
     run: DenseFn
     outputs: tuple[str, ...]
     halo: int
     engine: str
     patch: int = 227  # the window a cell's probability stands for (the classifier's patch)
-    tile: int = TILE
+    core: int = CORE
     batch: int = TILE_BATCH
 
 
@@ -260,7 +262,7 @@ def prepare_dense(
     engine: str,
     cache: Path | None = None,
     patch: int = 227,
-    tile: int = TILE,
+    core: int = CORE,
     batch: int = TILE_BATCH,
 ) -> DenseRunner:
     """A runner for ``graph``: in PyTorch (``engine`` torch) or as its exported graph in ONNX
@@ -269,7 +271,7 @@ def prepare_dense(
     key = graph_key(graph)
     if engine == "torch":
         halo = _halo(graph, key)
-        return DenseRunner(TorchDense(graph), graph.outputs, halo, "torch", patch, tile, batch)
+        return DenseRunner(TorchDense(graph), graph.outputs, halo, "torch", patch, core, batch)
     with tempfile.TemporaryDirectory(prefix="crackdet-dense-") as scratch:
         folder = Path(cache or scratch)
         path, meta = folder / f"{key}.onnx", folder / f"{key}.json"
@@ -279,7 +281,7 @@ def prepare_dense(
             export_dense(graph, path)
             write_json(meta, {"halo": halo, "outputs": list(graph.outputs)})
         session = OnnxDense(path, graph.outputs)  # holds the graph in memory
-    return DenseRunner(session, graph.outputs, halo, "onnxruntime", patch, tile, batch)
+    return DenseRunner(session, graph.outputs, halo, "onnxruntime", patch, core, batch)
 
 
 # Halos measured in this process, by graph key (measuring takes a backward pass).
@@ -299,20 +301,16 @@ def _cached_halo(meta: Path) -> int | None:
         return None
 
 
-def tile_spans(length: int, tile: int, halo: int) -> list[tuple[int, int, int]]:
+def tile_spans(length: int, core: int, halo: int) -> list[tuple[int, int, int]]:
     """(start, own_from, own_to) of the tiles along one side of a padded image: tiles of
-    ``tile`` px (the whole side if shorter), each owning the part at least ``halo`` px from its
-    inner edges; the owned parts cover [0, length) once, the last tile flush with the end."""
+    ``core + 2 * halo`` px (the whole side if shorter), each owning the part at least ``halo``
+    px from its inner edges; the owned parts cover [0, length) once, the last tile flush with
+    the end. Every tile has the same side, so tiles batch."""
+    tile = core + 2 * halo
     if length <= tile:
         return [(0, 0, length)]
-    step = tile - 2 * halo
-    if step < STRIDE:
-        raise CrackdetError(
-            f"dense map: tile {tile} px leaves no core inside a {halo}-px halo; use tiles of at "
-            f"least {2 * halo + STRIDE} px"
-        )
-    starts = [*range(0, length - tile, step), length - tile]
-    spans = []
+    starts = [*range(0, length - tile, core), length - tile]
+    spans: list[tuple[int, int, int]] = []
     for k, start in enumerate(starts):
         own_from = 0 if k == 0 else spans[-1][2]
         own_to = length if k == len(starts) - 1 else start + tile - halo
@@ -324,15 +322,16 @@ def run_tiled(runner: DenseRunner, padded: np.ndarray) -> dict[str, np.ndarray]:
     """The graph's outputs over a padded uint8 HxWx3 photo (sides multiples of 32), stitched
     from tiles: ``window`` (2, H/32, W/32), ``pixels`` (H, W), ``pooled`` (F, H/32, W/32)."""
     height, width = padded.shape[:2]
-    rows = tile_spans(height, runner.tile, runner.halo)
-    cols = tile_spans(width, runner.tile, runner.halo)
+    rows = tile_spans(height, runner.core, runner.halo)
+    cols = tile_spans(width, runner.core, runner.halo)
     boxes = [(r, c) for r in rows for c in cols]
     out: dict[str, np.ndarray] = {}
     for begin in range(0, len(boxes), runner.batch):
         chunk = boxes[begin : begin + runner.batch]
         # Every tile has the same shape (the last ones are flush with the end), so any chunk
         # stacks into one batch.
-        side_y, side_x = min(runner.tile, height), min(runner.tile, width)
+        side = runner.core + 2 * runner.halo
+        side_y, side_x = min(side, height), min(side, width)
         tiles = [padded[y : y + side_y, x : x + side_x] for (y, _, _), (x, _, _) in chunk]
         batch = np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2), dtype=np.float32)
         batch /= 255.0
