@@ -20,15 +20,19 @@ from crackdet.data.sources.synthetic import render_photo
 from crackdet.maps.crackmap import CrackMap
 from crackdet.maps.mapping import PhotoMap
 from crackdet.maps.scoring import (
+    CRACK,
     NO_PIXELS,
     mask_length,
     photo_pixels,
     photos_csv,
     pixel_figures,
+    pixel_section,
     score_pixels,
+    score_windows,
 )
 from crackdet.model.classifier import build_classifier
 from crackdet.model.pixel_metrics import PixelCounts
+from crackdet.workflows.eval_maps import summary_line
 from tests.helpers import PROJECT
 
 
@@ -150,6 +154,32 @@ def test_per_photo_table_holds_each_photos_figures() -> None:
     assert int(rows[0]["true"]) == 100 and int(rows[0]["predicted"]) == 50
     assert rows[1]["f1"] == "" and rows[1]["length_error"] == ""  # undefined, not 0
     assert sum((p.counts for p in photos), PixelCounts()).true == 100
+
+
+def _window_metrics() -> dict:
+    labels = np.array([CRACK, CRACK])
+    metrics = score_windows(labels, np.zeros(2, bool), np.array([0.9, 0.2]), 0.5)
+    return {**metrics, "photos": 2, "scale": 1.0, "overlap": 0.5, "seconds": 1.0}
+
+
+def test_the_printed_line_gives_the_pixel_figures_or_why_there_are_none() -> None:
+    shape = (64, 160)
+    truth = _line(shape, 30, 10, 109)
+    photos = [score_pixels("a.png", _line(shape, 30, 10, 59), truth)]
+    section = pixel_section(photos, ["b.png"], 0.4)
+    assert section["pixel_threshold"] == 0.4 and section["photos_without_pixels"] == ["b.png"]
+    assert section["pixel_photos"] == [photos[0].row()]
+    line = summary_line(_window_metrics() | section)
+    assert "\n" not in line
+    r = 52 / 100  # precision 1
+    assert (
+        f"; crack pixels (2-px tolerance) @ 0.400: f1 {2 * r / (1 + r):.4f} precision 1.0000 "
+        "recall 0.5200, planking called crack n/a, median length error "
+        f"{50 / 99:.4f} on 1 photos (1 mapped without pixels: b.png)"
+    ) in line
+    absent = pixel_section([], ["a.png", "b.png"], 0.5)
+    assert absent == {"pixels_absent": NO_PIXELS}
+    assert f"; crack pixels: none scored, {NO_PIXELS}" in summary_line(_window_metrics() | absent)
 
 
 # --------------------------------------------------------------------------------------------

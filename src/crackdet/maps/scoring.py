@@ -411,28 +411,26 @@ def evaluate_maps(
         }
     )
     photo_pixels = [s.pixels for s in scored if s.pixels is not None]
-    metrics.update(_pixel_metrics(photo_pixels, scored, samples, mapper, pixel_threshold))
+    without = [s.image.name for s, p in zip(samples, scored, strict=True) if p.pixels is None]
+    threshold = resolve_pixel_threshold(mapper, pixel_threshold)
+    metrics.update(pixel_section(photo_pixels, without, threshold))
     return MapsResult(metrics, [w for s in scored for w in s.windows], photo_pixels)
 
 
-def _pixel_metrics(
-    photo_pixels: list[PhotoPixels],
-    scored: list[PhotoScores],
-    samples: list[MaskedPhoto],
-    mapper: Mapper,
-    pixel_threshold: float | None,
+def pixel_section(
+    photos: list[PhotoPixels], without: list[str], threshold: float
 ) -> dict[str, Any]:
-    """The pixel figures and per-photo rows, or why there are none; photos mapped without
-    pixels beside others with them are counted and named."""
-    if not photo_pixels:
+    """The pixel entries of the metrics: figures and per-photo rows of the ``photos`` scored at
+    ``threshold``, the photos mapped ``without`` pixels beside them (named), or, where no photo
+    has pixels, only why (``pixels_absent``)."""
+    if not photos:
         return {"pixels_absent": NO_PIXELS}
-    without = [s.image.name for s, p in zip(samples, scored, strict=True) if p.pixels is None]
     return {
-        **pixel_figures(photo_pixels),
-        "pixel_threshold": resolve_pixel_threshold(mapper, pixel_threshold),
+        **pixel_figures(photos),
+        "pixel_threshold": threshold,
         "pixel_tolerance": pixel_metrics.TOLERANCE,
         "photos_without_pixels": without,
-        "pixel_photos": [p.row() for p in photo_pixels],
+        "pixel_photos": [p.row() for p in photos],
     }
 
 
