@@ -159,7 +159,7 @@ def test_registered_model_loads_and_predicts(repo: Path) -> None:
     assert set(constraints) < set(lock)
     names = {line.split("==")[0].lower() for line in constraints}
     assert {"torch", "onnxruntime", "mlflow", "numpy", "pillow", "flask"} <= names
-    assert not names & {"pytest", "ruff", "import-linter", "mkdocs", "scikit-image"}
+    assert not names & {"pytest", "ruff", "import-linter", "mkdocs"}
 
 
 def test_evaluate_again_reuses_the_registered_version(repo: Path) -> None:

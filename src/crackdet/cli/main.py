@@ -110,6 +110,12 @@ def _maps_commands(sub: argparse._SubParsersAction) -> None:
         help="score only photos whose file name matches this glob (e.g. 'val_*' for a held-out "
         "part when scale/threshold were chosen on 'train_*')",
     )
+    maps.add_argument(
+        "--pixel-threshold",
+        type=float,
+        help="P(crack pixel) that makes a crack pixel in the pixel figures (default: the pixel "
+        "decoder's own)",
+    )
     maps.add_argument("--out", help="also write the metrics to this JSON file")
     maps.add_argument(
         "--params",

@@ -85,6 +85,7 @@ def eval_maps(args: argparse.Namespace) -> int:
         out=Path(args.out) if args.out else None,
         progress=args.verbose,
         photos=args.photos,
+        pixel_threshold=args.pixel_threshold,
     )
     print(summary_line(metrics))
     return 0

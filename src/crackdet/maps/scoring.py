@@ -10,6 +10,13 @@ pixels, *clean* when it holds none and ignored otherwise (a few crack pixels at 
 are neither a clear hit nor a clear miss). Clean windows with at least ``min_pixels`` planking
 pixels also count as *planking* windows, whose flagged share is the planking false-positive
 rate.
+
+Where the model maps crack pixels (:attr:`crackdet.maps.mapping.PhotoMap.pixels`), each photo is
+also scored pixel by pixel at the pixel threshold: tolerant crack-pixel counts
+(:func:`crackdet.model.pixel_metrics.count_pixels`, 2 px, summed over photos before dividing),
+planking pixels called crack, and the length of the predicted mask's skeleton against the true
+mask's (:func:`crackdet.maps.cracks.skeleton_length`). A model without a pixel decoder has no
+pixel figures: they are absent, not zero, and the result says why.
 """
 
 from __future__ import annotations
@@ -36,14 +43,17 @@ from crackdet.data.sources.labelled import ExtractLimits
 from crackdet.data.sources.masks import MaskedPhoto, PixelCounts, PixelSums, find_photos, read_mask
 from crackdet.data.windows import window_grid
 from crackdet.maps.crackmap import Tile
+from crackdet.maps.cracks import skeleton_length
 from crackdet.maps.mapping import (
     SEQUENTIAL,
     Executor,
     Mapper,
+    PhotoMap,
     map_photo,
     prepare_mapper,
     run_photos,
 )
+from crackdet.model import pixel_metrics
 from crackdet.model.calibrate import f1_optimal_threshold
 from crackdet.model.ood import OODModel
 
@@ -51,6 +61,9 @@ MIN_PIXELS = 100
 CRACK, CLEAN, IGNORED = 1, 0, -1
 NO_LIMITS_GIVEN = ExtractLimits()  # the archive bounds when a caller names none
 GRID_DIVISOR = 6.75  # scale auto's evaluation windows: the short side / this
+# P(crack pixel) at or above this is crack where neither the caller nor the decoder chose one.
+DEFAULT_PIXEL_THRESHOLD = 0.5
+NO_PIXELS = "the model maps no crack pixels (it has no pixel decoder, decoder.pt beside model.pt)"
 ACCEPTED_FIGURES = (
     "auroc",
     "precision",
@@ -75,12 +88,88 @@ class ScoredWindow:
     ood: bool | None  # unlike the training data (None: no OOD model)
 
 
+@dataclass(frozen=True)
+class PhotoPixels:
+    """One photo's crack pixels scored against its masks: tolerant counts and skeleton lengths
+    (pixels) of the predicted and the true crack mask."""
+
+    photo: str
+    counts: pixel_metrics.PixelCounts
+    true_length: float
+    predicted_length: float
+
+    @property
+    def length_error(self) -> float | None:
+        """Relative; None where the photo has no true crack."""
+        return pixel_metrics.length_error(self.predicted_length, self.true_length)
+
+    def row(self) -> dict[str, Any]:
+        """The per-photo table's row (undefined figures empty)."""
+        c = self.counts
+        return {
+            "photo": self.photo,
+            "precision": _round(c.precision),
+            "recall": _round(c.recall),
+            "f1": _round(c.f1),
+            "planking_called": _round(c.planking_called_share),
+            "true_length_px": round(self.true_length, 3),
+            "predicted_length_px": round(self.predicted_length, 3),
+            "length_error": _round(self.length_error),
+            **dataclasses.asdict(c),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
 @dataclass
 class MapsResult:
-    """Window scores and labels of a whole data set, plus the metrics derived from them."""
+    """Window scores and labels of a whole data set, plus the metrics derived from them; the
+    per-photo pixel scores where the model maps crack pixels (else empty)."""
 
     metrics: dict[str, Any]
     windows: list[ScoredWindow] = field(default_factory=list)
+    photos: list[PhotoPixels] = field(default_factory=list)
+
+
+def mask_length(mask: np.ndarray) -> float:
+    """Skeleton length (pixels) of a boolean crack mask, as cracks are measured."""
+    from skimage.morphology import skeletonize  # scikit-image: only where pixels are scored
+
+    mask = np.asarray(mask, dtype=bool)
+    return skeleton_length(skeletonize(mask)) if mask.any() else 0.0
+
+
+def score_pixels(
+    photo: str,
+    predicted: np.ndarray,
+    truth: np.ndarray,
+    planking: np.ndarray | None = None,
+    tolerance: float = pixel_metrics.TOLERANCE,
+) -> PhotoPixels:
+    """One photo's predicted crack mask (bool HxW) scored against its truth and planking masks."""
+    predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
+    counts = pixel_metrics.count_pixels(predicted, truth, planking, tolerance)
+    return PhotoPixels(photo, counts, mask_length(truth), mask_length(predicted))
+
+
+def pixel_figures(photos: list[PhotoPixels]) -> dict[str, Any]:
+    """A data set's pixel figures: ratios of the counts summed over ``photos`` and the median
+    per-photo length error (photos without a true crack have none). Undefined figures None."""
+    total = sum((p.counts for p in photos), pixel_metrics.PixelCounts())
+    errors = [p.length_error for p in photos if p.length_error is not None]
+    return {
+        "pixel_precision": total.precision,
+        "pixel_recall": total.recall,
+        "pixel_f1": total.f1,
+        "pixel_planking_called": total.planking_called_share,
+        "length_error_median": float(np.median(errors)) if errors else None,
+        "pixels_predicted": total.predicted,
+        "pixels_true": total.true,
+        "pixels_planking": total.planking,
+        "photos_with_pixels": len(photos),
+    }
 
 
 @contextlib.contextmanager
@@ -184,7 +273,8 @@ def evaluation_grid(heatmap: np.ndarray, ood_map: np.ndarray | None) -> list[Til
 
 @dataclass(frozen=True)
 class PhotoScores:
-    """One photo's windows: truth labels, planking flags, scores and OOD flags."""
+    """One photo's windows: truth labels, planking flags, scores and OOD flags; its pixel
+    scores (None: the map has no crack pixels)."""
 
     labels: np.ndarray
     planking: np.ndarray
@@ -192,17 +282,48 @@ class PhotoScores:
     flags: np.ndarray
     windows: list[ScoredWindow]
     seconds: float  # mapping only
+    pixels: PhotoPixels | None = None
 
 
-def score_photo(mapper: Mapper, min_pixels: int, sample: MaskedPhoto) -> PhotoScores:
+def photo_pixels(
+    name: str,
+    mapped: PhotoMap,
+    truth: np.ndarray,
+    planking: np.ndarray | None,
+    threshold: float,
+) -> PhotoPixels | None:
+    """A mapped photo's crack pixels (P(crack pixel) >= ``threshold``) scored against its masks;
+    None where the map has no crack pixels."""
+    if mapped.pixels is None:
+        return None
+    return score_pixels(name, np.asarray(mapped.pixels) >= threshold, truth, planking)
+
+
+def resolve_pixel_threshold(mapper: Mapper, override: float | None) -> float:
+    """The P(crack pixel) threshold pixels are scored at: ``override`` when given, else the one
+    the pixel decoder chose (carried by the mapper as ``pixel_threshold`` where it has a
+    decoder), else :data:`DEFAULT_PIXEL_THRESHOLD`."""
+    if override is not None:
+        return float(override)
+    chosen = getattr(mapper, "pixel_threshold", None)
+    return DEFAULT_PIXEL_THRESHOLD if chosen is None else float(chosen)
+
+
+def score_photo(
+    mapper: Mapper, min_pixels: int, sample: MaskedPhoto, pixel_threshold: float | None = None
+) -> PhotoScores:
     """Map one photo and score its windows against its masks: a numeric scale's own windows, or
-    under ``scale: auto`` the :func:`evaluation_grid`."""
+    under ``scale: auto`` the :func:`evaluation_grid`; and its crack pixels, where the map has
+    them, at ``pixel_threshold`` (see :func:`resolve_pixel_threshold`)."""
     photo = mapper.read(sample.image)
     shape = photo.shape[:2]
     # Masks are read before mapping so a bad one stops the run before minutes of inference.
     mask = read_mask(sample.mask, shape)
     planking_mask = read_mask(sample.planking, shape) if sample.planking else None
-    result = map_photo(mapper, photo).result
+    mapped = map_photo(mapper, photo)
+    result = mapped.result
+    threshold = resolve_pixel_threshold(mapper, pixel_threshold)
+    pixels = photo_pixels(sample.image.name, mapped, mask, planking_mask, threshold)
     tiles = (
         evaluation_grid(result.heatmap, result.ood_map)
         if mapper.settings.scale == "auto"
@@ -224,6 +345,7 @@ def score_photo(mapper: Mapper, min_pixels: int, sample: MaskedPhoto) -> PhotoSc
         np.array([bool(t.ood) for t in tiles]),
         windows,
         result.seconds,
+        pixels,
     )
 
 
@@ -239,12 +361,14 @@ def evaluate_maps(
     progress: bool = False,
     min_pixels: int = MIN_PIXELS,
     executor: Executor = SEQUENTIAL,
+    pixel_threshold: float | None = None,
 ) -> MapsResult:
     """Map every photo of ``data`` (folder or archive) with ``model`` at ``settings`` (the
     operating threshold as :func:`crackdet.maps.mapping.prepare_mapper` chooses it) and score
     its windows (:func:`score_photo`). ``photos``: a file-name glob; ``graph_cache``: exported
     graphs for the graph engines; ``ood``: the model's OOD model (then the figures on accepted
-    windows are reported too); ``min_pixels``: crack pixels that make a crack window."""
+    windows are reported too); ``min_pixels``: crack pixels that make a crack window;
+    ``pixel_threshold``: P(crack pixel) that makes a crack pixel (None: the decoder's own)."""
     if not data.exists():
         raise CrackdetError(f"{data}: no such folder or archive")
     mapper = prepare_mapper(model, settings, ood, graph_cache)
@@ -252,7 +376,7 @@ def evaluate_maps(
     with readable_folder(data, limits) as folder:
         start = time.perf_counter()  # extraction is not counted
         samples, left_out = find_photos(folder, photos, "--photos")
-        work = partial(score_photo, mapper, min_pixels)
+        work = partial(score_photo, mapper, min_pixels, pixel_threshold=pixel_threshold)
         for sample, photo in zip(
             samples, run_photos(work, samples, executor, "eval-maps"), strict=True
         ):
@@ -286,7 +410,28 @@ def evaluate_maps(
             "seconds": round(time.perf_counter() - start, 3),
         }
     )
-    return MapsResult(metrics, [w for s in scored for w in s.windows])
+    photo_pixels = [s.pixels for s in scored if s.pixels is not None]
+    without = [s.image.name for s, p in zip(samples, scored, strict=True) if p.pixels is None]
+    threshold = resolve_pixel_threshold(mapper, pixel_threshold)
+    metrics.update(pixel_section(photo_pixels, without, threshold))
+    return MapsResult(metrics, [w for s in scored for w in s.windows], photo_pixels)
+
+
+def pixel_section(
+    photos: list[PhotoPixels], without: list[str], threshold: float
+) -> dict[str, Any]:
+    """The pixel entries of the metrics: figures and per-photo rows of the ``photos`` scored at
+    ``threshold``, the photos mapped ``without`` pixels beside them (named), or, where no photo
+    has pixels, only why (``pixels_absent``)."""
+    if not photos:
+        return {"pixels_absent": NO_PIXELS}
+    return {
+        **pixel_figures(photos),
+        "pixel_threshold": threshold,
+        "pixel_tolerance": pixel_metrics.TOLERANCE,
+        "photos_without_pixels": without,
+        "pixel_photos": [p.row() for p in photos],
+    }
 
 
 def windows_csv(windows: list[ScoredWindow]) -> str:
@@ -296,4 +441,15 @@ def windows_csv(windows: list[ScoredWindow]) -> str:
     writer = csv.DictWriter(buffer, fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(dataclasses.asdict(w) for w in windows)
+    return buffer.getvalue()
+
+
+def photos_csv(photos: list[PhotoPixels]) -> str:
+    """The per-photo pixel table (figures, lengths, counts) as CSV text."""
+    buffer = io.StringIO()
+    rows = [p.row() for p in photos]
+    fields = list(rows[0]) if rows else ["photo"]
+    writer = csv.DictWriter(buffer, fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
     return buffer.getvalue()

@@ -37,6 +37,22 @@ FIT = {
 }
 
 
+# eval-maps' crack-pixel figures (metrics.json keys) → their MLflow names.
+PIXELS = {
+    "pixel_precision": "pixels/precision",
+    "pixel_recall": "pixels/recall",
+    "pixel_f1": "pixels/f1",
+    "pixel_planking_called": "pixels/planking_called",
+    "length_error_median": "pixels/length_error_median",
+    "photos_with_pixels": "pixels/photos",
+}
+
+
+def pixel_names(figures: Mapping[str, float | None]) -> dict[str, float]:
+    """The pixel figures that are defined, under ``pixels/`` (undefined ones are left out)."""
+    return {name: float(figures[k]) for k, name in PIXELS.items() if figures.get(k) is not None}
+
+
 def fit_names(figures: Mapping[str, float]) -> dict[str, float]:
     """Train's figures under their sections (a figure not listed goes to ``train/``)."""
     return {FIT.get(k, f"train/{k}"): v for k, v in figures.items()}

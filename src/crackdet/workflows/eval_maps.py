@@ -13,9 +13,9 @@ from crackdet.core.layout import Layout
 from crackdet.core.overrides import predict_settings
 from crackdet.core.params import Params, PredictParams
 from crackdet.data.sources.labelled import ExtractLimits
-from crackdet.maps.scoring import MapsResult, evaluate_maps, windows_csv
+from crackdet.maps.scoring import MapsResult, evaluate_maps, photos_csv, windows_csv
 from crackdet.model.engines import effective_engine, engine_label
-from crackdet.tracking.metric_names import TIME, section_names
+from crackdet.tracking.metric_names import TIME, pixel_names, section_names
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.runs import ending, start_evaluation_run
 from crackdet.workflows.models import load_model, ood_beside
@@ -33,14 +33,20 @@ def run_eval_maps(
     out: Path | None = None,
     progress: bool = False,
     photos: str = "*",
+    pixel_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Load ``model_ref``, score its maps on ``data``, log an MLflow run; return the metrics.
     ``scale``/``overlap``/``threshold`` default to params.yaml ``predict.*`` (threshold: the
-    model's own when ``predict.use_model_threshold``)."""
+    model's own when ``predict.use_model_threshold``); ``pixel_threshold`` to the pixel
+    decoder's own."""
     import mlflow  # ~1.3 s to import: only in the commands that log
 
     if not data.exists():
         raise CrackdetError(f"{data}: no such folder or archive")
+    if pixel_threshold is not None and not 0.0 < pixel_threshold < 1.0:
+        raise CrackdetError(
+            f"--pixel-threshold must be between 0 and 1 (exclusive); got {pixel_threshold}"
+        )
     settings = predict_settings(params, scale=scale, overlap=overlap, threshold=threshold)
     # The run starts before the work: its duration is the evaluation's.
     with ending(start_evaluation_run(layout.root, "eval-maps", f"eval-maps {data.name}")) as run:
@@ -48,7 +54,9 @@ def run_eval_maps(
         if data.is_file():
             tags["data.archive_sha256"] = sha256_file(data)
         mlflow.set_tags(tags)
-        model, result = _score_maps(data, model_ref, params, settings, layout, progress, photos)
+        model, result = _score_maps(
+            data, model_ref, params, settings, layout, progress, photos, pixel_threshold
+        )
         metrics = {"data": str(data), "model": model_ref, **result.metrics}
         mlflow.log_params(
             {
@@ -59,6 +67,7 @@ def run_eval_maps(
                 "photos": photos,
                 "engine": engine_label(effective_engine(model, settings.engine)),
             }
+            | {k: metrics[k] for k in ("pixel_threshold", "pixel_tolerance") if k in metrics}
         )
         figures = {
             key: float(metrics[key])
@@ -75,10 +84,16 @@ def run_eval_maps(
             )
         }
         mlflow.log_metrics(
-            section_names(figures, "maps") | {f"{TIME}maps_s": float(metrics["seconds"])}
+            section_names(figures, "maps")
+            | pixel_names(metrics)
+            | {f"{TIME}maps_s": float(metrics["seconds"])}
         )
         mlflow.log_dict(metrics, "eval-maps/metrics.json")
         mlflow.log_text(windows_csv(result.windows), "eval-maps/windows.csv")
+        if result.photos:
+            mlflow.log_text(photos_csv(result.photos), "eval-maps/photos.csv")
+        else:
+            mlflow.set_tag("eval.pixels_absent", metrics["pixels_absent"])
         metrics["run_id"] = run.info.run_id
     if out is not None:
         write_json(out, metrics)
@@ -96,6 +111,7 @@ def _score_maps(
     layout: Layout,
     progress: bool,
     photos: str,
+    pixel_threshold: float | None,
 ) -> tuple[Any, MapsResult]:
     """The model and its maps scored on ``data`` (arguments as for run_eval_maps)."""
     model = load_model(model_ref, layout)
@@ -108,6 +124,7 @@ def _score_maps(
         graph_cache=layout.graph_cache,
         ood=ood_beside(model_ref),
         progress=progress,
+        pixel_threshold=pixel_threshold,
     )
     return model, result
 
@@ -133,7 +150,27 @@ def summary_line(metrics: dict[str, Any]) -> str:
             if "ood_share" in metrics
             else ""
         )
+        + _pixels(metrics)
         + _left_out(metrics.get("left_out", []))
+    )
+
+
+def _pixels(metrics: dict[str, Any]) -> str:
+    """The crack-pixel figures, or why there are none."""
+    if "pixels_absent" in metrics:
+        return f"; crack pixels: none scored, {metrics['pixels_absent']}"
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    without = metrics.get("photos_without_pixels", [])
+    return (
+        f"; crack pixels ({metrics['pixel_tolerance']:g}-px tolerance) @ "
+        f"{metrics['pixel_threshold']:.3f}: f1 {fmt(metrics['pixel_f1'])} precision "
+        f"{fmt(metrics['pixel_precision'])} recall {fmt(metrics['pixel_recall'])}, planking "
+        f"called crack {fmt(metrics['pixel_planking_called'])}, median length error "
+        f"{fmt(metrics['length_error_median'])} on {metrics['photos_with_pixels']} photos"
+        + (f" ({len(without)} mapped without pixels: {', '.join(without[:10])})" if without else "")
     )
 
 
