@@ -362,16 +362,18 @@ def evaluate_maps(
     min_pixels: int = MIN_PIXELS,
     executor: Executor = SEQUENTIAL,
     pixel_threshold: float | None = None,
+    checkpoint: Path | None = None,
 ) -> MapsResult:
     """Map every photo of ``data`` (folder or archive) with ``model`` at ``settings`` (the
     operating threshold as :func:`crackdet.maps.mapping.prepare_mapper` chooses it) and score
     its windows (:func:`score_photo`). ``photos``: a file-name glob; ``graph_cache``: exported
     graphs for the graph engines; ``ood``: the model's OOD model (then the figures on accepted
     windows are reported too); ``min_pixels``: crack pixels that make a crack window;
-    ``pixel_threshold``: P(crack pixel) that makes a crack pixel (None: the decoder's own)."""
+    ``pixel_threshold``: P(crack pixel) that makes a crack pixel (None: the decoder's own);
+    ``checkpoint``: the model's folder, whose dense heads map in one pass where it has them."""
     if not data.exists():
         raise CrackdetError(f"{data}: no such folder or archive")
-    mapper = prepare_mapper(model, settings, ood, graph_cache)
+    mapper = prepare_mapper(model, settings, ood, graph_cache, checkpoint)
     scored: list[PhotoScores] = []
     with readable_folder(data, limits) as folder:
         start = time.perf_counter()  # extraction is not counted

@@ -18,7 +18,7 @@ from crackdet.model.engines import effective_engine, engine_label
 from crackdet.tracking.metric_names import TIME, pixel_names, section_names
 from crackdet.tracking.provenance import git_state
 from crackdet.tracking.runs import ending, start_evaluation_run
-from crackdet.workflows.models import load_model, ood_beside
+from crackdet.workflows.models import checkpoint_folder, load_model, ood_beside
 
 
 def run_eval_maps(
@@ -125,6 +125,7 @@ def _score_maps(
         ood=ood_beside(model_ref),
         progress=progress,
         pixel_threshold=pixel_threshold,
+        checkpoint=checkpoint_folder(model_ref, layout),
     )
     return model, result
 
