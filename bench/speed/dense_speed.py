@@ -203,10 +203,11 @@ def main() -> None:
     run_tiled(with_tile(both, tiles[0]), padded[:1024, :1024])
     bare_pass(bare, padded[:1024, :1024], 512)
     best: dict[str, tuple[float, float, float]] = {}
-    for _ in range(args.repeats):
+    for round_ in range(args.repeats):
         for name, step in steps.items():
             seconds, peak = timed(step)
             rss = maxrss_mib()
+            print(f"    round {round_ + 1}: {name}: {seconds:.2f} s", flush=True)
             old = best.get(name)
             best[name] = (
                 min(seconds, old[0]) if old else seconds,

@@ -44,9 +44,12 @@ from crackdet.model.ood import OODModel
 # an isolated 227-px window).
 POOL_CELLS = 7
 # A tile's core (the cells it gives; the tile is the core plus a halo each side) and tiles per
-# forward pass: chosen by bench/speed/dense_speed.py (a tile's activations stay cache-resident;
-# a larger core wastes less on its halo).
-CORE = 1024
+# forward pass. The halo of lite0 with the heads is ~540 px, so small tiles recompute most of
+# their pixels: measured on a 12 MP photo (bench/speed/dense_speed.py, ONNX Runtime, 2 cores),
+# cores of 1024 and 2048 px took 3.3x and 1.8x the time of one whole-photo pass. A 3072-px core
+# maps photos up to ~4100 px a side whole (a 12 MP photo: maxrss ~4.5 GB) and bounds a tile of
+# a larger photo to ~17 MP.
+CORE = 3072
 TILE_BATCH = 1
 OUTPUTS = ("window", "pixels", "pooled")
 
