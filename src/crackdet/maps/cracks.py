@@ -15,7 +15,6 @@ moderate to 0.05 in = 1.27 mm, wide above), see docs/maps.md.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -23,17 +22,11 @@ from typing import Any
 import numpy as np
 
 from crackdet.core.errors import CrackdetError
+from crackdet.core.params import WidthBand, width_band_problem
+
+__all__ = ["DEFAULT_BANDS", "Crack", "WidthBand", "check_bands", "severity", "trace_cracks"]
 
 EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: diagonal neighbours belong to one crack
-
-
-@dataclass(frozen=True)
-class WidthBand:
-    """A severity class: cracks whose maximum width is below ``below_mm`` (None: no upper
-    bound) and not in an earlier band."""
-
-    name: str
-    below_mm: float | None
 
 
 DEFAULT_BANDS = (
@@ -45,25 +38,9 @@ DEFAULT_BANDS = (
 
 def check_bands(bands: tuple[WidthBand, ...], key: str = "predict.width_bands") -> None:
     """Bands must be named apart, strictly increasing, positive, and end open (None)."""
-    if not bands:
-        raise CrackdetError(f"{key}: no bands; give at least one, the last without an upper bound")
-    names = [b.name for b in bands]
-    if len(set(names)) != len(names):
-        raise CrackdetError(f"{key}: band names repeat ({', '.join(names)}); name each once")
-    if bands[-1].below_mm is not None:
-        raise CrackdetError(f"{key}: the last band ({bands[-1].name}) needs no upper bound")
-    limits: list[float] = []
-    for band in bands[:-1]:
-        if band.below_mm is None:
-            raise CrackdetError(f"{key}: only the last band may be open-ended ({band.name} is)")
-        limits.append(band.below_mm)
-    if not all(limit > 0 and math.isfinite(limit) for limit in limits):
-        raise CrackdetError(f"{key}: band limits must be positive millimetres")
-    if any(later <= earlier for earlier, later in itertools.pairwise(limits)):
-        raise CrackdetError(
-            f"{key}: band limits out of order ({', '.join(f'{v:g}' for v in limits)}); "
-            "list them from the narrowest up"
-        )
+    problem = width_band_problem(bands, key)
+    if problem:
+        raise CrackdetError(problem)
 
 
 def severity(max_width_mm: float | None, bands: tuple[WidthBand, ...] = DEFAULT_BANDS) -> str:
