@@ -363,15 +363,16 @@ def traced_image(photo: np.ndarray, traced: TracedPhoto) -> Image.Image:
 
 def write_crack_files(
     files: CrackFiles, photo: np.ndarray, traced: TracedPhoto, name: str, place: PhotoPlace
-) -> None:
+) -> Image.Image:
     """The crack mask (PNG, 255 = crack), the traced overlay, the crack table and the GeoJSON,
-    each written atomically."""
+    each written atomically; returns the traced overlay (the photo's thumbnail shows it)."""
     mask = Image.fromarray(traced.mask.astype(np.uint8) * 255, "L")
     write_with(files.mask, partial(mask.save, **PNG))
     overlay = traced_image(photo, traced)
     write_with(files.traced, partial(overlay.save, **PNG))
     write_text(files.table, _csv(traced.rows(), CSV_COLUMNS))
     write_json(files.geojson, geojson(traced, name, photo.shape[1], photo.shape[0], place))
+    return overlay
 
 
 def geojson(

@@ -218,11 +218,12 @@ def write_outputs(
     the traced cracks' files (``traced``; else any old ones go), then the JSON. The old JSON goes
     first: until the new one is written the set is incomplete."""
     files.record.unlink(missing_ok=True)
+    shown = None  # what the thumbnail shows: the traced cracks where there are, else the map
     if traced is None:
         for path in files.cracks.all():
             path.unlink(missing_ok=True)
     else:
-        write_crack_files(files.cracks, photo, traced, summary.photo, place or PhotoPlace())
+        shown = write_crack_files(files.cracks, photo, traced, summary.photo, place or PhotoPlace())
     overlay = overlay_image(photo, result.heatmap, alpha, result.ood_map)
     write_with(files.overlay, partial(overlay.save, **PNG))
     heat8 = Image.fromarray(np.round(result.heatmap * 255).astype(np.uint8), "L")
@@ -230,7 +231,7 @@ def write_outputs(
     write_with(files.heatmap_npy, partial(save_npy, result.heatmap.astype(np.float16)))
     mask = Image.fromarray(((result.heatmap >= summary.threshold) * 255).astype(np.uint8), "L")
     write_with(files.mask, partial(mask.save, **PNG))
-    thumb = thumbnail(overlay)
+    thumb = thumbnail(overlay if shown is None else shown)
     write_with(files.thumbnail, partial(thumb.save, format="JPEG", quality=85))
     tiles = [t.to_dict() for t in result.tiles]
     write_json(files.record, {**summary.to_dict(), "made_from": asdict(made_from), "tiles": tiles})
