@@ -19,6 +19,7 @@ from crackdet.core.params import PredictParams, WidthBand, parse_params
 from crackdet.maps.crack_outputs import (
     BAND_COLOURS,
     CSV_COLUMNS,
+    FOLDER_CRACKS,
     UNGRADED_COLOUR,
     CrackFiles,
     PhotoPlace,
@@ -271,3 +272,95 @@ def test_default_bands_are_the_params_defaults() -> None:
     from crackdet.maps.cracks import DEFAULT_BANDS
 
     assert parse_with().width_bands == DEFAULT_BANDS
+
+
+# --- mapping a folder: crack outputs beside the maps, resumed like them ------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    import torch
+
+    from crackdet.data.images import CLASSES
+    from crackdet.model.classifier import build_classifier
+
+    torch.manual_seed(0)
+    return build_classifier("efficientnet_lite0", True, 16, 0.0, 227, CLASSES).eval()
+
+
+def test_mapped_folder_gets_crack_outputs_and_resumes(model, tmp_path, monkeypatch) -> None:
+    """A model with crack pixels: each photo gets its crack files and figures, the report and
+    cracks.csv list them worst first; a rerun keeps complete sets, redoes a photo whose crack
+    file is missing or whose scale changed; a model without crack pixels leaves none."""
+    from crackdet.maps import mapping
+    from crackdet.maps.html_report import write_report
+    from crackdet.maps.outputs import PhotoFiles
+
+    site = tmp_path / "site"
+    site.mkdir()
+    gps_photo(site / "wide.jpg")
+    Image.new("RGB", (400, 300), (120, 120, 120)).save(site / "thin.jpg")
+    masks = {"wide.jpg": np.zeros((300, 400), dtype=bool), "thin.jpg": drawn()}
+    masks["wide.jpg"][100:115, 50:350] = True  # 15 px: 1.5 mm at 0.1 mm/px, "wide"
+    (site / "scale.csv").write_text("photo,mm_per_pixel\nwide.jpg,0.1\nthin.jpg,0.05\n")
+    photos = [site / "thin.jpg", site / "wide.jpg"]
+    real = mapping.map_photo
+
+    # The pixel decoder is another module's; its output here is the drawn masks.
+    def with_pixels(mapper, photo):
+        mapped = real(mapper, photo)
+        pixels = masks[photo.name].astype(np.float32) * 0.7
+        return dataclasses.replace(mapped, pixels=pixels, pixel_threshold=0.6)
+
+    monkeypatch.setattr(mapping, "map_photo", with_pixels)
+    out = tmp_path / "out"
+    # Scale 0.5: one window per photo (the window map is not what is tested here).
+    cfg = settings(engine="torch", scale_csv="scale.csv", scale=0.5)
+
+    def run(cfg=cfg):
+        result = mapping.map_photos(model, photos, out, cfg, "m", model_digest="d")
+        write_report(out, result, "site")
+        return result
+
+    first = run()
+    thin, wide = first.summaries
+    assert (wide.crack_count, wide.crack_severity, wide.crack_unit) == (1, "wide", "mm")
+    assert wide.crack_max_width == pytest.approx(1.5)
+    assert 28.0 <= wide.crack_length <= 30.0  # 300 px less about a width, at 0.1 mm
+    assert (thin.crack_count, thin.crack_severity) == (2, "insignificant")  # 5 px: 0.25 mm
+    for summary in first.summaries:
+        assert all(path.is_file() for path in PhotoFiles(out, summary.outputs).cracks.all())
+    record = json.loads((out / "wide.json").read_text())
+    assert record["crack_count"] == 1 and record["made_from"]["mm_per_pixel"] == 0.1
+    feature = json.loads(PhotoFiles(out, "wide").cracks.geojson.read_text())["features"][0]
+    assert feature["properties"]["photo_latitude"] == pytest.approx(52.51)
+    with (out / FOLDER_CRACKS).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["photo"] for r in rows] == ["wide.jpg", "thin.jpg", "thin.jpg"]  # worst first
+    html = (out / "index.html").read_text()
+    assert html.index("<h2>wide.jpg") < html.index("<h2>thin.jpg") and "crack area" not in html
+
+    assert run().skipped == ["thin.jpg", "wide.jpg"]  # complete: reused
+    PhotoFiles(out, "thin").cracks.geojson.unlink()
+    assert run().skipped == ["wide.jpg"]  # a crack file missing: mapped again
+    assert PhotoFiles(out, "thin").cracks.geojson.is_file()
+    (site / "scale.csv").write_text("photo,mm_per_pixel\nwide.jpg,0.1\nthin.jpg,0.1\n")
+    assert run().skipped == ["wide.jpg"]  # its scale changed
+    assert run(dataclasses.replace(cfg, pixel_threshold=0.3)).skipped == []
+
+    monkeypatch.setattr(mapping, "map_photo", real)  # no crack pixels: no crack files
+    plain = mapping.map_photos(model, photos, out, cfg, "m", model_digest="other")
+    assert all(not s.traced for s in plain.summaries)
+    assert not any(PhotoFiles(out, "wide").cracks.mask.parent.glob("wide_cracks*"))
+    assert not any(out.glob("*_traced.png"))
+
+
+def test_a_scale_csv_problem_stops_the_folder_before_anything_is_written(model, tmp_path):
+    from crackdet.maps import mapping
+
+    photos = photos_in(tmp_path / "site", "a.jpg", "b.jpg")
+    (tmp_path / "site" / "scale.csv").write_text("photo,mm_per_pixel\na.jpg,0.1\n")
+    cfg = settings(engine="torch", scale_csv="scale.csv")
+    with pytest.raises(CrackdetError, match=r"scale.csv: misses b\.jpg"):
+        mapping.map_photos(model, photos, tmp_path / "out", cfg, "m", model_digest="d")
+    assert not (tmp_path / "out").exists()
