@@ -60,8 +60,8 @@ def test_each_file_matches_the_drawn_mask(tmp_path: Path) -> None:
     on_bar = round(traced.cracks[0].polylines[0][0][1])  # the row the bar's line is drawn on
     # The mask file is the crack pixels, full size.
     with Image.open(files.mask) as image:
-        assert image.size == (400, 300)
-        assert np.array_equal(np.asarray(image) == 255, mask)
+        assert image.size == (400, 300) and image.mode == "1"
+        assert np.array_equal(np.asarray(image.convert("L")) == 255, mask)
     # The table: the bar (longest) first, then the diagonal; in mm, graded by width.
     with files.table.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -91,9 +91,10 @@ def test_each_file_matches_the_drawn_mask(tmp_path: Path) -> None:
     with Image.open(files.traced) as image:
         overlay = np.asarray(image.convert("RGB"))
     assert overlay.shape == (300, 400, 3)
-    assert tuple(overlay[on_bar, 200]) == BAND_COLOURS[1]  # moderate
-    assert tuple(overlay[120 + 70, 100 + 70]) == BAND_COLOURS[0]  # insignificant
-    assert tuple(overlay[250, 50]) == (96, 96, 96)  # the photo, dimmed
+    # JPEG: colours within a few levels (4:4:4, quality 90).
+    assert np.abs(overlay[on_bar, 200].astype(int) - BAND_COLOURS[1]).max() <= 30  # moderate
+    assert np.abs(overlay[120 + 70, 100 + 70].astype(int) - BAND_COLOURS[0]).max() <= 30
+    assert np.abs(overlay[250, 50].astype(int) - 96).max() <= 3  # the photo, dimmed
 
 
 def test_without_a_scale_cracks_are_in_pixels_and_ungraded(tmp_path: Path) -> None:
@@ -105,7 +106,8 @@ def test_without_a_scale_cracks_are_in_pixels_and_ungraded(tmp_path: Path) -> No
     assert [r["unit"] for r in rows] == ["px", "px"] and [r["severity"] for r in rows] == ["", ""]
     assert float(rows[0]["length"]) == pytest.approx(float(rows[0]["length_px"]), abs=0.01)
     with Image.open(files.traced) as image:
-        assert tuple(np.asarray(image.convert("RGB"))[on_bar, 200]) == UNGRADED_COLOUR
+        colour = np.asarray(image.convert("RGB"))[on_bar, 200].astype(int)
+        assert np.abs(colour - UNGRADED_COLOUR).max() <= 30
 
 
 def test_branched_crack_is_a_multilinestring(tmp_path: Path) -> None:
@@ -352,7 +354,7 @@ def test_mapped_folder_gets_crack_outputs_and_resumes(model, tmp_path, monkeypat
     plain = mapping.map_photos(model, photos, out, cfg, "m", model_digest="other")
     assert all(not s.traced for s in plain.summaries)
     assert not any(PhotoFiles(out, "wide").cracks.mask.parent.glob("wide_cracks*"))
-    assert not any(out.glob("*_traced.png"))
+    assert not any(out.glob("*_traced.jpg"))
 
 
 def test_a_scale_csv_problem_stops_the_folder_before_anything_is_written(model, tmp_path):

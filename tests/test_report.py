@@ -98,7 +98,7 @@ def test_cards_worst_first_with_the_summary_figures(tmp_path: Path, mapped) -> N
     assert photos == ["deck.png", "pier.jpg", "slab.jpg", "quiet.jpg", "wall #2 &lt;east&gt;.jpg"]
     deck = html[html.index("<h2>deck.png") :].split("</li>")[0]
     assert "2 cracks" in deck and "812.5 mm" in deck and "1.60 mm" in deck and "wide" in deck
-    assert 'href="deck_traced.png"' in deck and 'href="deck_cracks.geojson"' in deck
+    assert 'href="deck_traced.jpg"' in deck and 'href="deck_cracks.geojson"' in deck
     assert 'href="deck_overlay.png"' in deck  # the window map stays available
     assert "not traced" in html and "0 cracks" in html
     assert "crack area" not in html and "42.0 %" not in html  # the window-blob share is gone

@@ -116,53 +116,59 @@ def skeleton_length(skeleton: np.ndarray) -> float:
     return length
 
 
-def _neighbours(skeleton: np.ndarray) -> np.ndarray:
-    """Per skeleton pixel, how many of its 8 neighbours are skeleton (0 elsewhere)."""
-    from scipy import ndimage  # scipy.ndimage: only where cracks are traced
-
-    s = skeleton.astype(np.uint8)
-    counts = ndimage.convolve(s, EIGHT.astype(np.uint8), mode="constant") - s
-    return np.where(skeleton, counts, 0)
+# The 8 neighbours' offsets, orthogonal first: a diagonal beside an orthogonal pair is not a
+# separate path.
+STEPS = ((-1, 0), (0, -1), (0, 1), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1))
 
 
 def _segments(piece: np.ndarray) -> list[list[tuple[int, int]]]:
     """A connected skeleton split into paths between end points and junctions, each a list of
-    (row, col) pixels in order. A closed loop with no end or junction is one path."""
-    degree = _neighbours(piece)
-    nodes = {tuple(p) for p in np.argwhere(piece & (degree != 2))}
-    pixels = {tuple(p) for p in np.argwhere(piece)}
-    used: set[frozenset[tuple[int, int]]] = set()  # steps walked, so each segment is walked once
-    paths: list[list[tuple[int, int]]] = []
+    (row, col) pixels in order. A closed loop with no end or junction is one path.
 
-    def steps(p: tuple[int, int]) -> list[tuple[int, int]]:
-        r, c = p
-        around = [(r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
-        # Orthogonal steps first: a diagonal beside an orthogonal pair is not a separate path.
-        around.sort(key=lambda q: abs(q[0] - r) + abs(q[1] - c))
-        return [q for q in around if q in pixels]
+    Pixels are numbered in row-major order and their skeleton neighbours looked up once, with
+    numpy, so the walk in Python only follows integers (tests/test_cracks.py checks it walks the
+    paths a walk over sets of pixel tuples walks)."""
+    coords = np.argwhere(piece)
+    if not len(coords):
+        return []
+    # Row-major numbers, looked up by binary search (a piece spanning a photo has a bounding
+    # box of millions of pixels and a few thousand skeleton pixels).
+    side = piece.shape[1] + 2
+    flat = (coords[:, 0] + 1) * side + coords[:, 1] + 1  # sorted: argwhere is row-major
+    around = np.empty((len(coords), len(STEPS)), dtype=np.int64)
+    for k, (dr, dc) in enumerate(STEPS):
+        target = flat + dr * side + dc
+        at = np.minimum(np.searchsorted(flat, target), len(flat) - 1)
+        around[:, k] = np.where(flat[at] == target, at, -1)
+    steps = [[q for q in row if q >= 0] for row in around.tolist()]
+    is_node = [len(row) != 2 for row in steps]
+    used: set[tuple[int, int]] = set()  # steps walked, so each segment is walked once
+    paths: list[list[int]] = []
 
-    def walk(start: tuple[int, int], first: tuple[int, int]) -> list[tuple[int, int]]:
+    def edge(a: int, b: int) -> tuple[int, int]:
+        return (a, b) if a < b else (b, a)
+
+    def walk(start: int, first: int) -> list[int]:
         path, prev, here = [start], start, first
-        used.add(frozenset((start, first)))
+        used.add(edge(start, first))
         while True:
             path.append(here)
-            if here in nodes or here == start:  # an end, a junction, or round a loop
+            if is_node[here] or here == start:  # an end, a junction, or round a loop
                 return path
-            nxt = [q for q in steps(here) if q != prev and frozenset((here, q)) not in used]
+            nxt = [q for q in steps[here] if q != prev and edge(here, q) not in used]
             if not nxt:
                 return path
-            used.add(frozenset((here, nxt[0])))
+            used.add(edge(here, nxt[0]))
             prev, here = here, nxt[0]
 
-    for node in sorted(nodes):
-        for q in steps(node):
-            if frozenset((node, q)) not in used:
+    for node in (i for i, flag in enumerate(is_node) if flag):  # row-major: in sorted order
+        for q in steps[node]:
+            if edge(node, q) not in used:
                 paths.append(walk(node, q))
-    if not paths and pixels:  # a loop: start anywhere
-        start = min(pixels)
-        first = steps(start)[0]
-        paths.append(walk(start, first))
-    return paths
+    if not paths:  # a loop: start at its first pixel; a lone pixel is a path of one
+        paths.append(walk(0, steps[0][0]) if steps[0] else [0])
+    rc = [(int(r), int(c)) for r, c in coords.tolist()]
+    return [[rc[i] for i in path] for path in paths]
 
 
 def _simplify(path: list[tuple[int, int]], tolerance: float) -> tuple[tuple[float, float], ...]:
@@ -173,6 +179,42 @@ def _simplify(path: list[tuple[int, int]], tolerance: float) -> tuple[tuple[floa
     if len(rc) > 2 and tolerance > 0:
         rc = approximate_polygon(rc, tolerance)
     return tuple((float(c), float(r)) for r, c in rc)
+
+
+def skeleton_distances(
+    crack: np.ndarray, skeleton: np.ndarray, tile: int = 64, halo: int = 16
+) -> np.ndarray:
+    """At each skeleton pixel, the Euclidean distance to the nearest non-crack pixel (outside the
+    photo counts as non-crack); 0 elsewhere. Exactly ``distance_transform_edt`` of the padded
+    mask there, computed only in ``tile``-px tiles that hold skeleton, each with a ``halo``: a
+    photo's cracks cover a sliver of it, and the whole-photo transform of a 12 MP mask takes
+    seconds. A distance under the halo is exact (the nearest non-crack pixel lies in the
+    window); a tile where one is not is done again with a halo four times as wide."""
+    from scipy import ndimage  # scipy.ndimage: only where cracks are traced
+
+    height, width = crack.shape
+    distance = np.zeros(crack.shape, dtype=np.float64)
+    rows, cols = np.nonzero(skeleton)
+    for ty, tx in {(int(r), int(c)) for r, c in zip(rows // tile, cols // tile, strict=True)}:
+        y0, x0 = ty * tile, tx * tile
+        y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+        core = skeleton[y0:y1, x0:x1]
+        reach = halo
+        while True:
+            wy0, wx0 = max(0, y0 - reach), max(0, x0 - reach)
+            wy1, wx1 = min(height, y1 + reach), min(width, x1 + reach)
+            # Outside the photo is non-crack: pad only the sides that are the photo's border.
+            pad = ((wy0 == 0, wy1 == height), (wx0 == 0, wx1 == width))
+            window = np.pad(crack[wy0:wy1, wx0:wx1], [(int(a), int(b)) for a, b in pad])
+            found = ndimage.distance_transform_edt(window)
+            top, left = y0 - wy0 + int(pad[0][0]), x0 - wx0 + int(pad[1][0])
+            here = found[top : top + (y1 - y0), left : left + (x1 - x0)][core]
+            whole = (wy0, wx0, wy1, wx1) == (0, 0, height, width)
+            if whole or here.max() < reach:
+                break
+            reach *= 4
+        distance[y0:y1, x0:x1][core] = here
+    return distance
 
 
 def trace_cracks(
@@ -193,7 +235,7 @@ def trace_cracks(
         raise CrackdetError(f"mm per pixel {mm_per_pixel}: must be a positive number")
     crack = np.asarray(mask, dtype=bool)
     skeleton = skeletonize(crack)
-    distance = ndimage.distance_transform_edt(np.pad(crack, 1))[1:-1, 1:-1]
+    distance = skeleton_distances(crack, skeleton)
     labels, _ = ndimage.label(skeleton, structure=EIGHT)
     found = []
     for index, window in enumerate(ndimage.find_objects(labels), start=1):
