@@ -366,3 +366,21 @@ def test_a_scale_csv_problem_stops_the_folder_before_anything_is_written(model, 
     with pytest.raises(CrackdetError, match=r"scale.csv: misses b\.jpg"):
         mapping.map_photos(model, photos, tmp_path / "out", cfg, "m", model_digest="d")
     assert not (tmp_path / "out").exists()
+
+
+def test_mm_per_pixel_option_is_checked_as_params_are(tmp_path, capsys) -> None:
+    from crackdet.cli.main import main
+    from crackdet.core.overrides import PACKAGED_PARAMS, predict_settings
+    from crackdet.core.params import load_params
+
+    params = load_params(PACKAGED_PARAMS)
+    assert predict_settings(params, mm_per_pixel=0.2).mm_per_pixel == 0.2
+    with pytest.raises(CrackdetError, match=r"^--mm-per-pixel must be > 0.0; got 0.0$"):
+        predict_settings(params, mm_per_pixel=0.0)
+    (photo,) = photos_in(tmp_path, "wall.jpg")
+    out = tmp_path / "out"
+    assert main(["predict", str(photo), "--mm-per-pixel", "-1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "crackdet predict: error: --mm-per-pixel must be > 0.0; got -1.0\n"
+    )
+    assert not out.exists()
