@@ -31,6 +31,7 @@ from crackdet.maps.crack_outputs import (
     write_crack_files,
 )
 from tests.helpers import tiny_params_tree
+from tests.helpers.project import SHARED_DATA
 
 
 def settings(**values) -> PredictParams:
@@ -384,3 +385,43 @@ def test_mm_per_pixel_option_is_checked_as_params_are(tmp_path, capsys) -> None:
         "crackdet predict: error: --mm-per-pixel must be > 0.0; got -1.0\n"
     )
     assert not out.exists()
+
+
+UAV75 = SHARED_DATA / "uav75" / "uav75-trainval.zip"
+
+
+@pytest.mark.skipif(not UAV75.exists(), reason=f"UAV75 masks not present at {UAV75}")
+def test_real_crack_masks_trace_to_files_that_agree_with_them(tmp_path: Path) -> None:
+    """UAV75's hand-drawn crack masks (drone photos of concrete) as P(crack pixel): the files
+    hold exactly the mask, the table's total length is the skeleton's (less the dropped
+    specks), and the tiled distances equal the whole-mask transform."""
+    import io
+    import zipfile
+
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    from crackdet.maps.cracks import skeleton_distances, skeleton_length
+
+    with zipfile.ZipFile(UAV75) as archive:
+        names = sorted(n for n in archive.namelist() if n.startswith("masks/val_"))[:4]
+        masks = {
+            n: np.asarray(Image.open(io.BytesIO(archive.read(n))).convert("L")) > 127 for n in names
+        }
+    assert len(masks) == 4
+    for name, mask in masks.items():
+        skeleton = skeletonize(mask)
+        whole = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        assert np.array_equal(skeleton_distances(mask, skeleton)[skeleton], whole[skeleton])
+        traced, files = write(tmp_path, mask, mm=0.5)
+        with Image.open(files.mask) as image:
+            assert np.array_equal(np.asarray(image.convert("L")) == 255, mask), name
+        with files.table.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == len(traced.cracks) > 0
+        total = sum(float(r["length_px"]) for r in rows)
+        assert total <= skeleton_length(skeleton) + 0.01 * len(rows)
+        assert total >= 0.9 * skeleton_length(skeleton), name  # specks < 10 px: a sliver
+        assert all(float(r["max_width_px"]) >= float(r["mean_width_px"]) >= 1.0 for r in rows)
+        features = json.loads(files.geojson.read_text())["features"]
+        assert [f["properties"]["crack"] for f in features] == [int(r["crack"]) for r in rows]
