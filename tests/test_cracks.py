@@ -125,8 +125,8 @@ def test_width_bands_are_checked(bands: tuple[WidthBand, ...], words: str) -> No
 
 
 def test_skeleton_distances_equal_the_whole_mask_transform() -> None:
-    """The tiled transform gives what distance_transform_edt of the padded mask gives at every
-    skeleton pixel: cracks up to 60 px wide (beyond the first halo), at the photo's borders."""
+    """The k-d tree distances are what distance_transform_edt of the padded mask gives at every
+    skeleton pixel: cracks 1 to 60 px wide, some through the photo's borders."""
     from scipy import ndimage
     from skimage.morphology import skeletonize
 
@@ -143,10 +143,10 @@ def test_skeleton_distances_equal_the_whole_mask_transform() -> None:
         mask |= (off <= half) & (along <= rng.uniform(20, 200))
     skeleton = skeletonize(mask)
     whole = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    tiled = skeleton_distances(mask, skeleton, tile=32, halo=4)
-    assert whole[skeleton].max() > 16  # some distances need a wider halo
-    assert np.array_equal(tiled[skeleton], whole[skeleton])
-    assert not tiled[~skeleton].any()
+    near = skeleton_distances(mask, skeleton)
+    assert whole[skeleton].max() > 16 and whole[skeleton].min() == 1
+    assert np.array_equal(near[skeleton], whole[skeleton])
+    assert not near[~skeleton].any()
 
 
 def _segments_by_sets(piece: np.ndarray) -> list[list[tuple[int, int]]]:
