@@ -141,10 +141,14 @@ class PhotoFiles:
         cracks = tuple(p for p in self.cracks.all() if p.is_file())
         return (*self.maps(), *cracks, self.record)
 
+    def expected(self, summary: PhotoSummary) -> tuple[Path, ...]:
+        """Every file of a photo whose JSON says ``summary`` (a copier fetching a set reads the
+        JSON first, then these), its JSON last."""
+        return (*self.maps(), *(self.cracks.all() if summary.traced else ()), self.record)
+
     def complete(self, summary: PhotoSummary) -> bool:
         """Every file of a photo whose JSON says ``summary`` is there."""
-        expected = (*self.maps(), *(self.cracks.all() if summary.traced else ()), self.record)
-        return all(path.is_file() for path in expected)
+        return all(path.is_file() for path in self.expected(summary))
 
 
 def output_stems(photos: list[Path]) -> dict[Path, str]:
