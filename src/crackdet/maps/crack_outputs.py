@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from crackdet.core.errors import CrackdetError
 from crackdet.core.io import write_json, write_text, write_with
@@ -352,6 +352,8 @@ def traced_image(photo: np.ndarray, traced: TracedPhoto) -> Image.Image:
     image = Image.fromarray(photo, "RGB").point(lambda v: v * 3 // 4)  # a lookup table: fast
     draw = ImageDraw.Draw(image)
     line = max(2, round(max(height, width) / 700))
+    # Numbers readable at the photo's size: about 1.5 % of its long side.
+    font = ImageFont.load_default(size=max(10, round(max(height, width) / 70)))
     for crack in traced.cracks:
         colour = band_colour(crack, traced.bands)
         for poly in crack.polylines:
@@ -360,7 +362,7 @@ def traced_image(photo: np.ndarray, traced: TracedPhoto) -> Image.Image:
             else:
                 draw.line(poly, fill=colour, width=line, joint="curve")
         x, y = crack.polylines[0][0]
-        draw.text((x + line + 2, y + line + 2), str(crack.id), fill=colour)
+        draw.text((x + line + 2, y + line + 2), str(crack.id), fill=colour, font=font)
     return image
 
 
