@@ -30,6 +30,12 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import sha256_file
 from crackdet.core.params import PredictParams
 from crackdet.core.progress import progress, say
+from crackdet.maps.crack_outputs import (
+    check_scale_csvs,
+    photo_mm_per_pixel,
+    photo_place,
+    trace_photo,
+)
 from crackdet.maps.crackmap import CrackMap, crack_map, scales_for
 from crackdet.maps.outputs import (
     MadeFrom,
@@ -37,6 +43,8 @@ from crackdet.maps.outputs import (
     PhotoSummary,
     already_mapped,
     output_stems,
+    with_crack_settings,
+    with_cracks,
     write_contact_sheet,
     write_outputs,
 )
@@ -128,6 +136,7 @@ class PhotoMap:
     scales: tuple[float, ...]
     result: CrackMap
     pixels: np.ndarray | None = None
+    pixel_threshold: float | None = None  # the decoder's, chosen on val (None: it chose none)
 
 
 def map_photo(mapper: Mapper, photo: Path | np.ndarray) -> PhotoMap:
@@ -198,11 +207,14 @@ def map_photos(
     executor: Executor = SEQUENTIAL,
 ) -> MappedPhotos:
     """Per photo: ``<stem>_overlay.png``, ``<stem>_heatmap.png`` / ``.npy`` (crack probability),
-    ``<stem>_mask.png`` (at the threshold), ``<stem>_thumb.jpg`` and ``<stem>.json``; plus
-    ``contact_sheet.png``. ``model_ref``: how the model is named in the outputs;
-    ``model_digest``: what identifies its weights (empty: never reuse outputs); ``graph_cache``:
-    folder of exported graphs for the onnxruntime and openvino engines (None: temp export);
-    ``command`` names the caller in error lines."""
+    ``<stem>_mask.png`` (at the threshold), ``<stem>_thumb.jpg`` and ``<stem>.json``; where the
+    model has a pixel decoder, the traced cracks' files (:mod:`crackdet.maps.crack_outputs`);
+    plus ``contact_sheet.png``. Every scale CSV (``predict.scale_csv``) is checked first.
+    ``model_ref``: how the model is named in the outputs; ``model_digest``: what identifies its
+    weights (empty: never reuse outputs); ``graph_cache``: folder of exported graphs for the
+    onnxruntime and openvino engines (None: temp export); ``command`` names the caller in error
+    lines."""
+    check_scale_csvs(photos, params)  # before anything is mapped: one line per scale CSV
     stems = output_stems(photos)
     renamed = [f"{p} -> {stems[p]}_*" for p in photos if stems[p] != p.stem]
     if renamed:
@@ -292,6 +304,11 @@ def map_into_folder(
     path, stem = item
     settings = mapper.settings
     files = PhotoFiles(out, stem)
+    try:
+        mm_per_pixel = photo_mm_per_pixel(path, settings)
+    except CrackdetError as exc:
+        say(f"{command}: error: {exc}", error=True)
+        return PhotoOutcome(None, error=str(exc), photo=path.name)
     made_from = MadeFrom(
         photo_sha256=_digest(path),
         model=digest,
@@ -302,6 +319,7 @@ def map_into_folder(
         engine=engine_label(mapper.engine),
         alpha=settings.alpha,
     )
+    made_from = with_crack_settings(made_from, settings, mm_per_pixel)
     done = already_mapped(files, made_from)
     if done is not None:
         return PhotoOutcome(done, photo=path.name)
@@ -326,7 +344,11 @@ def map_into_folder(
         ood_fraction=result.ood_fraction,
         outputs=files.stem,
     )
-    write_outputs(files, photo, result, summary, made_from, settings.alpha)
+    # Where the model has a pixel decoder: measured cracks.
+    traced = trace_photo(mapped.pixels, mapped.pixel_threshold, mm_per_pixel, settings)
+    place = photo_place(path) if traced is not None else None
+    summary = with_cracks(summary, traced)
+    write_outputs(files, photo, result, summary, made_from, settings.alpha, traced, place)
     return PhotoOutcome(summary, seconds=result.seconds, photo=path.name)
 
 
