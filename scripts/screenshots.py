@@ -110,7 +110,7 @@ def photograph(repo: Path, report: Path, out: Path) -> None:
             for name, url, text in pages:
                 final = screenshot(chrome, url, out / name, text, MLFLOW_STORAGE)
                 print(f"screenshots: {name}: {final.replace(base, '')}")
-            screenshot(chrome, (report / "index.html").as_uri(), out / "report.png", "crack area")
+            screenshot(chrome, (report / "index.html").as_uri(), out / "report.png", "cracks")
     finally:
         ui.stop()
         (out / "ui.log").unlink(missing_ok=True)

@@ -122,3 +122,93 @@ def test_width_bands_are_checked(bands: tuple[WidthBand, ...], words: str) -> No
     with pytest.raises(CrackdetError, match=words):
         check_bands(bands)
     check_bands(DEFAULT_BANDS)
+
+
+def test_skeleton_distances_equal_the_whole_mask_transform() -> None:
+    """The k-d tree distances are what distance_transform_edt of the padded mask gives at every
+    skeleton pixel: cracks 1 to 60 px wide, some through the photo's borders."""
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    from crackdet.maps.cracks import skeleton_distances
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((300, 410), dtype=bool)
+    yy, xx = np.mgrid[:300, :410]
+    for _ in range(12):  # thick and thin strokes, some through the border
+        y, x, angle = rng.uniform(0, 300), rng.uniform(0, 410), rng.uniform(0, np.pi)
+        half = rng.choice([0.5, 1.5, 4.0, 30.0])
+        off = np.abs((yy - y) * np.cos(angle) - (xx - x) * np.sin(angle))
+        along = np.abs((yy - y) * np.sin(angle) + (xx - x) * np.cos(angle))
+        mask |= (off <= half) & (along <= rng.uniform(20, 200))
+    skeleton = skeletonize(mask)
+    whole = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    near = skeleton_distances(mask, skeleton)
+    assert whole[skeleton].max() > 16 and whole[skeleton].min() == 1
+    assert np.array_equal(near[skeleton], whole[skeleton])
+    assert not near[~skeleton].any()
+
+
+def _segments_by_sets(piece: np.ndarray) -> list[list[tuple[int, int]]]:
+    """The walk _segments replaced (pixel tuples in sets; simple, slow on a 12 MP photo): the
+    reference it must match path for path."""
+    from scipy import ndimage
+
+    s = piece.astype(np.uint8)
+    degree = np.where(piece, ndimage.convolve(s, np.ones((3, 3), np.uint8), mode="constant") - s, 0)
+    nodes = {tuple(p) for p in np.argwhere(piece & (degree != 2))}
+    pixels = {tuple(p) for p in np.argwhere(piece)}
+    used: set = set()
+    paths: list = []
+
+    def steps(p):
+        r, c = p
+        around = [(r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
+        around.sort(key=lambda q: abs(q[0] - r) + abs(q[1] - c))
+        return [q for q in around if q in pixels]
+
+    def walk(start, first):
+        path, prev, here = [start], start, first
+        used.add(frozenset((start, first)))
+        while True:
+            path.append(here)
+            if here in nodes or here == start:
+                return path
+            nxt = [q for q in steps(here) if q != prev and frozenset((here, q)) not in used]
+            if not nxt:
+                return path
+            used.add(frozenset((here, nxt[0])))
+            prev, here = here, nxt[0]
+
+    for node in sorted(nodes):
+        for q in steps(node):
+            if frozenset((node, q)) not in used:
+                paths.append(walk(node, q))
+    if not paths and pixels:
+        start = min(pixels)
+        paths.append(walk(start, steps(start)[0]))
+    return [[(int(r), int(c)) for r, c in path] for path in paths]
+
+
+def test_segments_walk_the_same_paths_as_the_set_walk() -> None:
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    from crackdet.data.sources.synthetic import render_photo
+    from crackdet.maps.cracks import _segments
+
+    _, drawn = render_photo(np.random.default_rng(5), 640, 480, n_cracks=3)
+    rng = np.random.default_rng(4)
+    noisy = rng.random((120, 160)) < 0.3  # blobs, junctions, loops, lone pixels
+    ring = np.zeros((40, 40), dtype=bool)
+    ring[10, 10:30] = ring[29, 10:30] = ring[10:30, 10] = ring[10:30, 29] = True
+    pieces = 0
+    for mask in (drawn > 0, ndimage.binary_opening(noisy), ring):
+        skeleton = skeletonize(mask)
+        labels, _ = ndimage.label(skeleton, structure=np.ones((3, 3), bool))
+        for index, window in enumerate(ndimage.find_objects(labels), start=1):
+            piece = labels[window] == index
+            if piece.sum() > 1:
+                assert _segments(piece) == _segments_by_sets(piece)
+                pieces += 1
+    assert pieces > 20

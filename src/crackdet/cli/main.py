@@ -75,6 +75,12 @@ def _maps_commands(sub: argparse._SubParsersAction) -> None:
     )
     _map_options(predict)
     predict.add_argument(
+        "--mm-per-pixel",
+        type=float,
+        help="the photos' scale for crack lengths and widths (default: predict.mm_per_pixel; "
+        "per photo: predict.scale_csv)",
+    )
+    predict.add_argument(
         "--ray",
         metavar="ADDRESS",
         default=os.environ.get("RAY_ADDRESS") or None,

@@ -22,6 +22,7 @@ def predict(args: argparse.Namespace) -> int:
         scale=args.scale,
         overlap=args.overlap,
         threshold=args.threshold,
+        mm_per_pixel=args.mm_per_pixel,
     )
     if args.ray or any(s.startswith("s3://") for s in [args.out, *args.photos]):
         return _campaign(args, cfg, layout)

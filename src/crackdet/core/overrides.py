@@ -61,14 +61,25 @@ def predict_settings(
     scale: float | str | None = None,
     overlap: float | None = None,
     threshold: float | None = None,
+    mm_per_pixel: float | None = None,
 ) -> PredictParams:
     """``params.predict`` with the options given (None: as params say); a threshold given
     replaces the model's own."""
-    values: dict[str, Any] = {"scale": scale, "overlap": overlap, "threshold": threshold}
+    values: dict[str, Any] = {
+        "scale": scale,
+        "overlap": overlap,
+        "threshold": threshold,
+        "mm_per_pixel": mm_per_pixel,
+    }
     values = {key: value for key, value in values.items() if value is not None}
     if not values:
         return params.predict  # already checked with the rest of params
     if threshold is not None:
         values["use_model_threshold"] = False
-    options = {"scale": "--scale", "overlap": "--overlap", "threshold": "--threshold"}
+    options = {
+        "scale": "--scale",
+        "overlap": "--overlap",
+        "threshold": "--threshold",
+        "mm_per_pixel": "--mm-per-pixel",
+    }
     return with_overrides(params, "predict", values, options).predict

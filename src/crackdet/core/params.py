@@ -10,6 +10,8 @@ needs beyond its fields' rules is its ``check`` method here.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -218,6 +220,40 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class WidthBand:
+    """A severity class: cracks whose maximum width is below ``below_mm`` (null: no upper bound)
+    and not in an earlier band (crackdet.maps.cracks grades cracks by them)."""
+
+    name: str = _rule()
+    below_mm: float | None = _rule(gt=0.0, le=1000.0)
+
+
+def width_band_problem(bands: tuple[WidthBand, ...], key: str) -> str | None:
+    """What is wrong with a list of width bands (one line naming ``key``), or None: bands must
+    be named apart, strictly increasing, positive, and end open."""
+    if not bands:
+        return f"{key}: no bands; give at least one, the last without an upper bound"
+    names = [b.name for b in bands]
+    if len(set(names)) != len(names):
+        return f"{key}: band names repeat ({', '.join(names)}); name each once"
+    if bands[-1].below_mm is not None:
+        return f"{key}: the last band ({bands[-1].name}) needs no upper bound"
+    limits: list[float] = []
+    for band in bands[:-1]:
+        if band.below_mm is None:
+            return f"{key}: only the last band may be open-ended ({band.name} is)"
+        limits.append(band.below_mm)
+    if not all(limit > 0 and math.isfinite(limit) for limit in limits):
+        return f"{key}: band limits must be positive millimetres"
+    if any(later <= earlier for earlier, later in itertools.pairwise(limits)):
+        return (
+            f"{key}: band limits out of order ({', '.join(f'{v:g}' for v in limits)}); "
+            "list them from the narrowest up"
+        )
+    return None
+
+
+@dataclass(frozen=True)
 class PredictParams:
     # auto: several scales per photo, from its size (auto_windows), maps averaged; a number: one
     # scale for every photo (the photo is resized by it, then windows slide over it).
@@ -232,6 +268,26 @@ class PredictParams:
     threshold: float = _rule(ge=0.0, le=1.0)
     alpha: float = _rule(ge=0.0, le=1.0)
     max_pixels: int = _rule(ge=1)
+    # Where the model has a pixel decoder: P(crack pixel) at or over this is a crack pixel;
+    # model: the threshold the decoder chose on val (0.5 when it has none).
+    pixel_threshold: float | str = _rule(ge=0.0, le=1.0, choices=("model",))
+    # Millimetres per photo pixel (null: unknown, cracks are measured in pixels).
+    mm_per_pixel: float | None = _rule(gt=0.0, le=1000.0)
+    # A CSV beside the photos (columns photo, mm_per_pixel) giving photos their own scale over
+    # mm_per_pixel ("": none); it must list exactly the photos mapped from its folder.
+    scale_csv: str = _rule()
+    # Severity: the band a crack's maximum width falls in (crackdet.maps.cracks).
+    width_bands: tuple[WidthBand, ...] = _rule()
+    min_crack_length_px: float = _rule(ge=0.0, le=100_000.0)  # shorter skeleton pieces: specks
+
+    def check(self, key: str) -> list[str]:
+        found = []
+        problem = width_band_problem(self.width_bands, f"{key}.width_bands")
+        if problem:
+            found.append(problem)
+        if Path(self.scale_csv).name != self.scale_csv:
+            found.append(f"{key}.scale_csv must be a file name (looked up beside the photos)")
+        return found
 
 
 @dataclass(frozen=True)

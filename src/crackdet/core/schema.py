@@ -8,12 +8,15 @@ crackdet's sections (``crackdet.core.params`` does).
 Supported field types: ``bool``, ``int``, ``float``, ``str``; ``tuple[X, ...]`` (a non-empty YAML
 list); ``float | str`` (a number within the bounds, or one of the words in ``choices``); a nested
 record; ``dict[str, float]`` (named numbers); ``dict[str, A | B]`` (named records, each chosen by
-its ``kind``: the first field of each record, whose ``choices`` list its kinds).
+its ``kind``: the first field of each record, whose ``choices`` list its kinds); ``X | None`` (YAML
+null, or an X); ``tuple[Record, ...]`` (a non-empty list of records).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 import re
 import types
 import typing
@@ -89,6 +92,11 @@ def check_value(
         return _check_named(key, item, value, meta, problems)
     if origin is types.UnionType:
         options = typing.get_args(tp)
+        if type(None) in options:  # ``X | None``: YAML null, or an X
+            if value is None:
+                return None
+            rest = functools.reduce(operator.or_, (o for o in options if o is not type(None)))
+            return check_value(key, rest, value, meta, problems)
         if all(dataclasses.is_dataclass(o) for o in options):
             return _check_kind(key, options, value, problems)
         return _check_number_or_word(key, options, value, meta, problems)

@@ -258,6 +258,7 @@ class DenseRunner:
     patch: int = 227  # the window a cell's probability stands for (the classifier's patch)
     core: int = CORE
     batch: int = TILE_BATCH
+    pixel_threshold: float | None = None  # the decoder's operating threshold, chosen on val
 
 
 def prepare_dense(

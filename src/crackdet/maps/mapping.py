@@ -30,6 +30,12 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.io import sha256_file
 from crackdet.core.params import PredictParams
 from crackdet.core.progress import progress, say
+from crackdet.maps.crack_outputs import (
+    check_scale_csvs,
+    photo_mm_per_pixel,
+    photo_place,
+    trace_photo,
+)
 from crackdet.maps.crackmap import CrackMap, crack_map, scales_for
 from crackdet.maps.dense_map import DENSE_FILES, DenseRunner, dense_map, load_dense
 from crackdet.maps.outputs import (
@@ -38,6 +44,8 @@ from crackdet.maps.outputs import (
     PhotoSummary,
     already_mapped,
     output_stems,
+    with_crack_settings,
+    with_cracks,
     write_contact_sheet,
     write_outputs,
 )
@@ -139,6 +147,7 @@ class PhotoMap:
     scales: tuple[float, ...]
     result: CrackMap
     pixels: np.ndarray | None = None
+    pixel_threshold: float | None = None  # the decoder's, chosen on val (None: it chose none)
 
 
 def map_photo(mapper: Mapper, photo: Path | np.ndarray) -> PhotoMap:
@@ -147,12 +156,12 @@ def map_photo(mapper: Mapper, photo: Path | np.ndarray) -> PhotoMap:
     pixels = mapper.read(photo) if isinstance(photo, Path) else photo
     scales = mapper.scales(*pixels.shape[:2])
     settings = mapper.settings
-    crack_pixels = None
+    crack_pixels = pixel_threshold = None
     if mapper.dense is not None:
         dense = dense_map(mapper.dense, pixels, scales, mapper.ood)
-        crack_pixels = dense.pixels
+        crack_pixels, pixel_threshold = dense.pixels, mapper.dense.pixel_threshold
         if dense.heatmap is not None:
-            return PhotoMap(pixels, scales, dense.crack_map(), crack_pixels)
+            return PhotoMap(pixels, scales, dense.crack_map(), crack_pixels, pixel_threshold)
     result = crack_map(
         mapper.model,
         pixels,
@@ -162,7 +171,7 @@ def map_photo(mapper: Mapper, photo: Path | np.ndarray) -> PhotoMap:
         mapper.ood,
         mapper.extract,
     )
-    return PhotoMap(pixels, scales, result, crack_pixels)
+    return PhotoMap(pixels, scales, result, crack_pixels, pixel_threshold)
 
 
 @dataclass
@@ -220,12 +229,15 @@ def map_photos(
     folder: Path | None = None,
 ) -> MappedPhotos:
     """Per photo: ``<stem>_overlay.png``, ``<stem>_heatmap.png`` / ``.npy`` (crack probability),
-    ``<stem>_mask.png`` (at the threshold), ``<stem>_thumb.jpg`` and ``<stem>.json``; plus
-    ``contact_sheet.png``. ``model_ref``: how the model is named in the outputs;
-    ``model_digest``: what identifies its weights (empty: never reuse outputs); ``graph_cache``:
-    folder of exported graphs for the onnxruntime and openvino engines (None: temp export);
-    ``command`` names the caller in error lines; ``folder``: the checkpoint folder, whose dense
-    heads map in one backbone pass where it has them."""
+    ``<stem>_mask.png`` (at the threshold), ``<stem>_thumb.jpg`` and ``<stem>.json``; where the
+    model has a pixel decoder, the traced cracks' files (:mod:`crackdet.maps.crack_outputs`);
+    plus ``contact_sheet.png``. Every scale CSV (``predict.scale_csv``) is checked first.
+    ``model_ref``: how the model is named in the outputs; ``model_digest``: what identifies its
+    weights (empty: never reuse outputs); ``graph_cache``: folder of exported graphs for the
+    onnxruntime and openvino engines (None: temp export); ``command`` names the caller in error
+    lines; ``folder``: the checkpoint folder, whose dense heads map in one backbone pass where it
+    has them."""
+    check_scale_csvs(photos, params)  # before anything is mapped: one line per scale CSV
     stems = output_stems(photos)
     renamed = [f"{p} -> {stems[p]}_*" for p in photos if stems[p] != p.stem]
     if renamed:
@@ -324,6 +336,11 @@ def map_into_folder(
     path, stem = item
     settings = mapper.settings
     files = PhotoFiles(out, stem)
+    try:
+        mm_per_pixel = photo_mm_per_pixel(path, settings)
+    except CrackdetError as exc:
+        say(f"{command}: error: {exc}", error=True)
+        return PhotoOutcome(None, error=str(exc), photo=path.name)
     made_from = MadeFrom(
         photo_sha256=_digest(path),
         model=digest,
@@ -334,6 +351,7 @@ def map_into_folder(
         engine=engine_label(mapper.engine),
         alpha=settings.alpha,
     )
+    made_from = with_crack_settings(made_from, settings, mm_per_pixel)
     done = already_mapped(files, made_from)
     if done is not None:
         return PhotoOutcome(done, photo=path.name)
@@ -358,7 +376,11 @@ def map_into_folder(
         ood_fraction=result.ood_fraction,
         outputs=files.stem,
     )
-    write_outputs(files, photo, result, summary, made_from, settings.alpha)
+    # Where the model has a pixel decoder: measured cracks.
+    traced = trace_photo(mapped.pixels, mapped.pixel_threshold, mm_per_pixel, settings)
+    place = photo_place(path) if traced is not None else None
+    summary = with_cracks(summary, traced)
+    write_outputs(files, photo, result, summary, made_from, settings.alpha, traced, place)
     return PhotoOutcome(summary, seconds=result.seconds, photo=path.name)
 
 

@@ -9,7 +9,7 @@ killed run left half-replaced has no JSON and is mapped again, never taken for d
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,13 @@ import numpy as np
 from PIL import Image
 
 from crackdet.core.io import remove_stale_temps, save_npy, write_json, write_with
+from crackdet.core.params import PredictParams
+from crackdet.maps.crack_outputs import (
+    CrackFiles,
+    PhotoPlace,
+    TracedPhoto,
+    write_crack_files,
+)
 from crackdet.maps.crackmap import CrackMap
 from crackdet.maps.drawing import contact_sheet, overlay_image
 
@@ -44,6 +51,18 @@ class PhotoSummary:
     tiles_total: int
     ood_fraction: float | None
     outputs: str  # the stem of this photo's output files in the output folder
+    # Traced cracks (crackdet.maps.crack_outputs), where the model has a pixel decoder; None
+    # and "": not traced. Lengths and widths in crack_unit (mm where the scale is known, else px).
+    crack_count: int | None = None
+    crack_length: float | None = None  # all cracks together
+    crack_max_width: float | None = None
+    crack_severity: str = ""  # the worst crack's band ("" without a scale)
+    crack_severity_rank: int = -1  # its index in predict.width_bands (-1: none)
+    crack_unit: str = ""
+
+    @property
+    def traced(self) -> bool:
+        return self.crack_count is not None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +86,12 @@ class MadeFrom:
     threshold: float
     engine: str
     alpha: float
+    # The crack outputs' settings: predict.pixel_threshold, the photo's mm per pixel (from
+    # predict.mm_per_pixel or the scale CSV), predict.width_bands, predict.min_crack_length_px.
+    pixel_threshold: float | str = ""
+    mm_per_pixel: float | None = None
+    width_bands: list[dict[str, Any]] = field(default_factory=list)
+    min_crack_length_px: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,15 +126,29 @@ class PhotoFiles:
         """The JSON: summary, ``made_from`` and tiles; written last, so it marks completion."""
         return self.folder / f"{self.stem}.json"
 
+    @property
+    def cracks(self) -> CrackFiles:
+        """The traced cracks' files (where the model has a pixel decoder)."""
+        return CrackFiles(self.folder, self.stem)
+
+    def maps(self) -> tuple[Path, ...]:
+        """The files every mapped photo has, but its JSON."""
+        return (self.overlay, self.heatmap, self.heatmap_npy, self.mask, self.thumbnail)
+
     def all(self) -> tuple[Path, ...]:
-        return (
-            self.overlay,
-            self.heatmap,
-            self.heatmap_npy,
-            self.mask,
-            self.thumbnail,
-            self.record,
-        )
+        """The photo's files that are there to copy, its JSON last: the maps, the crack files
+        that exist (a photo mapped without a pixel decoder has none), the JSON."""
+        cracks = tuple(p for p in self.cracks.all() if p.is_file())
+        return (*self.maps(), *cracks, self.record)
+
+    def expected(self, summary: PhotoSummary) -> tuple[Path, ...]:
+        """Every file of a photo whose JSON says ``summary`` (a copier fetching a set reads the
+        JSON first, then these), its JSON last."""
+        return (*self.maps(), *(self.cracks.all() if summary.traced else ()), self.record)
+
+    def complete(self, summary: PhotoSummary) -> bool:
+        """Every file of a photo whose JSON says ``summary`` is there."""
+        return all(path.is_file() for path in self.expected(summary))
 
 
 def output_stems(photos: list[Path]) -> dict[Path, str]:
@@ -137,17 +176,18 @@ def output_stems(photos: list[Path]) -> dict[Path, str]:
 def already_mapped(files: PhotoFiles, made_from: MadeFrom) -> PhotoSummary | None:
     """The summary of a photo whose outputs are complete and made from ``made_from``; None when
     it must be mapped (again). Temporary files that killed writers left beside them go."""
-    for path in files.all():
+    for path in (*files.maps(), *files.cracks.all(), files.record):
         remove_stale_temps(path)
     if not (made_from.model and made_from.photo_sha256):
         return None
-    if not all(path.is_file() for path in files.all()):
+    if not files.record.is_file():
         return None
     try:
         record = json.loads(files.record.read_text())
         if record.get("made_from") != asdict(made_from):
             return None
-        return PhotoSummary.from_dict(record)
+        summary = PhotoSummary.from_dict(record)
+        return summary if files.complete(summary) else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # unreadable or older: map the photo again
 
@@ -163,9 +203,7 @@ def mapped_before(folder: Path, exclude: set[str]) -> list[PhotoSummary]:
             summary = PhotoSummary.from_dict(json.loads(record.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a photo's JSON (or unreadable: that photo is mapped again)
-        if summary.outputs == record.stem and all(
-            p.is_file() for p in PhotoFiles(folder, summary.outputs).all()
-        ):
+        if summary.outputs == record.stem and PhotoFiles(folder, summary.outputs).complete(summary):
             summaries.append(summary)
     return summaries
 
@@ -177,10 +215,19 @@ def write_outputs(
     summary: PhotoSummary,
     made_from: MadeFrom,
     alpha: float,
+    traced: TracedPhoto | None = None,
+    place: PhotoPlace | None = None,
 ) -> None:
     """Overlay, heatmap (PNG and float16 ``.npy``), mask at the summary's threshold, thumbnail,
-    then the JSON. The old JSON goes first: until the new one is written the set is incomplete."""
+    the traced cracks' files (``traced``; else any old ones go), then the JSON. The old JSON goes
+    first: until the new one is written the set is incomplete."""
     files.record.unlink(missing_ok=True)
+    shown = None  # what the thumbnail shows: the traced cracks where there are, else the map
+    if traced is None:
+        for path in files.cracks.all():
+            path.unlink(missing_ok=True)
+    else:
+        shown = write_crack_files(files.cracks, photo, traced, summary.photo, place or PhotoPlace())
     overlay = overlay_image(photo, result.heatmap, alpha, result.ood_map)
     write_with(files.overlay, partial(overlay.save, **PNG))
     heat8 = Image.fromarray(np.round(result.heatmap * 255).astype(np.uint8), "L")
@@ -188,10 +235,38 @@ def write_outputs(
     write_with(files.heatmap_npy, partial(save_npy, result.heatmap.astype(np.float16)))
     mask = Image.fromarray(((result.heatmap >= summary.threshold) * 255).astype(np.uint8), "L")
     write_with(files.mask, partial(mask.save, **PNG))
-    thumb = thumbnail(overlay)
+    thumb = thumbnail(overlay if shown is None else shown)
     write_with(files.thumbnail, partial(thumb.save, format="JPEG", quality=85))
     tiles = [t.to_dict() for t in result.tiles]
     write_json(files.record, {**summary.to_dict(), "made_from": asdict(made_from), "tiles": tiles})
+
+
+def with_crack_settings(
+    made_from: MadeFrom, settings: PredictParams, mm_per_pixel: float | None
+) -> MadeFrom:
+    """``made_from`` with the settings the crack outputs are made from."""
+    return replace(
+        made_from,
+        pixel_threshold=settings.pixel_threshold,
+        mm_per_pixel=mm_per_pixel,
+        width_bands=[asdict(band) for band in settings.width_bands],
+        min_crack_length_px=settings.min_crack_length_px,
+    )
+
+
+def with_cracks(summary: PhotoSummary, traced: TracedPhoto | None) -> PhotoSummary:
+    """``summary`` with the figures of its traced cracks (unchanged when not traced)."""
+    if traced is None:
+        return summary
+    return replace(
+        summary,
+        crack_count=len(traced.cracks),
+        crack_length=round(traced.total_length, 3),
+        crack_max_width=round(traced.max_width, 3),
+        crack_severity=traced.severity,
+        crack_severity_rank=traced.severity_rank,
+        crack_unit=traced.unit,
+    )
 
 
 def write_contact_sheet(folder: Path, summaries: list[PhotoSummary]) -> None:
