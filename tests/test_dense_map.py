@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from crackdet.core.params import PredictParams
+from crackdet.core.params import PredictParams, parse_params
 from crackdet.data.images import CLASSES
 from crackdet.maps.dense_map import (
     DenseGraph,
@@ -31,6 +31,7 @@ from crackdet.model.backbones import build_backbone
 from crackdet.model.classifier import CrackClassifier, build_classifier
 from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
 from crackdet.model.ood import OODModel
+from tests.helpers.params import tiny_params_tree
 
 torch.manual_seed(0)
 
@@ -230,17 +231,10 @@ def test_onnxruntime_runs_the_torch_graph(lite0: DenseGraph, tmp_path: Path) -> 
 
 
 def settings(engine: str = "torch") -> PredictParams:
-    return PredictParams(
-        scale=1.0,
-        auto_windows=(6.75,),
-        overlap=0.5,
-        batch_size=8,
-        engine=engine,
-        use_model_threshold=False,
-        threshold=0.5,
-        alpha=0.45,
-        max_pixels=10**7,
-    )
+    overrides = {"predict.engine": engine, "predict.overlap": 0.5, "predict.threshold": 0.5}
+    return parse_params(
+        tiny_params_tree(**overrides, **{"predict.use_model_threshold": False})
+    ).predict
 
 
 @pytest.fixture(scope="module")
