@@ -3,6 +3,7 @@ their window is centred, at every scale; ONNX Runtime runs the same graph as PyT
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from crackdet.core.io import sha256_file
 from crackdet.core.params import PredictParams, parse_params
 from crackdet.data.images import CLASSES
 from crackdet.maps.dense_map import (
@@ -26,7 +28,7 @@ from crackdet.maps.dense_map import (
     run_tiled,
     tile_spans,
 )
-from crackdet.maps.mapping import map_photo, prepare_mapper
+from crackdet.maps.mapping import checkpoint_digest, map_photo, prepare_mapper
 from crackdet.model.backbones import build_backbone
 from crackdet.model.classifier import CrackClassifier, build_classifier
 from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
@@ -280,3 +282,19 @@ def test_map_photo_takes_the_dense_path_with_heads(classifier_folder, lite0: Den
     assert all(t.ood is not None for t in result.tiles)
     direct = dense_map(mapper.dense, image, (1.0,), ood)
     np.testing.assert_array_equal(result.heatmap, direct.heatmap)
+
+
+def test_checkpoint_digest_covers_the_heads_and_keeps_old_folders(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    (tmp_path / "model.json").write_text("{}")
+    before = checkpoint_digest(tmp_path)
+    # A folder without heads: the digest of the classifier files alone, as before heads existed.
+    old = hashlib.sha256()
+    for name in ("model.pt", "model.json", "ood.npz"):
+        path = tmp_path / name
+        old.update(f"{name}:{sha256_file(path) if path.is_file() else '-'}\n".encode())
+    assert before == old.hexdigest()
+    (tmp_path / "decoder.pt").write_bytes(b"decoder")
+    with_decoder = checkpoint_digest(tmp_path)
+    (tmp_path / "decoder.pt").write_bytes(b"decoder, retrained")
+    assert len({before, with_decoder, checkpoint_digest(tmp_path)}) == 3
