@@ -193,16 +193,22 @@ class CampaignWork:
             shutil.rmtree(own, ignore_errors=True)
 
     def _fetch_outputs(self, files: PhotoFiles) -> None:
-        """An earlier run's outputs of this photo, when its JSON is there (else it is redone)."""
+        """What deciding whether an earlier run's outputs of this photo can be kept needs: its
+        JSON (``made_from``, compared by the mapping) and whether the other files are in the
+        bucket, each stood in for by an empty file (only its presence is read). Downloading
+        them would cost more than the check (a 12 MP photo's heatmap .npy is ~24 MB); a photo
+        mapped again overwrites every stand-in before anything is uploaded."""
         loc = S3Location.parse(self.out)
         client = s3_client()
         from botocore.exceptions import ClientError  # optional: only for s3:// locations
 
-        for path in (files.record, *files.all()[:-1]):
-            try:
-                client.download_file(loc.bucket, loc.prefix + path.name, str(path))
-            except ClientError:
-                return  # missing: the set is incomplete and the photo is mapped again
+        try:
+            client.download_file(loc.bucket, loc.prefix + files.record.name, str(files.record))
+            for path in files.all()[:-1]:  # the record is last
+                client.head_object(Bucket=loc.bucket, Key=loc.prefix + path.name)
+                path.touch()
+        except ClientError:
+            return  # missing: the set is incomplete and the photo is mapped again
 
     def _upload_outputs(self, files: PhotoFiles) -> None:
         """The photo's files, JSON last: an interrupted upload leaves a set without its JSON."""
