@@ -117,16 +117,22 @@ def main() -> None:
         cluster.stop()
         torch.set_num_threads(threads)
     best = {name: min(r.seconds for r in results) for name, results in runs.items()}
+    # After the first photo back: without the start-up (Ray's actors: a process each, imports,
+    # model load), a fixed cost per campaign that a few photos make look large. With two
+    # workers photos come back in pairs: use enough photos (8+) for this to mean much.
+    steady = {
+        name: min((r.seconds - r.first_seconds) / max(1, args.photos - 1) for r in results)
+        for name, results in runs.items()
+    }
     print(f"{'executor':15s} {'seconds':>8s} {'first':>7s} {'s/photo after':>13s} {'photos/h':>9s}")
     for name, results in runs.items():
         first = min(r.first_seconds for r in results)
-        steady = min((r.seconds - r.first_seconds) / max(1, args.photos - 1) for r in results)
         rate = args.photos / best[name] * 3600
-        print(f"{name:15s} {best[name]:8.1f} {first:7.1f} {steady:13.2f} {rate:9.0f}")
-    print(
-        f"ray x1 / local 1 thread: {best['ray x1'] / best['local 1 thread']:.3f} (target <= 1.10)"
-    )
-    print(f"ray x2 speed-up over x1: {best['ray x1'] / best['ray x2']:.2f} (target >= 1.7)")
+        print(f"{name:15s} {best[name]:8.1f} {first:7.1f} {steady[name]:13.2f} {rate:9.0f}")
+    for label, times in (("", best), (", after the first photo", steady)):
+        x1, x2, one = (max(times[n], 1e-6) for n in ("ray x1", "ray x2", "local 1 thread"))
+        print(f"ray x1 / local 1 thread{label}: {x1 / one:.3f} (target <= 1.10)")
+        print(f"ray x2 speed-up over x1{label}: {x1 / x2:.2f} (target >= 1.7)")
     print(f"ray x2 speed-up over local ({threads} threads): {best['local'] / best['ray x2']:.2f}")
     print("load:", uptime())
     subprocess.run(["rm", "-rf", str(work)], check=False)
