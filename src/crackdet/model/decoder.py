@@ -42,7 +42,8 @@ from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.io import write_bytes, write_json
 
 WEIGHTS, SPEC = "decoder.pt", "decoder.json"
-STRIDES = (2, 4, 8, 16, 32)  # the taps' strides (crackdet.model.dense.Taps)
+STRIDES = (2, 4, 8, 16, 32)
+PRIOR_LOGIT = -3.0  # sigmoid: ~5 %  # the taps' strides (crackdet.model.dense.Taps)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class PixelDecoder(nn.Module):
         self.image = nn.Conv2d(3, full, 3, padding=1)
         self.fuse = nn.Conv2d(full, full, 3, padding=1)
         self.out = nn.Conv2d(full, 1, 1)
+        # Start near the crack prior (a few % of pixels), not at P = 0.5 everywhere: the first
+        # steps then learn where cracks are instead of that most pixels are none.
+        nn.init.constant_(self.out.bias, PRIOR_LOGIT)
 
     def forward(self, taps: tuple[torch.Tensor, ...], images: torch.Tensor) -> torch.Tensor:
         p2, p4, p8, p16, p32 = (proj(t) for proj, t in zip(self.project, taps, strict=True))
@@ -137,15 +141,29 @@ def save_decoder(folder: Path, decoder: PixelDecoder, spec: DecoderSpec) -> None
     write_json(folder / SPEC, spec.to_dict())
 
 
+def save_no_decoder(folder: Path) -> None:
+    """The files of a model trained without a decoder (``train.decoder.enabled: false``): an
+    empty description and state dict, so the stage's outputs always exist and a decoder left
+    from an earlier run is not taken for this model's."""
+    buffer = io.BytesIO()
+    torch.save({}, buffer)
+    write_bytes(folder / WEIGHTS, buffer.getvalue())
+    write_json(folder / SPEC, {})
+
+
 def load_decoder(folder: Path) -> tuple[PixelDecoder, DecoderSpec] | None:
-    """The decoder saved in ``folder`` (eval mode); None when the folder has none. A file that
-    is there but unreadable stops with one line naming it."""
+    """The decoder saved in ``folder`` (eval mode); None when the folder has none or the
+    model was trained without one. A file that is there but unreadable stops with one line
+    naming it."""
     weights, spec_file = folder / WEIGHTS, folder / SPEC
     if not weights.exists() and not spec_file.exists():
         return None
     hint = "rerun the train stage with train.decoder.enabled: true, or delete it"
     try:
-        spec = DecoderSpec.from_dict(json.loads(spec_file.read_text()))
+        data = json.loads(spec_file.read_text())
+        if data == {}:
+            return None
+        spec = DecoderSpec.from_dict(data)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CrackdetError(
             f"{spec_file}: unreadable decoder description ({first_line(exc)}); {hint}"
