@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,5 @@ def test_train_stage_writes_the_decoder_and_logs_its_epochs(chdir_tmp: Path, tin
     assert run.data.metrics["decoder/threshold"] == spec.threshold
     assert run.data.metrics["decoder/best_val_f1"] == pytest.approx(spec.metrics["val_f1"])
     assert "decoder/val_planking" in run.data.metrics
+    metrics = json.loads(layout.train.metrics.read_text())
+    assert metrics["decoder_val_f1"] == spec.metrics["val_f1"] and "val_acc" in metrics

@@ -310,7 +310,14 @@ def _write_outputs(layout: Layout, trained: Trained, decoded: DecoderResult | No
     else:
         save_empty(out.ood)
     write_text(out.history, history_csv(result.history))
-    write_json(out.metrics, trained.metrics)
+    decoder_metrics = {}
+    if decoded is not None:  # flat keys, as dvc metrics shows them
+        decoder_metrics = {
+            "decoder_best_epoch": decoded.best_epoch,
+            "decoder_threshold": decoded.spec.threshold,
+            **{f"decoder_{k}": v for k, v in decoded.spec.metrics.items()},
+        }
+    write_json(out.metrics, {**trained.metrics, **decoder_metrics})
     for path in (out.spec, out.history, out.decoder_spec):
         mlflow.log_artifact(str(path), artifact_path="train")
     data = (
