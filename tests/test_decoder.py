@@ -191,6 +191,13 @@ def test_crops_tile_a_photo_and_keep_planking_apart_from_cracks() -> None:
     crops = cut_crops([PixelPhoto("a", "a", image, crack, planking)], 64)
     assert crops.images.shape == (6, 3, 64, 64)  # starts 0, 36 down; 0, 64, 96 across
     assert crops.crack.sum() > 0 and (crops.planking * crops.crack).sum() == 0
+    # A cap keeps the crops holding crack pixels first (both crack tiles here), seeded.
+    capped = cut_crops([PixelPhoto("a", "a", image, crack, planking)], 64, limit=3, seed=1)
+    assert len(capped) == 3 and int(capped.crack.amax((1, 2, 3)).sum()) == 2
+    again = cut_crops([PixelPhoto("a", "a", image, crack, planking)], 64, limit=3, seed=1)
+    assert torch.equal(capped.planking, again.planking)
+    small = cut_crops([PixelPhoto("b", "b", image[:40, :50], crack[:40, :50], None)], 64)
+    assert small.images.shape == (1, 3, 64, 64) and small.crack[0, 0, 40:].sum() == 0
 
 
 def test_masks_source_without_crack_pixels_is_one_line(tmp_path: Path) -> None:

@@ -193,6 +193,9 @@ class DecoderParams:
     channels: int = _rule(ge=2, le=256)  # the top-down path's width
     full: int = _rule(ge=1, le=64)  # the full-resolution branch's width
     synthetic_photos: int = _rule(ge=0, le=100_000)  # rendered crop-sized photos (free masks)
+    # Crops in train and in val at most (seeded sample, crops with crack pixels first up to
+    # three quarters; 0: all): bounds the backbone passes and the cached taps (~16 B a pixel).
+    max_crops: int = _rule(ge=0, le=1_000_000)
     val_share: float = _rule(gt=0.0, lt=1.0)  # of the photos, for the best epoch and threshold
     pos_weight: float = _rule(gt=0.0, le=1000.0)  # BCE weight of crack pixels (they are few)
     planking_weight: float = _rule(ge=0.0, le=1000.0)  # BCE weight of planking: hard negatives

@@ -172,20 +172,44 @@ def _starts(length: int, crop: int) -> list[int]:
     return starts if starts[-1] + crop == length else [*starts, length - crop]
 
 
-def cut_crops(photos: list[PixelPhoto], crop: int) -> Crops:
-    """Every photo tiled into ``crop`` x ``crop`` crops (edge-replicated when smaller)."""
+def _window(array: np.ndarray, tile: tuple[int, int, int], crop: int) -> np.ndarray:
+    """The ``crop`` x ``crop`` window of a photo's array at the tile's corner; a photo smaller
+    than a crop is edge-replicated up to it (masks: padded with False)."""
+    _, y, x = tile
+    part = array[y : y + crop, x : x + crop]
+    pad = ((0, crop - part.shape[0]), (0, crop - part.shape[1]))
+    if not any(p for _, p in pad):
+        return part
+    if array.dtype == bool:
+        return np.pad(part, pad)
+    return np.pad(part, (*pad, (0, 0)), mode="edge")
+
+
+def cut_crops(photos: list[PixelPhoto], crop: int, limit: int = 0, seed: int = 0) -> Crops:
+    """Every photo tiled into ``crop`` x ``crop`` crops (edge-replicated when smaller); with
+    ``limit``, a seeded sample of that many: crops holding crack pixels first, up to three
+    quarters of it."""
+    tiles = [
+        (k, y, x)
+        for k, photo in enumerate(photos)
+        for y in _starts(photo.crack.shape[0], crop)
+        for x in _starts(photo.crack.shape[1], crop)
+    ]
+    if limit and len(tiles) > limit:
+        cracked = [t for t in tiles if _window(photos[t[0]].crack, t, crop).any()]
+        rest = sorted(set(tiles) - set(cracked))
+        rng = np.random.default_rng([seed, len(tiles)])
+        n_cracked = min(len(cracked), max(limit * 3 // 4, limit - len(rest)))
+        chosen = [cracked[i] for i in rng.choice(len(cracked), n_cracked, replace=False)]
+        chosen += [rest[i] for i in rng.choice(len(rest), limit - n_cracked, replace=False)]
+        tiles = sorted(chosen)
     images, cracks, planks = [], [], []
-    for photo in photos:
-        height, width = photo.crack.shape
-        pad = ((0, max(0, crop - height)), (0, max(0, crop - width)))
-        image = np.pad(photo.image, (*pad, (0, 0)), mode="edge")
-        crack = np.pad(photo.crack, pad)
-        plank = np.zeros_like(crack) if photo.planking is None else np.pad(photo.planking, pad)
-        for y in _starts(height, crop):
-            for x in _starts(width, crop):
-                images.append(image[y : y + crop, x : x + crop])
-                cracks.append(crack[y : y + crop, x : x + crop])
-                planks.append(plank[y : y + crop, x : x + crop] & ~cracks[-1])
+    for tile in tiles:
+        photo = photos[tile[0]]
+        plank = photo.planking if photo.planking is not None else np.zeros_like(photo.crack)
+        images.append(_window(photo.image, tile, crop))
+        cracks.append(_window(photo.crack, tile, crop))
+        planks.append(_window(plank, tile, crop) & ~cracks[-1])
     if not images:
         empty = torch.zeros(0, 1, crop, crop)
         return Crops(torch.zeros(0, 3, crop, crop), empty, empty)
@@ -280,7 +304,8 @@ def train_decoder(
 ) -> DecoderResult:
     """Train a decoder on ``train_photos``' crops over ``trunk``'s cached taps; best epoch and
     threshold on ``val_photos``."""
-    train, val = cut_crops(train_photos, cfg.crop), cut_crops(val_photos, cfg.crop)
+    train = cut_crops(train_photos, cfg.crop, cfg.max_crops, seed)
+    val = cut_crops(val_photos, cfg.crop, cfg.max_crops, seed)
     if not train.crack.any():
         raise CrackdetError(
             "train.decoder: its training photos hold no crack pixel; raise "
