@@ -73,8 +73,17 @@ def test_api_and_cli_give_the_same_maps_outside_a_repository(
     assert record["threshold"] == result.threshold == 0.4
     assert record["scales"] == list(result.scales) == [1.0]
     assert result.engine == load_params(PACKAGED_PARAMS).predict.engine
-    from_array = crackdet.map_photo(pixels, crackdet.load_model("ckpt"), scale=1, threshold=0.4)
+    loaded = crackdet.load_model("ckpt")
+    from_array = crackdet.map_photo(pixels, loaded, scale=1, threshold=0.4)
     assert np.array_equal(from_array.heatmap, result.heatmap)
+    # A loaded model prepares its mapper once per settings: the second call maps with the
+    # first one's, and gives the same map.
+    settings = predict_settings(load_params(PACKAGED_PARAMS), scale=1, threshold=0.4)
+    assert list(loaded._mappers) == [settings]  # map_photo prepared it, and kept it
+    first = loaded.mapper(settings)
+    again = crackdet.map_photo(pixels, loaded, scale=1, threshold=0.4)
+    assert loaded.mapper(settings) is first and np.array_equal(again.heatmap, result.heatmap)
+    assert loaded.mapper(predict_settings(load_params(PACKAGED_PARAMS), scale=2)) is not first
 
     assert main([*args[:-2], "--scale", "9", "--out", "other"]) == 2
     assert capsys.readouterr().err == "crackdet predict: error: --scale must be <= 8.0; got 9.0\n"

@@ -168,7 +168,14 @@ def test_layout_paths_are_the_outputs_dvc_yaml_declares() -> None:
     expected = {
         "fetch": [layout.fetch.dir],
         "split": [layout.split.dir],
-        "train": [layout.train.model, layout.train.spec, layout.train.probe, layout.train.ood],
+        "train": [
+            layout.train.model,
+            layout.train.spec,
+            layout.train.probe,
+            layout.train.ood,
+            layout.train.decoder,
+            layout.train.decoder_spec,
+        ],
         "predict_samples": [layout.predict],
     }
     for stage, paths in expected.items():

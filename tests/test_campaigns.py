@@ -6,6 +6,7 @@ driver), so killing it is killing a campaign."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -197,6 +198,11 @@ def test_campaign_from_and_to_s3_on_two_nodes_matches_a_local_run(cluster, s3, w
     table = Path(tracking.download_artifacts(first.info.run_id, "campaign/photos.csv"))
     rows = table.read_text().splitlines()
     assert len(rows) == GOOD + 1 and rows[0].startswith("photo,width,height,model")
+    assert rows[0].endswith(",reused") and all(r.endswith(",false") for r in rows[1:])
+    rerun = Path(tracking.download_artifacts(runs[1].info.run_id, "campaign/photos.csv"))
+    with rerun.open(newline="") as handle:
+        reused = {row["photo"]: row["reused"] for row in csv.DictReader(handle)}
+    assert reused == {f"p{i:02d}.png": "false" if i == 3 else "true" for i in range(GOOD)}
 
 
 def _start_and_wait_for_outputs(work: Path, env, out: str, address: str) -> subprocess.Popen:

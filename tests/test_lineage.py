@@ -10,6 +10,7 @@ different params are made: the fixture's ``dvc repro`` and the regressing one th
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -168,6 +169,56 @@ def test_trace_run_and_alias(repo: Path, server: str, run_id: str) -> None:
     )
     missing = crackdet(repo, server, "trace", f"models:/{NAME}/7")
     assert missing.returncode == 2 and f"models:/{NAME}/7: not found" in missing.stderr
+
+
+def test_trace_campaign_run(
+    repo: Path, server: str, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A campaign's run answers ``crackdet trace``: the model version and, through it, the
+    pipeline run that trained it (commit, data, params), the settings, where photos came from
+    and outputs went, the counts. The campaign is the local executor's (the run it records is
+    the one a Ray campaign records: tests/test_campaigns.py)."""
+    from dataclasses import replace
+
+    from crackdet.core.layout import Layout
+    from crackdet.core.params import load_params
+    from crackdet.workflows.campaign import run_campaign
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    cfg = replace(load_params(repo / "params.yaml").predict, threshold=0.7)
+    cfg = replace(cfg, use_model_threshold=False)
+    photos, out = repo / "data" / "photos", tmp_path / "maps"
+    model = f"models:/{NAME}@champion"
+    done = run_campaign([str(photos)], model, str(out), cfg, Layout(repo))
+    assert (done.mapped, done.skipped, done.failed) == (1, 0, [])
+
+    result = crackdet(repo, server, "trace", done.run_id)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    made_from = json.loads((out / "photo_01.json").read_text())["made_from"]
+    assert f"campaign   {done.run_id} (" in text
+    assert f"model      {NAME} v1 (@champion), registered as {NAME}/1" in text
+    assert f"  digest   {made_from['model']} " in text
+    assert f"photos     {photos}" in text and f"outputs    {out}" in text
+    assert "counts     photos 1, mapped 1, skipped 0, failed 0" in text
+    assert "  predict.threshold: 0.7" in text, text
+    assert re.search(r"\n    predict\.threshold +0\.7 -> 0\.5\n", text), text
+    # The training run's own trace, nested: its run, commit, data and metrics.
+    head_before = run_cmd(["git", "rev-parse", "HEAD~1"], repo).stdout.strip()
+    assert f"trained by run {run_id}:\n  run        {run_id}" in text
+    assert f"  git        {head_before} dirty=false" in text
+    summary = json.loads((repo / "outputs/split/summary.json").read_text())
+    assert f"    data.split_fingerprint: {summary['fingerprint']}" in text
+
+    # A checkpoint folder by path: its run.json names the run that trained it.
+    again = run_campaign([str(photos)], str(repo / "outputs/train"), str(out), cfg, Layout(repo))
+    assert (again.mapped, again.skipped) == (0, 1)  # same weights, same digest: reused
+    info = json.loads(crackdet(repo, server, "trace", again.run_id, "--json").stdout)
+    assert info["kind"] == "campaign" and info["counts"]["skipped"] == 1
+    assert info["campaign"]["model_version"] == "" and info["campaign"]["model_run"] == run_id
+    assert info["trained_by"]["run_id"] == run_id and info["trained_by"]["versions"] == [
+        f"{NAME}/1"
+    ]
 
 
 def test_champion_rescored_on_the_split_and_predicts(

@@ -13,7 +13,7 @@ command's options do, checked by the same rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,10 @@ from torch import nn
 
 from crackdet.core.layout import Layout, repo_root
 from crackdet.core.overrides import params_or_defaults, predict_settings
+from crackdet.core.params import PredictParams
 from crackdet.maps.crackmap import Tile
+from crackdet.maps.mapping import Mapper, prepare_mapper
 from crackdet.maps.mapping import map_photo as map_one
-from crackdet.maps.mapping import prepare_mapper
 from crackdet.model.ood import OODModel
 from crackdet.workflows.models import checkpoint_folder, model_identity, ood_beside
 from crackdet.workflows.models import load_model as load_reference
@@ -39,6 +40,26 @@ class Model:
     ood: OODModel | None
     layout: Layout  # where exported graphs are cached
     folder: Path | None = None  # the checkpoint folder (its dense heads, if any)
+    # Preparing a mapper (graph session, OOD model, decoder) costs about as much as mapping a
+    # small photo: kept per settings, as a campaign's worker keeps its one.
+    _mappers: dict[PredictParams, Mapper] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def mapper(self, settings: PredictParams) -> Mapper:
+        """The mapper for ``settings``, prepared on first use (the last MAPPERS_KEPT kept)."""
+        prepared = self._mappers.pop(settings, None)
+        if prepared is None:
+            prepared = prepare_mapper(
+                self.network, settings, self.ood, self.layout.graph_cache, self.folder
+            )
+        self._mappers[settings] = prepared  # most recently used last
+        while len(self._mappers) > MAPPERS_KEPT:
+            del self._mappers[next(iter(self._mappers))]
+        return prepared
+
+
+MAPPERS_KEPT = 4
 
 
 @dataclass(frozen=True)
@@ -86,9 +107,7 @@ def map_photo(
         overlap=overlap,
         threshold=threshold,
     )
-    mapper = prepare_mapper(
-        model.network, settings, model.ood, model.layout.graph_cache, model.folder
-    )
+    mapper = model.mapper(settings)
     source = photo if isinstance(photo, np.ndarray) else Path(photo)
     mapped = map_one(mapper, source)
     result = mapped.result

@@ -34,6 +34,8 @@ def tiny_params_tree(**overrides: Any) -> dict[str, Any]:
     tree["fetch"]["sources"] = {"synthetic": synthetic_source(24)}
     tree["train"]["source_weights"] = {}
     tree["train"]["epochs"] = 2
+    # The pixel decoder on a few tiny rendered photos: its own tests train it in earnest.
+    tree["train"]["decoder"].update({"synthetic_photos": 4, "crop": 64, "epochs": 1})
     # scale auto maps a test's 480-px photos at 4-6x (thousands of windows); it has tests of
     # its own (test_maps_eval, the default pipeline), the rest map at 1.
     tree["predict"]["scale"] = 1.0

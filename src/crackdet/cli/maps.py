@@ -40,16 +40,14 @@ def predict(args: argparse.Namespace) -> int:
 
 def _campaign(args: argparse.Namespace, cfg, layout: Layout) -> int:
     done = run_campaign(args.photos, args.model, args.out, cfg, layout, args.ray, args.workers)
-    mapped = done.mapped
-    fresh = len(mapped.summaries) - len(mapped.skipped)
     print(
-        f"predict: campaign ({done.executor}) {fresh} mapped, {len(mapped.skipped)} already "
-        f"done, {len(mapped.errors)} failed of {done.photos} photos into {done.out} in "
+        f"predict: campaign ({done.executor}) {done.mapped} mapped, {done.skipped} already "
+        f"done, {len(done.failed)} failed of {done.photos} photos into {done.out} in "
         f"{done.seconds:.1f} s; MLflow run {done.run_id}"
     )
-    for error in mapped.errors:
+    for error in done.failed:
         print(f"predict: failed: {error}")
-    return 1 if mapped.errors else 0
+    return 1 if done.failed else 0
 
 
 def eval_data(args: argparse.Namespace) -> int:

@@ -52,6 +52,12 @@ class FetchOutputs:
     def summary(self) -> Path:
         return self.dir / "summary.json"
 
+    @property
+    def masks(self) -> Path:
+        """masks/<source>/{images,masks,masks_planking}: a masks source's photos, kept whole
+        for the pixel decoder (the windows in images/ are cut from them)."""
+        return self.dir / "masks"
+
 
 @dataclass(frozen=True)
 class SplitOutputs:
@@ -101,6 +107,14 @@ class TrainOutputs:
     @property
     def run(self) -> Path:
         return self.dir / "run.json"
+
+    @property
+    def decoder(self) -> Path:
+        return self.dir / "decoder.pt"
+
+    @property
+    def decoder_spec(self) -> Path:
+        return self.dir / "decoder.json"
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,33 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
+class DecoderParams:
+    """The pixel decoder (crackdet.model.decoder), trained after the classifier on crops of
+    photos with crack masks: ``synthetic_photos`` rendered from the seed plus every masks
+    source's photos, split by photo into train and val."""
+
+    enabled: bool = _rule()
+    epochs: int = _rule(ge=1, le=1000)  # the best epoch (crack-pixel F1) is picked on val
+    crop: int = _rule(ge=64, le=2048)  # crop side in px, a multiple of 32 (the taps' stride)
+    batch_size: int = _rule(ge=1, le=1024)
+    lr: float = _rule(gt=0.0, le=1.0)  # Adam
+    channels: int = _rule(ge=2, le=256)  # the top-down path's width
+    full: int = _rule(ge=1, le=64)  # the full-resolution branch's width
+    synthetic_photos: int = _rule(ge=0, le=100_000)  # rendered crop-sized photos (free masks)
+    # Crops in train and in val at most (seeded sample, crops with crack pixels first up to
+    # three quarters; 0: all): bounds the backbone passes and the cached taps (~16 B a pixel).
+    max_crops: int = _rule(ge=0, le=1_000_000)
+    val_share: float = _rule(gt=0.0, lt=1.0)  # of the photos, for the best epoch and threshold
+    pos_weight: float = _rule(gt=0.0, le=1000.0)  # BCE weight of crack pixels (they are few)
+    planking_weight: float = _rule(ge=0.0, le=1000.0)  # BCE weight of planking: hard negatives
+    dice: float = _rule(ge=0.0, le=100.0)  # weight of the soft Dice term beside the BCE
+    flips: bool = _rule()  # flip crops and their cached taps together (free augmentation)
+
+    def check(self, key: str) -> list[str]:
+        return [] if self.crop % 32 == 0 else [f"{key}.crop must be a multiple of 32"]
+
+
+@dataclass(frozen=True)
 class TrainParams:
     backbone: str = _rule(choices=BACKBONES)
     pretrained: bool = _rule()
@@ -209,6 +236,7 @@ class TrainParams:
     # this quantile of their scores): 0.95 flags about 5 % of concrete like the training data.
     ood_quantile: float = _rule(gt=0.5, lt=1.0)
     augment: AugmentParams
+    decoder: DecoderParams
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,8 @@ def _fetch_source(
     work = out.dir / ".work" / name
     work.mkdir(parents=True)
     limits = ExtractLimits(params.max_files, params.max_bytes)
-    context = FetchContext(key, target, work, limits, params.max_pixels, seed, layout)
+    kept = out.masks / name
+    context = FetchContext(key, target, work, limits, params.max_pixels, seed, layout, kept)
     brought = KINDS[source.kind].fetch(context, source)
     shutil.rmtree(work)
     indexed = index_images(

@@ -13,6 +13,7 @@ holds there too. Whatever goes wrong with one photo becomes its one-line error; 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from typing import Any
 from crackdet.core.errors import CrackdetError, first_line
 from crackdet.data.images import IMAGE_SUFFIXES
 from crackdet.maps.mapping import PhotoOutcome, PhotoWork
-from crackdet.maps.outputs import PhotoFiles
+from crackdet.maps.outputs import PhotoFiles, PhotoSummary
 
 S3 = "s3://"
 
@@ -193,16 +194,23 @@ class CampaignWork:
             shutil.rmtree(own, ignore_errors=True)
 
     def _fetch_outputs(self, files: PhotoFiles) -> None:
-        """An earlier run's outputs of this photo, when its JSON is there (else it is redone)."""
+        """What deciding whether an earlier run's outputs of this photo can be kept needs: its
+        JSON (``made_from``, compared by the mapping) and whether the other files are in the
+        bucket, each stood in for by an empty file (only its presence is read). Downloading
+        them would cost more than the check (a 12 MP photo's heatmap .npy is ~24 MB); a photo
+        mapped again overwrites every stand-in before anything is uploaded."""
         loc = S3Location.parse(self.out)
         client = s3_client()
         from botocore.exceptions import ClientError  # optional: only for s3:// locations
 
-        for path in (files.record, *files.all()[:-1]):
-            try:
-                client.download_file(loc.bucket, loc.prefix + path.name, str(path))
-            except ClientError:
-                return  # missing: the set is incomplete and the photo is mapped again
+        try:
+            client.download_file(loc.bucket, loc.prefix + files.record.name, str(files.record))
+            summary = PhotoSummary.from_dict(json.loads(files.record.read_text()))
+            for path in files.expected(summary)[:-1]:  # what the JSON says exists; it is last
+                client.head_object(Bucket=loc.bucket, Key=loc.prefix + path.name)
+                path.touch()
+        except (ClientError, ValueError, KeyError, TypeError, AttributeError):
+            return  # missing or unreadable: the set is incomplete and the photo is mapped again
 
     def _upload_outputs(self, files: PhotoFiles) -> None:
         """The photo's files, JSON last: an interrupted upload leaves a set without its JSON."""

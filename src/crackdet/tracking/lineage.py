@@ -4,6 +4,7 @@ run or a registered model (the replay is crackdet.tracking.replay).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import yaml
 
 from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.params import flatten
+from crackdet.tracking.runs import CAMPAIGN_STAGE, STAGE_TAG, CampaignRecord
 from crackdet.tracking.store import server_unreachable
 
 
@@ -102,9 +104,12 @@ def model_locations(client: Any, run: Any, versions: list[Any]) -> list[str]:
 
 
 def trace(client: Any, target: str, root: Path) -> dict[str, Any]:
-    """Everything needed to say where a run's figures came from (``crackdet trace``)."""
+    """Everything needed to say where a run's figures came from (``crackdet trace``); for a
+    campaign's run, what it mapped with what and where, and the lineage of its model."""
     run, versions = resolve_run(client, target)
     tags = run.data.tags
+    if tags.get(STAGE_TAG) == CAMPAIGN_STAGE:
+        return _campaign_trace(client, run, root)
     recorded = run_params(run)
     return {
         "run_id": run.info.run_id,
@@ -124,6 +129,8 @@ def trace(client: Any, target: str, root: Path) -> dict[str, Any]:
 
 
 def format_trace(info: dict[str, Any]) -> str:
+    if info.get("kind") == CAMPAIGN_STAGE:
+        return "\n".join(_format_campaign(info))
     lines = [
         f"run        {info['run_id']} ({info['run_name']}, {info['status']})",
         f"git        {info['git_commit']} dirty={info['git_dirty']}",
@@ -145,3 +152,72 @@ def format_trace(info: dict[str, Any]) -> str:
     lines.append("model files")
     lines += [f"  {line}" for line in info["model"]]
     return "\n".join(lines)
+
+
+def _campaign_trace(client: Any, run: Any, root: Path) -> dict[str, Any]:
+    """A campaign's run: its model (version, digest, and the trace of the run that trained
+    it), settings (and how they differ from the workspace's), photos, outputs, counts."""
+    record = CampaignRecord.from_tags(run.data.tags)
+    settings = run_params(run)
+    sections = {key.split(".", 1)[0] + "." for key in settings}
+    current = {k: v for k, v in workspace_params(root).items() if k.startswith(tuple(sections))}
+    trained: dict[str, Any] | None = None
+    missing = ""
+    if record.model_run:
+        try:
+            trained = trace(client, record.model_run, root)
+        except CrackdetError as exc:  # a run of another store, or deleted: say so, go on
+            missing = str(exc)
+    else:
+        missing = "no run of this MLflow store trained this model"
+    return {
+        "kind": CAMPAIGN_STAGE,
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "git_commit": run.data.tags.get("git.commit", "unknown"),
+        "git_dirty": run.data.tags.get("git.dirty", "unknown"),
+        "campaign": asdict(record),
+        "settings": settings,
+        "settings_diff": params_diff(settings, current) if current else [],
+        "counts": dict(sorted(run.data.metrics.items())),
+        "artifacts": f"{run.info.artifact_uri}/{CAMPAIGN_STAGE}",
+        "trained_by": trained,
+        "trained_by_missing": missing,
+    }
+
+
+def _format_campaign(info: dict[str, Any]) -> list[str]:
+    record, counts = info["campaign"], info["counts"]
+    version = f", registered as {record['model_version']}" if record["model_version"] else ""
+    lines = [
+        f"campaign   {info['run_id']} ({info['run_name']}, {info['status']})",
+        f"git        {info['git_commit']} dirty={info['git_dirty']}",
+        f"model      {record['model']}{version}",
+        f"  digest   {record['model_digest']} (the outputs' made_from.model)",
+        f"photos     {record['input']}",
+        f"outputs    {record['output']}",
+        f"executor   {record['executor']}",
+        "counts     "
+        + ", ".join(
+            f"{k} {counts[k]:g}" for k in ("photos", "mapped", "skipped", "failed") if k in counts
+        ),
+    ]
+    if "seconds" in counts:
+        rate = counts.get("photos_per_hour", 0.0)
+        lines.append(f"  time     {counts['seconds']:.1f} s, {rate:.0f} photos/h")
+    lines.append(f"  tables   {info['artifacts']}/photos.csv, report.json (the failures)")
+    lines.append(f"settings   {len(info['settings'])} recorded:")
+    lines += [f"  {k}: {v}" for k, v in sorted(info["settings"].items())]
+    if info["settings_diff"]:
+        width = max(len(k) for k, _, _ in info["settings_diff"])
+        lines.append("  differ from the workspace params.yaml:")
+        lines.append(f"    {'key'.ljust(width)}  run -> workspace")
+        lines += [f"    {k.ljust(width)}  {a} -> {b}" for k, a, b in info["settings_diff"]]
+    trained = info["trained_by"]
+    if trained is None:
+        lines.append(f"trained by {info['trained_by_missing']}")
+    else:
+        lines.append(f"trained by run {trained['run_id']}:")
+        lines += [f"  {line}" for line in format_trace(trained).splitlines()]
+    return lines

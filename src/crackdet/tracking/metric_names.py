@@ -21,6 +21,18 @@ EPOCH = {
     "seconds": "time/epoch_s",
 }
 
+# The pixel decoder's figures per epoch (step = epoch), from its epoch records.
+DECODER_EPOCH = {
+    "train_loss": "decoder/train_loss",
+    "val_loss": "decoder/val_loss",
+    "val_precision": "decoder/val_precision",
+    "val_recall": "decoder/val_recall",
+    "val_f1": "decoder/val_f1",
+    "val_planking": "decoder/val_planking",
+    "seconds": "time/decoder_epoch_s",
+}
+DECODER = "decoder/"  # the decoder's summary figures: decoder/best_epoch, decoder/threshold, …
+
 # Train's figures (outputs/train/metrics.json keys and the fit's summary) → their MLflow names.
 FIT = {
     "best_epoch": "val/best_epoch",

@@ -23,7 +23,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ MODEL_SHA_TAG = "crackdet.model_sha256"
 # `dvc repro --force train` would rerun fetch, split and train but not what reads the checkpoint.
 RERUN_TRAIN = "rerun train and the stages after it: dvc repro --force --downstream train"
 MODEL_URI_TAG = "crackdet.model_uri"
+STAGE_TAG = "crackdet.stage"  # pipeline, campaign, or the evaluation command
+CAMPAIGN_STAGE = "campaign"
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,27 @@ class RunInfo:
             return cls(str(data["run_id"]), str(data["model_uri"]), str(data["model_sha256"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+@dataclass(frozen=True)
+class CampaignRecord:
+    """What a campaign's run says of it in ``campaign.*`` tags (``crackdet trace`` reads them
+    back); the settings are its ``predict.*`` params, the counts its metrics."""
+
+    input: str  # the photo folders and s3:// prefixes, comma-separated
+    output: str
+    executor: str  # "local" or "ray ADDRESS"
+    model: str  # as the outputs name it
+    model_digest: str  # what the outputs' made_from carries
+    model_version: str = ""  # NAME/N of a registry model ("" for a checkpoint folder)
+    model_run: str = ""  # the pipeline run that trained it ("" when this store has none)
+
+    def tags(self) -> dict[str, str]:
+        return {f"{CAMPAIGN_STAGE}.{k}": v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> CampaignRecord:
+        return cls(**{f.name: tags.get(f"{CAMPAIGN_STAGE}.{f.name}", "") for f in fields(cls)})
 
 
 def model_tags(model_uri: str, model_sha256: str) -> dict[str, str]:
@@ -103,6 +126,30 @@ def run_of_model(layout: Layout) -> RunInfo:
         )
     tags = runs[0].data.tags
     return RunInfo(runs[0].info.run_id, tags.get(MODEL_URI_TAG, ""), digest)
+
+
+def run_of_checkpoint(client: Any, folder: Path) -> str:
+    """The pipeline run of this store that trained the checkpoint in ``folder`` ("" when none
+    did): the one its ``run.json`` names when the digest matches, else the newest run tagged
+    with the digest (as :func:`run_of_model`, without its errors: a campaign maps with any
+    checkpoint, and its lineage says when the store does not know it)."""
+    try:
+        digest = sha256_file(folder / "model.pt")
+    except OSError:
+        return ""
+    recorded = RunInfo.read(folder / "run.json")
+    if recorded is not None and recorded.model_sha256 == digest:
+        return recorded.run_id
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:
+        return ""
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{MODEL_SHA_TAG}` = '{digest}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +228,7 @@ def _start_run(root: Path, experiment: str, stage: str, run_name: str | None) ->
     with server_errors(f"starting a run in experiment {experiment}"):
         for run_id in mark_orphaned_runs(mlflow.MlflowClient(), experiment_id):
             print(f"MLflow run {run_id} was left RUNNING by a killed process: marked KILLED")
-        tags = {"crackdet.stage": stage, **owner_tags()}
+        tags = {STAGE_TAG: stage, **owner_tags()}
         tags["mlflow.source.name"] = source_name(root)
         return mlflow.start_run(run_name=run_name, tags=tags)
 
@@ -210,7 +257,7 @@ def start_evaluation_run(root: Path, stage: str, run_name: str) -> Any:
 
 def start_campaign_run(root: Path, run_name: str) -> Any:
     """A ``crackdet predict`` campaign's run in its own experiment, started before the work."""
-    return _start_run(root, CAMPAIGNS, "campaign", run_name)
+    return _start_run(root, CAMPAIGNS, CAMPAIGN_STAGE, run_name)
 
 
 # The words server_unreachable's line carries, to tell it from other CrackdetErrors.

@@ -11,10 +11,12 @@ complete outputs (the JSON's ``made_from``) and redoes partial ones.
 from __future__ import annotations
 
 import csv
-import io
 import os
+import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -33,30 +35,57 @@ from crackdet.maps.mapping import (
     SEQUENTIAL,
     Executor,
     MappedPhotos,
+    PhotoOutcome,
     PhotoWork,
-    collect,
     loaded,
     run_photos,
 )
-from crackdet.maps.outputs import mapped_before, output_stems, write_contact_sheet
+from crackdet.maps.outputs import (
+    PhotoSummary,
+    mapped_before,
+    output_stems,
+    write_contact_sheet,
+)
 from crackdet.maps.ray_executor import RayData, connect
 from crackdet.model.classifier import CrackClassifier
 from crackdet.model.ood import OODModel
-from crackdet.tracking.runs import ending, start_campaign_run
-from crackdet.workflows.models import REGISTRY_SCHEMES, load_model, model_identity, ood_beside
+from crackdet.tracking.provenance import git_state
+from crackdet.tracking.runs import CampaignRecord, ending, start_campaign_run
+from crackdet.workflows.models import (
+    REGISTRY_SCHEMES,
+    load_model,
+    model_identity,
+    model_lineage,
+    ood_beside,
+)
 from crackdet.workflows.predict import photo_files
+
+# A sheet of every photo would grow with the campaign (~1 MB a photo in the driver) and show
+# nothing at thousands: it shows the first ones; index.html has them all.
+CONTACT_SHEET_PHOTOS = 60
+TABLE = "photos.csv"  # the per-photo summary table, artifact campaign/photos.csv
+REUSED = "reused"  # its last column: true where an earlier run's complete outputs were kept
 
 
 @dataclass
 class Campaign:
-    """What a campaign did: the photos' outcomes, where, and how fast."""
+    """What a campaign did: counts and the failures (one line each), where, and how fast. The
+    per-photo summaries are not kept: they stream into the run's ``campaign/photos.csv``."""
 
-    mapped: MappedPhotos
     photos: int
-    out: str
-    seconds: float
+    mapped: int = 0  # mapped by this campaign
+    skipped: int = 0  # complete outputs of an earlier run kept
+    failed: list[str] = field(default_factory=list)
+    out: str = ""
+    seconds: float = 0.0  # the photo loop's, from the first photo handed over to the last back
+    # Until the first photo came back: the start-up (Ray's actors, the model load) and a photo.
+    first_seconds: float = 0.0
     run_id: str = ""
     executor: str = "local"
+
+    @property
+    def photos_per_hour(self) -> float:
+        return self.mapped / self.seconds * 3600 if self.seconds else 0.0
 
 
 def load_for_worker(reference: str, root: Path) -> tuple[CrackClassifier, OODModel | None]:
@@ -141,64 +170,100 @@ def run_campaign(
     # Workers run in folders of their own: a local --out is given to them as an absolute path.
     work = CampaignWork(inner, out if is_s3(out) else str(Path(out).resolve()))
     where = f"ray {ray}" if ray else "local"
+    # Where the photos came from and the outputs went, as any machine reads it later.
+    named = [s if is_s3(s) else str(Path(s).resolve()) for s in (*sources, out)]
     run = start_campaign_run(layout.root, f"campaign {len(photos)} photos -> {out}")
-    with ending(run):
-        mlflow.set_tags(
-            {
-                "campaign.input": ", ".join(sources),
-                "campaign.output": out,
-                "campaign.executor": where,
-                "campaign.model": identity.label,
-                "campaign.model_digest": identity.digest,
-            }
+    with ending(run):  # a store lost from here on is one line, the run marked FAILED
+        version, trained_by = model_lineage(model_ref, layout)
+        record = CampaignRecord(
+            ", ".join(named[:-1]),
+            named[-1],
+            where,
+            identity.label,
+            identity.digest,
+            version,
+            trained_by,
         )
+        mlflow.set_tags({**git_state(layout.root), **record.tags()})
         mlflow.log_params({f"predict.{k}": v for k, v in flatten(asdict(cfg)).items()})
-        start = time.perf_counter()
-        mapped = collect(run_photos(work, items, executor, "predict"))
-        seconds = time.perf_counter() - start
-        campaign = Campaign(mapped, len(photos), out, seconds, run.info.run_id, where)
-        if not is_s3(out) and (mapped.summaries or mapped.errors):
-            folder = Path(out)
-            if mapped.summaries:
-                write_contact_sheet(folder, mapped.summaries)
-            stems_done = {s.outputs for s in mapped.summaries}
-            report = replace(
-                mapped, summaries=[*mapped.summaries, *mapped_before(folder, stems_done)]
-            )
-            # The title a local ``crackdet predict`` gives: the same report bytes.
-            names = ", ".join(s.rstrip("/").rsplit("/", 1)[-1] for s in sources)
-            write_report(folder, report, f"Crack maps: {names}")
-        _log_campaign(campaign)
+        campaign = Campaign(len(photos), out=out, run_id=run.info.run_id, executor=where)
+        scratch = Path(tempfile.mkdtemp(prefix="crackdet-campaign-table-"))
+        try:
+            sheet = _map_all(campaign, run_photos(work, items, executor, "predict"), scratch)
+            if not is_s3(out) and (campaign.mapped or campaign.skipped or campaign.failed):
+                _write_report(campaign, sources, sheet, scratch / TABLE)
+            _log_campaign(campaign, scratch / TABLE)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return campaign
 
 
-def _log_campaign(campaign: Campaign) -> None:
+def _map_all(
+    campaign: Campaign, outcomes: Iterator[PhotoOutcome], scratch: Path
+) -> list[PhotoSummary]:
+    """Count the outcomes into ``campaign`` as they come, each photo's summary a row of
+    ``scratch/photos.csv``: the driver keeps counts and failures, not one record a photo.
+    Returns the first CONTACT_SHEET_PHOTOS summaries (the contact sheet's)."""
+    sheet: list[PhotoSummary] = []
+    names = [f.name for f in fields(PhotoSummary)]
+    start = time.perf_counter()
+    with (scratch / TABLE).open("w", newline="") as handle:
+        table = csv.DictWriter(handle, fieldnames=[*names, REUSED])
+        table.writeheader()
+        for outcome in outcomes:
+            if not campaign.first_seconds:
+                campaign.first_seconds = time.perf_counter() - start
+            if outcome.summary is None:
+                campaign.failed.append(outcome.error)
+                continue
+            reused = outcome.seconds is None
+            campaign.skipped += reused
+            campaign.mapped += not reused
+            table.writerow({**outcome.summary.to_dict(), REUSED: str(reused).lower()})
+            if len(sheet) < CONTACT_SHEET_PHOTOS:
+                sheet.append(outcome.summary)
+    campaign.seconds = time.perf_counter() - start
+    return sheet
+
+
+def _write_report(
+    campaign: Campaign, sources: list[str], sheet: list[PhotoSummary], table: Path
+) -> None:
+    """A local ``--out``'s contact sheet and ``index.html``: every photo with complete outputs
+    in the folder (this campaign's and earlier ones'), as a local ``crackdet predict`` writes
+    them; read back from the folder, so held only while the report is written."""
+    folder = Path(campaign.out)
+    if sheet:
+        write_contact_sheet(folder, sheet)
+    with table.open(newline="") as handle:
+        reused = [row["photo"] for row in csv.DictReader(handle) if row[REUSED] == "true"]
+    report = MappedPhotos(mapped_before(folder, set()), campaign.failed, skipped=reused)
+    # The title a local ``crackdet predict`` gives: the same report.
+    names = ", ".join(s.rstrip("/").rsplit("/", 1)[-1] for s in sources)
+    write_report(folder, report, f"Crack maps: {names}")
+
+
+def _log_campaign(campaign: Campaign, table: Path) -> None:
     import mlflow  # ~1.3 s to import: only where a run is logged
 
-    mapped = campaign.mapped
-    done = len(mapped.summaries) - len(mapped.skipped)
     mlflow.log_metrics(
         {
             "photos": campaign.photos,
-            "mapped": done,
-            "skipped": len(mapped.skipped),
-            "failed": len(mapped.errors),
+            "mapped": campaign.mapped,
+            "skipped": campaign.skipped,
+            "failed": len(campaign.failed),
             "seconds": campaign.seconds,
-            "photos_per_hour": done / campaign.seconds * 3600 if campaign.seconds else 0.0,
+            "seconds_to_first": campaign.first_seconds,
+            "photos_per_hour": campaign.photos_per_hour,
         }
     )
-    table = io.StringIO()
-    rows = [s.to_dict() for s in mapped.summaries]
-    if rows:
-        writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        mlflow.log_text(table.getvalue(), "campaign/photos.csv")
+    if campaign.mapped or campaign.skipped:
+        mlflow.log_artifact(str(table), "campaign")
     report = {
         "photos": campaign.photos,
-        "mapped": done,
-        "skipped": mapped.skipped,
-        "failed": mapped.errors,
+        "mapped": campaign.mapped,
+        "skipped": campaign.skipped,
+        "failed": campaign.failed,
         "seconds": round(campaign.seconds, 3),
         "executor": campaign.executor,
         "out": campaign.out,

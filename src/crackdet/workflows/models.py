@@ -24,6 +24,7 @@ from crackdet.tracking.registry import (
     registry_folder,
     version_of,
 )
+from crackdet.tracking.runs import run_of_checkpoint
 from crackdet.tracking.store import client_for
 
 REGISTRY_SCHEMES = ("models:/", "runs:/")
@@ -85,6 +86,20 @@ def model_identity(reference: str, model: nn.Module, layout: Layout) -> ModelIde
         return ModelIdentity(label, checkpoint_digest(checkpoint_folder(reference, layout)))
     digest = checkpoint_digest(Path(reference))
     return ModelIdentity(f"{reference} ({digest[:12]})", digest)
+
+
+def model_lineage(reference: str, layout: Layout) -> tuple[str, str]:
+    """(``NAME/N`` of the registered version or "", the run that trained the model or ""): where
+    ``crackdet trace`` of a run that used the model finds the model's own lineage."""
+    client = client_for(layout.root)
+    if reference.startswith("runs:/"):
+        return "", reference.removeprefix("runs:/").split("/", 1)[0]
+    if reference.startswith(REGISTRY_SCHEMES):
+        version = version_of(client, reference)
+        if version is None:
+            return "", ""
+        return f"{version.name}/{version.version}", version.run_id or ""
+    return "", run_of_checkpoint(client, Path(reference))
 
 
 def ood_beside(reference: str) -> OODModel | None:

@@ -3,6 +3,7 @@ checkpoint and its description, and log it all into a new pipeline run in MLflow
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -14,18 +15,36 @@ from pathlib import Path
 from crackdet.core.errors import CrackdetError
 from crackdet.core.io import write_bytes, write_json, write_text
 from crackdet.core.layout import Layout
-from crackdet.core.params import BaseParams, TrainParams, flatten
+from crackdet.core.params import BaseParams, DecoderParams, TrainParams, flatten
 from crackdet.core.progress import say
 from crackdet.data.manifest import ManifestRow, read_manifest
 from crackdet.data.records import FetchSummary, SplitSummary
 from crackdet.data.sources import KINDS
-from crackdet.model.classifier import checkpoint_bytes
+from crackdet.model.backbones import backbone_taps
+from crackdet.model.classifier import CrackClassifier, checkpoint_bytes
+from crackdet.model.decoder import save_decoder, save_no_decoder
+from crackdet.model.decoder_training import (
+    DecoderEpoch,
+    DecoderResult,
+    PixelPhoto,
+    masks_photos,
+    split_photos,
+    synthetic_photos,
+    train_decoder,
+)
+from crackdet.model.dense import DenseTrunk
 from crackdet.model.engines import GRAPH_ENGINES, effective_engine, ensure_graph
 from crackdet.model.fitting import EpochRecord, TrainResult, calibrate_on_val, train_model
 from crackdet.model.inputs import load_images, targets_of
 from crackdet.model.ood import OODModel, fit_ood, save_empty
 from crackdet.model.probe import Probe, fit_probe_cached
-from crackdet.tracking.metric_names import EPOCH, fit_names, timing_names
+from crackdet.tracking.metric_names import (
+    DECODER,
+    DECODER_EPOCH,
+    EPOCH,
+    fit_names,
+    timing_names,
+)
 from crackdet.tracking.model_log import ModelFiles, log_data_input, log_model
 from crackdet.tracking.provenance import data_lineage, lineage_tags
 from crackdet.tracking.redact import safe_params
@@ -92,16 +111,34 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
                 f"val_loss {record.val_loss:.4f} val_acc {record.val_acc:.4f}"
             )
 
+        def log_decoder_epoch(record: DecoderEpoch) -> None:
+            figures = {key: getattr(record, key) for key in DECODER_EPOCH}
+            mlflow.log_metrics({DECODER_EPOCH[k]: v for k, v in figures.items()}, step=record.epoch)
+            say(
+                f"train: decoder epoch {record.epoch}/{cfg.decoder.epochs} "
+                f"train_loss {record.train_loss:.4f} val_loss {record.val_loss:.4f} "
+                f"val_f1 {record.val_f1:.4f} val_planking {record.val_planking:.4f}"
+            )
+
         trained = fit(layout, base, cfg, log_epoch)
         result = trained.result
         _log_fit(trained)
+        decoded = fit_decoder(layout, base.seed, cfg, result.model, log_decoder_epoch)
+        if decoded is not None:
+            mlflow.log_metrics(
+                {
+                    f"{DECODER}best_epoch": decoded.best_epoch,
+                    f"{DECODER}threshold": decoded.spec.threshold,
+                    **{f"{DECODER}best_{k}": v for k, v in decoded.spec.metrics.items()},
+                }
+            )
         graph = _export_graph(layout, result)
         example = load_images(layout.fetch.images, val_rows[:2]).float() / 255.0
         files = ModelFiles(trained.checkpoint, trained.ood, graph)
         model_uri = log_model(layout, result.model, example, files)
         mlflow.set_tags(model_tags(model_uri, trained.checkpoint_sha256))
         # Files last: a failure above (MLflow, the export) leaves the last good outputs.
-        _write_outputs(layout, trained)
+        _write_outputs(layout, trained, decoded)
         RunInfo(run.info.run_id, model_uri, trained.checkpoint_sha256).write(layout.train.run)
         best = result.best
         print(
@@ -212,12 +249,59 @@ def _log_fit(trained: Trained) -> None:
     )
 
 
-def _write_outputs(layout: Layout, trained: Trained) -> None:
-    """The checkpoint, its description, probe, OOD model, history (DVC plots) and metrics;
-    the small ones are logged to MLflow too."""
+def decoder_photos(layout: Layout, seed: int, cfg: DecoderParams) -> list[PixelPhoto]:
+    """The pixel decoder's photos: rendered from the seed, and every masks source's as fetch
+    kept them, at the source's scales (as its windows were cut)."""
+    summary = FetchSummary.read(layout.fetch.summary)
+    photos = synthetic_photos(seed, cfg.synthetic_photos, cfg.crop)
+    for name, source in summary.sources.items():
+        if source.kind != "masks":
+            continue
+        folder = layout.fetch.masks / name
+        if not folder.is_dir():
+            raise CrackdetError(
+                f"{folder}: missing (fetch keeps a masks source's photos there for the pixel "
+                "decoder); rerun fetch: dvc repro --force fetch"
+            )
+        # The fetch params as fetch recorded them (train reads no fetch section of params.yaml).
+        scales = [float(s) for s in summary.params[f"fetch.sources.{name}.scales"]]
+        max_pixels = int(summary.params["fetch.max_pixels"])
+        photos += masks_photos(folder, name, scales, max_pixels)
+    return photos
+
+
+def fit_decoder(
+    layout: Layout,
+    seed: int,
+    cfg: TrainParams,
+    model: CrackClassifier,
+    on_epoch: Callable[[DecoderEpoch], None] | None = None,
+) -> DecoderResult | None:
+    """The pixel decoder over ``model``'s backbone (None: ``train.decoder.enabled`` is false)."""
+    if not cfg.decoder.enabled:
+        return None
+    try:
+        backbone_taps(model.spec.backbone)
+    except CrackdetError as exc:
+        raise CrackdetError(f"{exc}; or set train.decoder.enabled: false") from None
+    backbone = copy.deepcopy(model.backbone).cpu().eval()
+    trunk = DenseTrunk(model.spec.backbone, backbone, model.spec.mean, model.spec.std).eval()
+    train_photos, val_photos = split_photos(
+        decoder_photos(layout, seed, cfg.decoder), cfg.decoder.val_share, seed
+    )
+    return train_decoder(trunk, train_photos, val_photos, cfg.decoder, seed, on_epoch)
+
+
+def _write_outputs(layout: Layout, trained: Trained, decoded: DecoderResult | None) -> None:
+    """The checkpoint, its description, probe, OOD model, pixel decoder, history (DVC plots)
+    and metrics; the small ones are logged to MLflow too."""
     import mlflow  # ~1.3 s to import: only in the stages that log
 
     out, result = layout.train, trained.result
+    if decoded is not None:
+        save_decoder(out.dir, decoded.decoder, decoded.spec)
+    else:
+        save_no_decoder(out.dir)
     write_bytes(out.model, trained.checkpoint)
     write_json(out.spec, result.model.spec.to_dict())
     write_json(out.probe, trained.probe.to_dict() if trained.probe else {})
@@ -226,8 +310,15 @@ def _write_outputs(layout: Layout, trained: Trained) -> None:
     else:
         save_empty(out.ood)
     write_text(out.history, history_csv(result.history))
-    write_json(out.metrics, trained.metrics)
-    for path in (out.spec, out.history):
+    decoder_metrics = {}
+    if decoded is not None:  # flat keys, as dvc metrics shows them
+        decoder_metrics = {
+            "decoder_best_epoch": decoded.best_epoch,
+            "decoder_threshold": decoded.spec.threshold,
+            **{f"decoder_{k}": v for k, v in decoded.spec.metrics.items()},
+        }
+    write_json(out.metrics, {**trained.metrics, **decoder_metrics})
+    for path in (out.spec, out.history, out.decoder_spec):
         mlflow.log_artifact(str(path), artifact_path="train")
     data = (
         layout.split.groups,

@@ -33,6 +33,7 @@ class FetchContext:
     max_pixels: int
     seed: int
     layout: Layout
+    kept: Path  # masks/<name>: where a masks source keeps its photos and masks (the decoder's)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ cracks.
 from __future__ import annotations
 
 import fnmatch
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -404,10 +405,25 @@ def import_masks(path: Path, work: Path, limits: ExtractLimits) -> MasksFolder:
     return MasksFolder(folder, sha256, md5)
 
 
+def keep_photos(root: Path, photos: str, kept: Path) -> None:
+    """Copy the chosen photos with their masks into ``kept`` in the same layout: the pixel
+    decoder trains on whole photos, and the train stage reads only fetch's outputs."""
+    chosen, _ = find_photos(root, photos)
+    for sample in chosen:
+        pairs = [(sample.image, kept / "images" / sample.image.name)]
+        pairs.append((sample.mask, kept / MASKS / sample.mask.name))
+        if sample.planking is not None:
+            pairs.append((sample.planking, kept / PLANKING / sample.planking.name))
+        for source, target in pairs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+
+
 def _fetch_masks(ctx: FetchContext, source: MasksSource) -> Brought:
     path = resolve_path(ctx.layout.root, source.path, f"{ctx.key}.path")
     masks = import_masks(path, ctx.work, ctx.limits)
     cut, left_out = cut_windows(masks.folder, source, ctx.target, ctx.seed, ctx.max_pixels, ctx.key)
+    keep_photos(masks.folder, source.photos, ctx.kept)
     imported = Imported(masks.archive_sha256, masks.archive_md5, left_out)
     return Brought(imported, source.path, extra=asdict(cut), group_of=photo_of)
 
