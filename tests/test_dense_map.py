@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from crackdet.maps.dense_map import (
 from crackdet.maps.mapping import checkpoint_digest, map_photo, prepare_mapper
 from crackdet.model.backbones import build_backbone
 from crackdet.model.classifier import CrackClassifier, build_classifier
+from crackdet.model.decoder import DecoderSpec, build_decoder, save_decoder
 from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
 from crackdet.model.ood import OODModel
 from tests.helpers.params import tiny_params_tree
@@ -298,3 +300,19 @@ def test_checkpoint_digest_covers_the_heads_and_keeps_old_folders(tmp_path: Path
     with_decoder = checkpoint_digest(tmp_path)
     (tmp_path / "decoder.pt").write_bytes(b"decoder, retrained")
     assert len({before, with_decoder, checkpoint_digest(tmp_path)}) == 3
+
+
+def test_a_folder_with_a_decoder_gives_crack_pixels(classifier_folder, tmp_path: Path) -> None:
+    model, folder = classifier_folder
+    own = tmp_path / "ckpt"
+    shutil.copytree(folder, own)
+    spec = DecoderSpec("efficientnet_lite0", (16, 24, 40, 112, 1280), threshold=0.3)
+    save_decoder(own, build_decoder(spec), spec)
+    assert checkpoint_digest(own) != checkpoint_digest(folder)
+    mapper = prepare_mapper(model, settings(), folder=own)
+    assert mapper.dense is not None and mapper.dense.outputs == ("pixels",)
+    mapped = map_photo(mapper, photo(200, 260))
+    assert mapped.pixels is not None and mapped.pixels.shape == (200, 260)
+    assert mapped.pixel_threshold == 0.3
+    # No window head: the window map is still the classifier's, window by window.
+    assert {t.size for t in mapped.result.tiles} == {227}

@@ -53,6 +53,7 @@ from crackdet.maps.dense_map import (
 from crackdet.maps.drawing import overlay_image
 from crackdet.maps.photos import read_photo
 from crackdet.model.classifier import CrackClassifier, build_classifier, load_checkpoint
+from crackdet.model.decoder import PixelDecoder
 from crackdet.model.dense import DenseModel, DenseTrunk
 from crackdet.model.engines import engine_label, feature_fn
 
@@ -81,9 +82,9 @@ def load_model(folder: Path) -> tuple[CrackClassifier, str]:
 def heads(folder: Path, model: CrackClassifier) -> tuple[nn.Module, nn.Module, str]:
     """The folder's heads, else random-init heads of the shipped architectures."""
     if (folder / "window_head.pt").is_file() and (folder / "decoder.pt").is_file():
-        window_head, decoder = load_heads(folder)
-        return window_head, decoder, f"heads of {folder}"  # type: ignore[return-value]
-    from crackdet.model.decoder import PixelDecoder  # bench only: the shipped architectures
+        loaded = load_heads(folder)
+        return loaded.window_head, loaded.decoder, f"heads of {folder}"  # type: ignore[return-value]
+    # The window head's module, once on main (its architecture sets the speed, not weights).
     from crackdet.model.window_head import WindowHead
 
     taps = (16, 24, 40, 112, model.spec.num_features)

@@ -21,7 +21,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from crackdet.core.io import write_json, write_with
 from crackdet.data.windows import resize_photo
 from crackdet.maps.crackmap import CrackMap, Tile
 from crackdet.model.classifier import load_checkpoint
+from crackdet.model.decoder import load_decoder
 from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
 from crackdet.model.ood import OODModel
 
@@ -514,22 +515,39 @@ def load_dense(
     ``pooled``: also give the cells' pooled features (for the OOD model)."""
     if not has_dense_heads(folder):
         return None
-    window_head, decoder = load_heads(folder)
-    if window_head is None and decoder is None:
+    heads = load_heads(folder)
+    if heads.window_head is None and heads.decoder is None:
         return None
     trunk, patch = load_trunk(folder)
-    graph = DenseGraph(DenseModel(trunk, window_head, decoder), pooled)
-    return prepare_dense(graph, "torch" if engine == "torch" else "onnxruntime", cache, patch)
+    graph = DenseGraph(DenseModel(trunk, heads.window_head, heads.decoder), pooled)
+    runner = prepare_dense(graph, "torch" if engine == "torch" else "onnxruntime", cache, patch)
+    return replace(runner, pixel_threshold=heads.pixel_threshold)
 
 
-def load_heads(folder: Path) -> tuple[nn.Module | None, nn.Module | None]:
-    """The window head and the pixel decoder saved in a model folder (None where absent)."""
-    names = [name for name in ("window_head.pt", "decoder.pt") if (folder / name).is_file()]
-    # The heads' loaders (crackdet.model.window_head, crackdet.model.decoder) are wired here
-    # when those modules are on this branch's main.
-    raise CrackdetError(
-        f"{folder}: holds {', '.join(names)}, which this build of crackdet cannot load yet; "
-        "move them aside to map window by window"
+@dataclass(frozen=True)
+class DenseHeads:
+    """The heads saved in a model folder (None where absent) and the decoder's operating
+    threshold on P(crack pixel), chosen on val."""
+
+    window_head: nn.Module | None
+    decoder: nn.Module | None
+    pixel_threshold: float | None
+
+
+def load_heads(folder: Path) -> DenseHeads:
+    """The window head and the pixel decoder saved in a model folder."""
+    if (folder / "window_head.pt").is_file():
+        # The window head's loader (crackdet.model.window_head) is wired here when that module
+        # is on this branch's main.
+        raise CrackdetError(
+            f"{folder}: holds window_head.pt, which this build of crackdet cannot load yet; "
+            "move it aside to map window by window"
+        )
+    decoder = load_decoder(folder)
+    return DenseHeads(
+        None,
+        decoder[0] if decoder is not None else None,
+        float(decoder[1].threshold) if decoder is not None else None,
     )
 
 
