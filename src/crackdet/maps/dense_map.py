@@ -5,12 +5,12 @@ halo (edge-padded bottom/right to a multiple of 32 first, as every dense consume
 halo is the graph's own reach: how far from an output cell an input pixel can still change it,
 measured once per graph from the gradient (:func:`context_halo`). Each tile keeps only the cells
 at least a halo away from its inner edges, so the stitched map is the whole-photo pass up to
-float noise (tests/test_dense_map.py), while memory stays bounded and the activations of one
-tile stay in the CPU's caches: a whole 12 MP photo in one pass runs at a fraction of the
-per-pixel throughput of tiles (bench/speed/dense_speed.py).
+float noise (tests/test_dense_map.py) while memory stays bounded. lite0's reach is large
+(~540 px with the heads), so tiles recompute much of their area: photos up to ~4100 px a side go
+through whole, which measured fastest (:data:`CORE`).
 
-The graph (normalisation, trunk, heads and the 7x7-pooled stride-32 features the OOD model
-scores) runs in ONNX Runtime, exported once per weights into the graph cache, or in PyTorch.
+The graph (normalisation, trunk, heads and, for an OOD model, the 7x7-pooled stride-32
+features) runs in ONNX Runtime, exported once per weights into the graph cache, or in PyTorch.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from crackdet.model.ood import OODModel
 POOL_CELLS = 7
 # A tile's core (the cells it gives; the tile is the core plus a halo each side) and tiles per
 # forward pass. The halo of lite0 with the heads is ~540 px, so small tiles recompute most of
-# their pixels: measured on a 12 MP photo (bench/speed/dense_speed.py, ONNX Runtime, 2 cores),
-# cores of 1024 and 2048 px took 3.3x and 1.8x the time of one whole-photo pass. A 3072-px core
+# their pixels: measured on a 12 MP photo (ONNX Runtime, 2 busy cores), cores of 1024 and 2048
+# px took 2.7x and 1.3-1.4x the time of one whole-photo pass. A 3072-px core
 # maps photos up to ~4100 px a side whole (a 12 MP photo: maxrss ~4.5 GB) and bounds a tile of
 # a larger photo to ~17 MP.
 CORE = 3072
