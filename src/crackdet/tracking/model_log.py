@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import tomllib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +75,9 @@ class ModelFiles:
     checkpoint: bytes
     ood: OODModel | None  # None: train fitted none (an empty ood.npz, as in outputs/train)
     graph: Path | None  # the exported ONNX graph in the cache; None when the export failed
+    # Writes the dense heads' files (pixel decoder, window head) into a folder, as train writes
+    # them beside model.pt: the registered model then maps exactly as the folder does.
+    heads: Callable[[Path], None] | None = None
 
 
 def log_model(
@@ -161,6 +164,8 @@ def save_crackdet_model(
         save_empty(folder / "ood.npz")
     if files.graph is not None:
         shutil.copyfile(files.graph, folder / files.graph.name)
+    if files.heads is not None:
+        files.heads(folder)
     mlflow_model.flavors.pop("python_function", None)
     add_to_model(
         mlflow_model,

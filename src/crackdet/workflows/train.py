@@ -10,6 +10,7 @@ import io
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from crackdet.core.errors import CrackdetError
@@ -134,7 +135,7 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
             )
         graph = _export_graph(layout, result)
         example = load_images(layout.fetch.images, val_rows[:2]).float() / 255.0
-        files = ModelFiles(trained.checkpoint, trained.ood, graph)
+        files = ModelFiles(trained.checkpoint, trained.ood, graph, partial(_save_heads, decoded))
         model_uri = log_model(layout, result.model, example, files)
         mlflow.set_tags(model_tags(model_uri, trained.checkpoint_sha256))
         # Files last: a failure above (MLflow, the export) leaves the last good outputs.
@@ -292,16 +293,21 @@ def fit_decoder(
     return train_decoder(trunk, train_photos, val_photos, cfg.decoder, seed, on_epoch)
 
 
+def _save_heads(decoded: DecoderResult | None, folder: Path) -> None:
+    """The pixel decoder's files in ``folder`` (empty ones when none was trained)."""
+    if decoded is not None:
+        save_decoder(folder, decoded.decoder, decoded.spec)
+    else:
+        save_no_decoder(folder)
+
+
 def _write_outputs(layout: Layout, trained: Trained, decoded: DecoderResult | None) -> None:
     """The checkpoint, its description, probe, OOD model, pixel decoder, history (DVC plots)
     and metrics; the small ones are logged to MLflow too."""
     import mlflow  # ~1.3 s to import: only in the stages that log
 
     out, result = layout.train, trained.result
-    if decoded is not None:
-        save_decoder(out.dir, decoded.decoder, decoded.spec)
-    else:
-        save_no_decoder(out.dir)
+    _save_heads(decoded, out.dir)
     write_bytes(out.model, trained.checkpoint)
     write_json(out.spec, result.model.spec.to_dict())
     write_json(out.probe, trained.probe.to_dict() if trained.probe else {})
