@@ -29,6 +29,7 @@ from crackdet.model.window_head_training import (
     Cells,
     HeadEpoch,
     _evaluate,
+    classifier_window_head,
     fit_window_head,
     mosaic_cells,
     patch_slots,
@@ -266,3 +267,17 @@ def test_train_stage_writes_the_window_head_and_logs_its_epochs(
     best = int(metrics["window_head/best_epoch"])
     assert metrics["window_head/best_val_loss"] == pytest.approx(history[best].value)
     assert metrics["window_head/temperature"] == pytest.approx(spec.temperature)
+
+
+def test_disabled_head_is_the_classifier_calibrated_as_it_is(classifier) -> None:
+    """``train.window_head.enabled: false`` saves the classifier's head, temperature and
+    threshold: dense maps still work, and no stale head of an earlier run is left."""
+    result = classifier_window_head(classifier)
+    assert result.spec.trained_on == "" and result.history == []
+    assert result.spec.temperature == pytest.approx(float(classifier.temperature))
+    assert result.spec.threshold == classifier.spec.threshold
+    images = torch.rand(2, 3, 7 * STRIDE, 7 * STRIDE)
+    with torch.no_grad():
+        window = result.head(_trunk(classifier)(images))[:, :, 3, 3]
+        expected = classifier(images)
+    torch.testing.assert_close(window, expected, rtol=1e-4, atol=1e-5)

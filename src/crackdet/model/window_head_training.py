@@ -393,12 +393,13 @@ def classifier_window_head(model: CrackClassifier) -> WindowHeadResult:
     """The classifier's head read densely as it is (``train.window_head.enabled: false``): no
     features in context, the classifier's temperature and threshold."""
     spec = model.spec
-    head = WindowHead.from_classifier(model.head, spec.temperature).eval()
+    temperature = float(model.temperature)  # what the classifier divides by
+    head = WindowHead.from_classifier(model.head, temperature).eval()
     window = WindowHeadSpec(
         features=head.hidden.in_channels,
         hidden=head.hidden.out_channels,
         window_cells=head.window_cells,
-        temperature=spec.temperature,
+        temperature=temperature,
         threshold=spec.threshold,
         trained_on="",
     )
