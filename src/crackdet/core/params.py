@@ -209,6 +209,20 @@ class DecoderParams:
 
 
 @dataclass(frozen=True)
+class WindowHeadParams:
+    """The window head of dense maps (crackdet.model.window_head): the classifier's head read at
+    every stride-32 cell of one backbone pass, fine-tuned on features computed in context."""
+
+    enabled: bool = _rule()
+    epochs: int = _rule(ge=0, le=1000)  # 0: the classifier's head as it is (calibrated in context)
+    lr: float = _rule(gt=0.0, le=1.0)  # Adam
+    batch_size: int = _rule(ge=1, le=65_536)  # labelled cells per step
+    mosaic: int = _rule(ge=1, le=16)  # training patches per side of a mosaic (one pass each)
+    photos: int = _rule(ge=0, le=1000)  # synthetic photos with crack masks (a quarter for val)
+    photo_size: int = _rule(ge=256, le=4096)  # their side in pixels
+
+
+@dataclass(frozen=True)
 class TrainParams:
     backbone: str = _rule(choices=BACKBONES)
     pretrained: bool = _rule()
@@ -237,6 +251,7 @@ class TrainParams:
     ood_quantile: float = _rule(gt=0.5, lt=1.0)
     augment: AugmentParams
     decoder: DecoderParams
+    window_head: WindowHeadParams
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,21 @@ def pixel_names(figures: Mapping[str, float | None]) -> dict[str, float]:
     return {name: float(figures[k]) for k, name in PIXELS.items() if figures.get(k) is not None}
 
 
+# The window head's epochs (step = epoch; epoch 0: the classifier's head read in context).
+WINDOW_HEAD_EPOCH = {
+    "train_loss": "window_head/train_loss",
+    "val_loss": "window_head/val_loss",
+    "val_acc": "window_head/val_acc",
+    "val_auc": "window_head/val_auc",
+    "seconds": "time/window_head_epoch_s",
+}
+
+
+def window_head_names(figures: Mapping[str, float]) -> dict[str, float]:
+    """The window head's summary figures as ``window_head/<figure>``."""
+    return section_names(figures, "window_head")
+
+
 def fit_names(figures: Mapping[str, float]) -> dict[str, float]:
     """Train's figures under their sections (a figure not listed goes to ``train/``)."""
     return {FIT.get(k, f"train/{k}"): v for k, v in figures.items()}
