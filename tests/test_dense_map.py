@@ -35,6 +35,8 @@ from crackdet.model.classifier import CrackClassifier, build_classifier
 from crackdet.model.decoder import DecoderSpec, build_decoder, save_decoder
 from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
 from crackdet.model.ood import OODModel
+from crackdet.model.window_head import WindowHead as ShippedWindowHead
+from crackdet.model.window_head import WindowHeadSpec, save_window_head
 from tests.helpers.params import tiny_params_tree
 
 torch.manual_seed(0)
@@ -234,11 +236,10 @@ def test_onnxruntime_runs_the_torch_graph(lite0: DenseGraph, tmp_path: Path) -> 
     assert len(list(tmp_path.glob("dense-*.onnx"))) == 2
 
 
-def settings(engine: str = "torch") -> PredictParams:
+def settings(engine: str = "torch", model_threshold: bool = False) -> PredictParams:
     overrides = {"predict.engine": engine, "predict.overlap": 0.5, "predict.threshold": 0.5}
-    return parse_params(
-        tiny_params_tree(**overrides, **{"predict.use_model_threshold": False})
-    ).predict
+    overrides["predict.use_model_threshold"] = model_threshold
+    return parse_params(tiny_params_tree(**overrides)).predict
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +317,19 @@ def test_a_folder_with_a_decoder_gives_crack_pixels(classifier_folder, tmp_path:
     assert mapped.pixel_threshold == 0.3
     # No window head: the window map is still the classifier's, window by window.
     assert {t.size for t in mapped.result.tiles} == {227}
+
+
+def test_a_folder_with_a_window_head_maps_in_one_pass(classifier_folder, tmp_path: Path) -> None:
+    model, folder = classifier_folder
+    own = tmp_path / "ckpt"
+    shutil.copytree(folder, own)
+    head = ShippedWindowHead.from_classifier(model.head, 1.0)
+    spec = WindowHeadSpec(1280, 8, 7, 1.0, threshold=0.42, trained_on="")
+    save_window_head(own, head, spec)
+    mapper = prepare_mapper(model, settings(model_threshold=True), folder=own)
+    assert mapper.dense is not None and mapper.dense.outputs == ("window",)
+    assert mapper.extract is None and mapper.threshold == 0.42  # the head's own threshold
+    mapped = map_photo(mapper, photo(200, 260))
+    assert mapped.pixels is None
+    xs = sorted({t.x for t in mapped.result.tiles})
+    assert np.all(np.diff(xs) == STRIDE) and mapped.result.heatmap.shape == (200, 260)

@@ -56,6 +56,7 @@ from crackdet.model.classifier import CrackClassifier, build_classifier, load_ch
 from crackdet.model.decoder import PixelDecoder
 from crackdet.model.dense import DenseModel, DenseTrunk
 from crackdet.model.engines import engine_label, feature_fn
+from crackdet.model.window_head import WindowHead
 
 WIDTH, HEIGHT = 4032, 3024  # a 12 MP phone photo
 
@@ -84,9 +85,6 @@ def heads(folder: Path, model: CrackClassifier) -> tuple[nn.Module, nn.Module, s
     if (folder / "window_head.pt").is_file() and (folder / "decoder.pt").is_file():
         loaded = load_heads(folder)
         return loaded.window_head, loaded.decoder, f"heads of {folder}"  # type: ignore[return-value]
-    # The window head's module, once on main (its architecture sets the speed, not weights).
-    from crackdet.model.window_head import WindowHead
-
     taps = (16, 24, 40, 112, model.spec.num_features)
     return WindowHead(model.spec.num_features, 128), PixelDecoder(taps), "random-init heads"
 

@@ -39,6 +39,7 @@ from crackdet.model.classifier import load_checkpoint
 from crackdet.model.decoder import load_decoder
 from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
 from crackdet.model.ood import OODModel
+from crackdet.model.window_head import load_window_head
 
 # The window a cell stands for: the classifier's 227-px patch, ~7 cells wide, so the OOD model
 # scores the mean of the 7x7 stride-32 features around the cell (the classifier pools ~8x8 on
@@ -260,6 +261,7 @@ class DenseRunner:
     core: int = CORE
     batch: int = TILE_BATCH
     pixel_threshold: float | None = None  # the decoder's operating threshold, chosen on val
+    window_threshold: float | None = None  # the window head's operating threshold
 
 
 def prepare_dense(
@@ -521,7 +523,9 @@ def load_dense(
     trunk, patch = load_trunk(folder)
     graph = DenseGraph(DenseModel(trunk, heads.window_head, heads.decoder), pooled)
     runner = prepare_dense(graph, "torch" if engine == "torch" else "onnxruntime", cache, patch)
-    return replace(runner, pixel_threshold=heads.pixel_threshold)
+    return replace(
+        runner, pixel_threshold=heads.pixel_threshold, window_threshold=heads.window_threshold
+    )
 
 
 @dataclass(frozen=True)
@@ -532,22 +536,18 @@ class DenseHeads:
     window_head: nn.Module | None
     decoder: nn.Module | None
     pixel_threshold: float | None
+    window_threshold: float | None = None  # the window head's, chosen on val windows in context
 
 
 def load_heads(folder: Path) -> DenseHeads:
     """The window head and the pixel decoder saved in a model folder."""
-    if (folder / "window_head.pt").is_file():
-        # The window head's loader (crackdet.model.window_head) is wired here when that module
-        # is on this branch's main.
-        raise CrackdetError(
-            f"{folder}: holds window_head.pt, which this build of crackdet cannot load yet; "
-            "move it aside to map window by window"
-        )
+    window = load_window_head(folder)
     decoder = load_decoder(folder)
     return DenseHeads(
-        None,
+        window[0] if window is not None else None,
         decoder[0] if decoder is not None else None,
         float(decoder[1].threshold) if decoder is not None else None,
+        float(window[1].threshold) if window is not None else None,
     )
 
 

@@ -136,7 +136,10 @@ def prepare_mapper(
         # against 0-19 % of windows). A dense runner made with pooled features applies one.
         dense = load_dense(folder, settings.engine, graph_cache, pooled=False)
     if dense is not None and "window" in dense.outputs:
-        # The window map comes from the one pass: no per-window feature function.
+        # The window map comes from the one pass: no per-window feature function, and its
+        # operating threshold is the window head's (chosen on windows in context).
+        if settings.use_model_threshold and dense.window_threshold is not None:
+            threshold = dense.window_threshold
         return Mapper(model, settings, None, dense.engine, threshold, ood, dense)
     extract = classifier_features(model, engine, graph_cache)
     return Mapper(model, settings, extract, engine, threshold, ood, dense)

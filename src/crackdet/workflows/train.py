@@ -146,7 +146,8 @@ def train(layout: Layout, base: BaseParams, cfg: TrainParams) -> TrainResult:
         window_head = fit_window_head_logged(layout, base.seed, cfg, trained)
         graph = _export_graph(layout, result)
         example = load_images(layout.fetch.images, val_rows[:2]).float() / 255.0
-        files = ModelFiles(trained.checkpoint, trained.ood, graph, partial(_save_heads, decoded))
+        heads = partial(_save_heads, decoded, window_head)
+        files = ModelFiles(trained.checkpoint, trained.ood, graph, heads)
         model_uri = log_model(layout, result.model, example, files)
         mlflow.set_tags(model_tags(model_uri, trained.checkpoint_sha256))
         # Files last: a failure above (MLflow, the export) leaves the last good outputs.
@@ -343,7 +344,13 @@ def fit_decoder(
     return train_decoder(trunk, train_photos, val_photos, cfg.decoder, seed, on_epoch)
 
 
-def _save_heads(decoded: DecoderResult | None, folder: Path) -> None:
+def _save_heads(decoded: DecoderResult | None, window_head: WindowHeadResult, folder: Path) -> None:
+    """The dense heads' files in ``folder``, as train writes them beside model.pt."""
+    _save_decoder(decoded, folder)
+    save_window_head(folder, window_head.head, window_head.spec)
+
+
+def _save_decoder(decoded: DecoderResult | None, folder: Path) -> None:
     """The pixel decoder's files in ``folder`` (empty ones when none was trained)."""
     if decoded is not None:
         save_decoder(folder, decoded.decoder, decoded.spec)
@@ -357,7 +364,7 @@ def _write_outputs(layout: Layout, trained: Trained, decoded: DecoderResult | No
     import mlflow  # ~1.3 s to import: only in the stages that log
 
     out, result = layout.train, trained.result
-    _save_heads(decoded, out.dir)
+    _save_decoder(decoded, out.dir)
     write_bytes(out.model, trained.checkpoint)
     write_json(out.spec, result.model.spec.to_dict())
     write_json(out.probe, trained.probe.to_dict() if trained.probe else {})
