@@ -165,7 +165,9 @@ def main() -> None:
     print(f"model: {source}; {head_source}; engine {engine_label(predict.engine)}")
     print(f"photo: {WIDTH}x{HEIGHT} ({WIDTH * HEIGHT / 1e6:.1f} MP, synthetic render)")
 
-    scratch = Path(tempfile.mkdtemp(prefix="crackdet-dense-bench-"))
+    # Graphs and written files go to a temporary folder, removed when the run ends.
+    scratch_dir = tempfile.TemporaryDirectory(prefix="crackdet-dense-bench-")
+    scratch = Path(scratch_dir.name)
     engine = predict.engine
     extract = feature_fn(model, engine, scratch)
     window_only = prepare_dense(
