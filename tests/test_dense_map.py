@@ -236,9 +236,12 @@ def test_onnxruntime_runs_the_torch_graph(lite0: DenseGraph, tmp_path: Path) -> 
     assert len(list(tmp_path.glob("dense-*.onnx"))) == 2
 
 
-def settings(engine: str = "torch", model_threshold: bool = False) -> PredictParams:
+def settings(
+    engine: str = "torch", model_threshold: bool = False, windows: str = "sliding"
+) -> PredictParams:
     overrides = {"predict.engine": engine, "predict.overlap": 0.5, "predict.threshold": 0.5}
     overrides["predict.use_model_threshold"] = model_threshold
+    overrides["predict.windows"] = windows
     return parse_params(tiny_params_tree(**overrides)).predict
 
 
@@ -326,7 +329,9 @@ def test_a_folder_with_a_window_head_maps_in_one_pass(classifier_folder, tmp_pat
     head = ShippedWindowHead.from_classifier(model.head, 1.0)
     spec = WindowHeadSpec(1280, 8, 7, 1.0, threshold=0.42, trained_on="")
     save_window_head(own, head, spec)
-    mapper = prepare_mapper(model, settings(model_threshold=True), folder=own)
+    # predict.windows: sliding (the default) leaves the window head unread.
+    assert prepare_mapper(model, settings(model_threshold=True), folder=own).dense is None
+    mapper = prepare_mapper(model, settings(model_threshold=True, windows="dense"), folder=own)
     assert mapper.dense is not None and mapper.dense.outputs == ("window",)
     assert mapper.extract is None and mapper.threshold == 0.42  # the head's own threshold
     mapped = map_photo(mapper, photo(200, 260))

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.params import PredictParams
+from crackdet.core.params import parse_params
 from crackdet.data.images import CLASSES
 from crackdet.data.sources.synthetic import render_photo
 from crackdet.data.windows import window_starts
@@ -29,7 +29,7 @@ from crackdet.maps.scoring import (
     window_labels,
 )
 from crackdet.model.classifier import build_classifier
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, default_params_tree
 
 SIZE = 454  # 3 x 3 windows of 227 px at 50 % overlap
 PLANK_BOX = (slice(0, 120), slice(300, SIZE))  # planking pixels in photo "b" (y, x)
@@ -159,7 +159,9 @@ def _pair_auroc(labels: list[int], scores: list[float]) -> float:
 
 def _maps(model, data: Path, threshold: float = 0.5, photos: str = "*"):
     """evaluate_maps at the settings every test here uses (scale 1, overlap 0.5)."""
-    settings = PredictParams(
+    shipped = parse_params(default_params_tree()).predict
+    settings = dataclasses.replace(
+        shipped,
         scale=1.0,
         auto_windows=(6.75,),
         overlap=0.5,

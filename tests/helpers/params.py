@@ -37,7 +37,9 @@ def tiny_params_tree(**overrides: Any) -> dict[str, Any]:
     # The pixel decoder on a few tiny rendered photos: its own tests train it in earnest.
     tree["train"]["decoder"].update({"synthetic_photos": 4, "crop": 64, "epochs": 1})
     # The window head in context: a few rendered photos, small, two epochs.
-    tree["train"]["window_head"].update({"epochs": 2, "photos": 2, "photo_size": 256})
+    tree["train"]["window_head"].update(
+        {"enabled": True, "epochs": 2, "photos": 2, "photo_size": 256}
+    )
     # scale auto maps a test's 480-px photos at 4-6x (thousands of windows); it has tests of
     # its own (test_maps_eval, the default pipeline), the rest map at 1.
     tree["predict"]["scale"] = 1.0

@@ -311,6 +311,10 @@ class PredictParams:
     threshold: float = _rule(ge=0.0, le=1.0)
     alpha: float = _rule(ge=0.0, le=1.0)
     max_pixels: int = _rule(ge=1)
+    # Where the window map comes from: sliding (a backbone pass per window) or dense (the window
+    # head over the one backbone pass the pixel decoder reads: faster, lower window AUC so far,
+    # docs/results.md). The crack pixels come from the one pass either way.
+    windows: str = _rule(choices=("sliding", "dense"))
     # Where the model has a pixel decoder: P(crack pixel) at or over this is a crack pixel;
     # model: the threshold the decoder chose on val (0.5 when it has none).
     pixel_threshold: float | str = _rule(ge=0.0, le=1.0, choices=("model",))

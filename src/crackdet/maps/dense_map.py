@@ -509,15 +509,22 @@ def has_dense_heads(folder: Path) -> bool:
 
 
 def load_dense(
-    folder: Path, engine: str, cache: Path | None = None, pooled: bool = False
+    folder: Path,
+    engine: str,
+    cache: Path | None = None,
+    pooled: bool = False,
+    windows: bool = True,
 ) -> DenseRunner | None:
     """The dense runner of a model folder: its backbone (model.pt, model.json) with the heads
     beside it (window_head.pt, decoder.pt; each may be absent); None when it has neither.
     ``engine`` torch runs PyTorch, any other engine the exported graph in ONNX Runtime;
-    ``pooled``: also give the cells' pooled features (for the OOD model)."""
+    ``pooled``: also give the cells' pooled features (for the OOD model); ``windows``: the
+    window map from the window head (else only crack pixels; ``predict.windows: sliding``)."""
     if not has_dense_heads(folder):
         return None
     heads = load_heads(folder)
+    if not windows:
+        heads = replace(heads, window_head=None, window_threshold=None)
     if heads.window_head is None and heads.decoder is None:
         return None
     trunk, patch = load_trunk(folder)

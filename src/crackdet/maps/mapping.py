@@ -134,7 +134,8 @@ def prepare_mapper(
         # and in-context cells sit off that distribution (measured, classifier's OOD model on
         # the 7x7-pooled cells of the three sample photos at scale 1: 41-85 % of cells flagged
         # against 0-19 % of windows). A dense runner made with pooled features applies one.
-        dense = load_dense(folder, settings.engine, graph_cache, pooled=False)
+        windows = settings.windows == "dense"
+        dense = load_dense(folder, settings.engine, graph_cache, pooled=False, windows=windows)
     if dense is not None and "window" in dense.outputs:
         # The window map comes from the one pass: no per-window feature function, and its
         # operating threshold is the window head's (chosen on windows in context).
@@ -357,6 +358,7 @@ def map_into_folder(
         threshold=mapper.threshold,
         engine=engine_label(mapper.engine),
         alpha=settings.alpha,
+        windows=settings.windows,
     )
     made_from = with_crack_settings(made_from, settings, mm_per_pixel)
     done = already_mapped(files, made_from)

@@ -86,6 +86,7 @@ class MadeFrom:
     threshold: float
     engine: str
     alpha: float
+    windows: str = "sliding"  # predict.windows: sliding windows or the dense pass's window head
     # The crack outputs' settings: predict.pixel_threshold, the photo's mm per pixel (from
     # predict.mm_per_pixel or the scale CSV), predict.width_bands, predict.min_crack_length_px.
     pixel_threshold: float | str = ""
