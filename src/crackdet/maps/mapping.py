@@ -304,11 +304,12 @@ class PhotoWork:
         model_ref: str,
         digest: str,
         command: str,
-        folder: Path | None = None,
+        folder: Path | Callable[[], Path | None] | None = None,
     ) -> None:
         self.load, self.settings, self.graph_cache = load, settings, graph_cache
         self.out, self.model_ref, self.digest, self.command = out, model_ref, digest, command
-        self.folder = folder  # the checkpoint folder: its dense heads, if any
+        # The checkpoint folder (its dense heads, if any), or how a worker finds its own copy.
+        self.folder = folder
         self._mapper: Mapper | None = None
 
     def __getstate__(self) -> dict:
@@ -317,7 +318,8 @@ class PhotoWork:
     def mapper(self) -> Mapper:
         if self._mapper is None:
             model, ood = self.load()
-            self._mapper = prepare_mapper(model, self.settings, ood, self.graph_cache, self.folder)
+            folder = self.folder() if callable(self.folder) else self.folder
+            self._mapper = prepare_mapper(model, self.settings, ood, self.graph_cache, folder)
         return self._mapper
 
     def __call__(self, item: tuple[Path, str]) -> PhotoOutcome:

@@ -53,6 +53,7 @@ from crackdet.tracking.provenance import git_state
 from crackdet.tracking.runs import CampaignRecord, ending, start_campaign_run
 from crackdet.workflows.models import (
     REGISTRY_SCHEMES,
+    checkpoint_folder,
     load_model,
     model_identity,
     model_lineage,
@@ -86,6 +87,12 @@ class Campaign:
     @property
     def photos_per_hour(self) -> float:
         return self.mapped / self.seconds * 3600 if self.seconds else 0.0
+
+
+def folder_for_worker(reference: str, root: Path) -> Path | None:
+    """The model's checkpoint folder as a worker sees it (picklable by reference)."""
+    folder = checkpoint_folder(reference, Layout(root))
+    return folder.resolve() if folder is not None else None
 
 
 def load_for_worker(reference: str, root: Path) -> tuple[CrackClassifier, OODModel | None]:
@@ -166,6 +173,9 @@ def run_campaign(
         identity.label,
         identity.digest,
         "predict",
+        # Dense heads (crack pixels): each worker finds the checkpoint folder itself (a
+        # registry version is downloaded where it runs).
+        partial(folder_for_worker, model_ref, layout.root),
     )
     # Workers run in folders of their own: a local --out is given to them as an absolute path.
     work = CampaignWork(inner, out if is_s3(out) else str(Path(out).resolve()))
