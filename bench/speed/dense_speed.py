@@ -8,8 +8,9 @@ Prints, on this machine and in one run (CPU model and AVX-512 flags first):
   whole; each pixel once); with the ratios the issue sets: window mapper / dense window (target
   >= 2.5x) and (dense + pixels) / bare pass (target <= 1.5x, and <= 2 s);
 - the dense map per tile size (the halo is the graph's measured reach), to choose ``CORE``;
-- at ``scale: auto``: read the JPEG, map (window map + pixels), trace the cracks of the
-  thresholded pixels, write the mask and overlay PNGs (target <= 3 s);
+- at ``scale: auto``: a JPEG mapped into a folder as ``crackdet predict`` maps it (read, map,
+  trace the cracks, write every output), with ``predict.windows`` dense and sliding (target
+  <= 3 s);
 - peak memory: maxrss after each figure and the tracemalloc peak of the step.
 Every figure is the best of ``--repeats`` rounds, the variants interleaved within a round, so a
 busy machine slows them alike. The heads are the model folder's where it has them, else
@@ -22,7 +23,7 @@ Usage (from the repo root, venv active):
 from __future__ import annotations
 
 import argparse
-import itertools
+import dataclasses
 import resource
 import tempfile
 import time
@@ -38,8 +39,7 @@ from torch import nn
 
 from crackdet.core.params import load_params
 from crackdet.data.images import CLASSES, PATCH_SIZE
-from crackdet.maps.crackmap import crack_map, scales_for
-from crackdet.maps.cracks import trace_cracks
+from crackdet.maps.crackmap import crack_map
 from crackdet.maps.dense_map import (
     CORE,
     DenseGraph,
@@ -50,12 +50,12 @@ from crackdet.maps.dense_map import (
     prepare_dense,
     run_tiled,
 )
-from crackdet.maps.drawing import overlay_image
-from crackdet.maps.photos import read_photo
+from crackdet.maps.mapping import map_into_folder, prepare_mapper
 from crackdet.model.classifier import CrackClassifier, build_classifier, load_checkpoint
 from crackdet.model.decoder import PixelDecoder
 from crackdet.model.dense import DenseModel, DenseTrunk
 from crackdet.model.engines import engine_label, feature_fn
+from crackdet.model.ood import OODModel
 from crackdet.model.window_head import WindowHead
 
 WIDTH, HEIGHT = 4032, 3024  # a 12 MP phone photo
@@ -238,36 +238,29 @@ def main() -> None:
         "(target <= 2 s)"
     )
 
-    # scale auto, end to end: read → map → trace → write.
+    # scale auto, end to end as `crackdet predict` maps a photo into a folder (read → map →
+    # trace → write every output: overlay, heatmaps, masks, crack files, JSON), with the model
+    # folder's own heads, for each predict.windows.
     jpeg = scratch / "photo.jpg"
     Image.fromarray(photo).save(jpeg, quality=92)
-    scales = scales_for("auto", predict.auto_windows, HEIGHT, WIDTH, spec.patch_size)
-    runner = with_tile(both, int(dense_name.rsplit(" ", 1)[1]))
-    threshold = 0.5
-
-    def end_to_end() -> dict[str, float]:
-        marks = {"start": time.perf_counter()}
-        image = read_photo(jpeg, predict.max_pixels, lambda h, w: max(scales))
-        marks["read"] = time.perf_counter()
-        mapped = dense_map(runner, image, scales)
-        marks["map"] = time.perf_counter()
-        mask = mapped.pixels >= threshold  # type: ignore[operator]
-        trace_cracks(mask, min_length_px=20)
-        marks["trace"] = time.perf_counter()
-        Image.fromarray(mask.astype(np.uint8) * 255).save(scratch / "mask.png")
-        overlay_image(image, mapped.heatmap, predict.alpha).save(scratch / "overlay.png")
-        marks["write"] = time.perf_counter()
-        names = list(marks)
-        return {b: marks[b] - marks[a] for a, b in itertools.pairwise(names)}
-
-    runs = [end_to_end() for _ in range(args.repeats)]
-    fastest_run = min(runs, key=lambda r: sum(r.values()))
-    parts = ", ".join(f"{k} {v:.2f} s" for k, v in fastest_run.items())
-    print(
-        f"scale auto ({', '.join(f'{s:g}' for s in scales)}), read → map → trace → write mask and "
-        f"overlay PNGs: best {sum(fastest_run.values()):.2f} s ({parts}; target <= 3 s); "
-        f"maxrss {maxrss_mib():.0f} MiB"
-    )
+    ood = OODModel.load(folder / "ood.npz")
+    for windows in ("dense", "sliding"):
+        settings = dataclasses.replace(predict, scale="auto", windows=windows)
+        mapper = prepare_mapper(model, settings, ood, scratch, folder)
+        out = scratch / f"out-{windows}"
+        seconds = []
+        for _ in range(args.repeats):
+            begin = time.perf_counter()
+            outcome = map_into_folder(
+                mapper, out, (jpeg, "photo"), model_ref="bench", digest="", command="bench"
+            )
+            seconds.append(time.perf_counter() - begin)
+            assert outcome.summary is not None, outcome.error
+        traced = "with crack files" if mapper.dense is not None else "no decoder"
+        print(
+            f"scale auto, predict.windows {windows}, read → map → trace → write every output "
+            f"({traced}): best {min(seconds):.2f} s (target <= 3 s); maxrss {maxrss_mib():.0f} MiB"
+        )
 
 
 if __name__ == "__main__":
