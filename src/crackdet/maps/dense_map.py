@@ -38,6 +38,7 @@ from crackdet.maps.crackmap import CrackMap, Tile
 from crackdet.model.classifier import load_checkpoint
 from crackdet.model.decoder import load_decoder
 from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
+from crackdet.model.engines import onnxruntime_session
 from crackdet.model.ood import OODModel
 from crackdet.model.window_head import load_window_head
 
@@ -156,24 +157,7 @@ class OnnxDense:
     engine = "onnxruntime"
 
     def __init__(self, path: Path, outputs: tuple[str, ...]) -> None:
-        import onnxruntime  # only where ONNX Runtime is the engine
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except MemoryError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own exception types
-            path.unlink(missing_ok=True)
-            raise CrackdetError(
-                f"{path}: unreadable ONNX graph, removed; run again to re-export "
-                f"({first_line(exc)})"
-            ) from None
+        self.session = onnxruntime_session(path)
         self.outputs = outputs
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -209,6 +209,23 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
     return path
 
 
+def onnxruntime_session(path: Path) -> Any:
+    """An ONNX Runtime CPU session of an exported graph with PyTorch's thread count; a graph it
+    cannot open is removed (the next run re-exports it) and named on one line."""
+    import onnxruntime  # only where ONNX Runtime is the engine
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except MemoryError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise _unreadable_graph(path, first_line(exc)) from None
+
+
 def _unreadable_graph(path: Path, reason: str) -> CrackdetError:
     """A foreign or damaged graph file is removed, so the next run re-exports it."""
     path.unlink(missing_ok=True)
@@ -228,20 +245,7 @@ class OnnxSession:
     engine = "onnxruntime"
 
     def __init__(self, path: Path) -> None:
-        import onnxruntime  # only where ONNX Runtime is the engine
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only
-        try:
-            self.session = onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except MemoryError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise _unreadable_graph(path, first_line(exc)) from None
+        self.session = onnxruntime_session(path)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         (features,) = self.session.run(None, {"images": _graph_input(images)})
