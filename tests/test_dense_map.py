@@ -3,6 +3,7 @@ their window is centred, at every scale; ONNX Runtime runs the same graph as PyT
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -30,6 +31,7 @@ from crackdet.maps.dense_map import (
     tile_spans,
 )
 from crackdet.maps.mapping import checkpoint_digest, map_photo, prepare_mapper
+from crackdet.maps.scoring import resolve_pixel_threshold
 from crackdet.model.backbones import build_backbone
 from crackdet.model.classifier import CrackClassifier, build_classifier
 from crackdet.model.decoder import DecoderSpec, build_decoder, save_decoder
@@ -338,3 +340,11 @@ def test_a_folder_with_a_window_head_maps_in_one_pass(classifier_folder, tmp_pat
     assert mapped.pixels is None
     xs = sorted({t.x for t in mapped.result.tiles})
     assert np.all(np.diff(xs) == STRIDE) and mapped.result.heatmap.shape == (200, 260)
+    # eval-maps scores the pixels where predict traces them: the decoder's own threshold under
+    # predict.pixel_threshold: model, the number params give otherwise, an override first.
+    assert resolve_pixel_threshold(mapper, None) == 0.3
+    fixed = dataclasses.replace(
+        mapper, settings=dataclasses.replace(settings(), pixel_threshold=0.7)
+    )
+    assert resolve_pixel_threshold(fixed, None) == 0.7
+    assert resolve_pixel_threshold(fixed, 0.2) == 0.2

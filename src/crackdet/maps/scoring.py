@@ -42,6 +42,7 @@ from crackdet.data.archive import extract
 from crackdet.data.sources.labelled import ExtractLimits
 from crackdet.data.sources.masks import MaskedPhoto, PixelCounts, PixelSums, find_photos, read_mask
 from crackdet.data.windows import window_grid
+from crackdet.maps.crack_outputs import pixel_threshold
 from crackdet.maps.crackmap import Tile
 from crackdet.maps.cracks import skeleton_length
 from crackdet.maps.mapping import (
@@ -62,7 +63,6 @@ CRACK, CLEAN, IGNORED = 1, 0, -1
 NO_LIMITS_GIVEN = ExtractLimits()  # the archive bounds when a caller names none
 GRID_DIVISOR = 6.75  # scale auto's evaluation windows: the short side / this
 # P(crack pixel) at or above this is crack where neither the caller nor the decoder chose one.
-DEFAULT_PIXEL_THRESHOLD = 0.5
 NO_PIXELS = "the model maps no crack pixels (it has no pixel decoder, decoder.pt beside model.pt)"
 ACCEPTED_FIGURES = (
     "auroc",
@@ -301,12 +301,12 @@ def photo_pixels(
 
 def resolve_pixel_threshold(mapper: Mapper, override: float | None) -> float:
     """The P(crack pixel) threshold pixels are scored at: ``override`` when given, else the one
-    the pixel decoder chose (carried by the mapper as ``pixel_threshold`` where it has a
-    decoder), else :data:`DEFAULT_PIXEL_THRESHOLD`."""
+    ``crackdet predict`` traces at (``predict.pixel_threshold``: a number, or the one the pixel
+    decoder chose on val)."""
     if override is not None:
         return float(override)
-    chosen = getattr(mapper, "pixel_threshold", None)
-    return DEFAULT_PIXEL_THRESHOLD if chosen is None else float(chosen)
+    chosen = mapper.dense.pixel_threshold if mapper.dense is not None else None
+    return pixel_threshold(mapper.settings.pixel_threshold, chosen)
 
 
 def score_photo(
