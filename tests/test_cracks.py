@@ -12,6 +12,7 @@ from crackdet.maps.cracks import (
     DEFAULT_BANDS,
     WidthBand,
     check_bands,
+    crack_mask,
     severity,
     skeleton_length,
     trace_cracks,
@@ -212,3 +213,16 @@ def test_segments_walk_the_same_paths_as_the_set_walk() -> None:
                 assert _segments(piece) == _segments_by_sets(piece)
                 pieces += 1
     assert pieces > 20
+
+
+def test_hysteresis_joins_a_faint_stretch_to_the_crack_it_touches_and_nothing_else() -> None:
+    p = np.zeros((20, 60), dtype=np.float32)
+    p[10, 5:25] = 0.9  # a clear stretch
+    p[10, 25:35] = 0.4  # faint, touching it
+    p[10, 35:55] = 0.9  # clear again
+    p[3, 5:30] = 0.4  # faint, alone: not a crack
+    assert crack_mask(p, 0.5).sum() == 40  # off: two pieces
+    joined = crack_mask(p, 0.5, 0.5)
+    assert joined.sum() == 50 and not joined[3].any()
+    assert len(trace_cracks(joined)[0]) == 1 and len(trace_cracks(crack_mask(p, 0.5))[0]) == 2
+    assert not crack_mask(np.full((4, 4), 0.3), 0.5, 0.5).any()  # no clear pixel: none

@@ -34,7 +34,7 @@ import yaml
 from skimage.morphology import skeletonize
 
 from crackdet.core.params import DecoderParams
-from crackdet.maps.cracks import skeleton_length
+from crackdet.maps.cracks import crack_mask, skeleton_length
 from crackdet.model.backbones import build_backbone
 from crackdet.model.decoder import PixelDecoder
 from crackdet.model.decoder_training import (
@@ -51,6 +51,9 @@ REPO = Path(__file__).resolve().parents[2]
 UAV_ZIP = "uav75/uav75-trainval.zip"
 
 
+HYSTERESIS = (1.0, 0.7, 0.5, 0.3)  # predict.pixel_hysteresis values tried (1: off)
+
+
 def predict(trunk: DenseTrunk, decoder: PixelDecoder, image: np.ndarray) -> np.ndarray:
     """P(crack pixel) of a whole photo: padded to multiples of 32 by edge replication."""
     height, width = image.shape[:2]
@@ -62,11 +65,15 @@ def predict(trunk: DenseTrunk, decoder: PixelDecoder, image: np.ndarray) -> np.n
 
 
 def score(
-    trunk: DenseTrunk, decoder: PixelDecoder, threshold: float, photos: list[PixelPhoto]
+    trunk: DenseTrunk,
+    decoder: PixelDecoder,
+    threshold: float,
+    photos: list[PixelPhoto],
+    hysteresis: float = 1.0,
 ) -> dict[str, float | int | None]:
     total, errors = PixelCounts(), []
     for photo in photos:
-        called = predict(trunk, decoder, photo.image) >= threshold
+        called = crack_mask(predict(trunk, decoder, photo.image), threshold, hysteresis)
         total = total + count_pixels(called, photo.crack, photo.planking)
         error = length_error(
             skeleton_length(skeletonize(called)), skeleton_length(skeletonize(photo.crack))
@@ -119,6 +126,15 @@ def main() -> None:
         started = time.perf_counter()
         fit, choose = split_photos(photos, cfg.val_share, seed)
         result = train_decoder(trunk, fit, choose, cfg, seed, on_epoch=_say)
+        # predict.pixel_hysteresis, chosen on the same held-out training photos as the
+        # threshold (never on the scored ones): the fewest length error there, then F1.
+        on_choice = {
+            h: score(trunk, result.decoder, result.spec.threshold, choose, h) for h in HYSTERESIS
+        }
+        hysteresis = min(
+            HYSTERESIS,
+            key=lambda h: (on_choice[h]["median_length_error"] or 0.0, -(on_choice[h]["f1"] or 0)),
+        )
         line = {
             "run": name,
             "decoder": dataclasses.asdict(cfg),
@@ -127,9 +143,18 @@ def main() -> None:
             "choice_f1": result.counts.f1,
             "train_photos": len(fit),
             "choice_photos": len(choose),
+            "hysteresis_on_choice": {str(h): figures for h, figures in on_choice.items()},
+            "hysteresis": hysteresis,
             **{
-                where: score(trunk, result.decoder, result.spec.threshold, those)
+                where: score(trunk, result.decoder, result.spec.threshold, those, hysteresis)
                 for where, those in scored.items()
+            },
+            **{
+                f"{where}, hysteresis off": score(
+                    trunk, result.decoder, result.spec.threshold, those
+                )
+                for where, those in scored.items()
+                if hysteresis != 1.0
             },
             "seconds": round(time.perf_counter() - started, 1),
         }

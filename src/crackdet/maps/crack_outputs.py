@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from crackdet.core.errors import CrackdetError
 from crackdet.core.io import write_json, write_text, write_with
 from crackdet.core.params import PredictParams, WidthBand
-from crackdet.maps.cracks import Crack, trace_cracks
+from crackdet.maps.cracks import Crack, crack_mask, trace_cracks
 
 FOLDER_CRACKS = "cracks.csv"  # every photo's cracks, in the report's folder
 SCALE_COLUMNS = ("photo", "mm_per_pixel")
@@ -301,7 +301,8 @@ def trace_photo(
     model has no pixel decoder (``pixels`` None)."""
     if pixels is None:
         return None
-    mask = np.asarray(pixels) >= pixel_threshold(settings.pixel_threshold, decoder_threshold)
+    threshold = pixel_threshold(settings.pixel_threshold, decoder_threshold)
+    mask = crack_mask(pixels, threshold, settings.pixel_hysteresis)
     cracks, _ = trace_cracks(
         mask,
         mm_per_pixel=mm_per_pixel,

@@ -102,6 +102,24 @@ class Crack:
         }
 
 
+def crack_mask(probability: np.ndarray, threshold: float, hysteresis: float = 1.0) -> np.ndarray:
+    """Crack pixels of a P(crack pixel) map: those at or over ``threshold`` and, with
+    ``hysteresis`` < 1, those at or over ``hysteresis * threshold`` connected (8-neighbours) to
+    them. A crack's faint stretch between two clear ones then joins them instead of splitting
+    the crack into pieces (Canny's hysteresis, as crack-segmentation post-processing uses it).
+    """
+    from scipy import ndimage  # scipy: only where cracks are traced
+
+    probability = np.asarray(probability)
+    strong = probability >= threshold
+    if hysteresis >= 1.0 or not strong.any():
+        return strong
+    weak = probability >= hysteresis * threshold
+    labels, _ = ndimage.label(weak, structure=EIGHT)
+    keep = np.unique(labels[strong])
+    return np.isin(labels, keep[keep > 0])
+
+
 def skeleton_length(skeleton: np.ndarray) -> float:
     """Path length of a one-pixel skeleton: orthogonal neighbour pairs count 1, diagonal pairs
     sqrt 2 unless an orthogonal pixel already joins them (an L corner is 2, not 2 + sqrt 2)."""

@@ -93,6 +93,7 @@ class MadeFrom:
     mm_per_pixel: float | None = None
     width_bands: list[dict[str, Any]] = field(default_factory=list)
     min_crack_length_px: float = 0.0
+    pixel_hysteresis: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,7 @@ def with_crack_settings(
         mm_per_pixel=mm_per_pixel,
         width_bands=[asdict(band) for band in settings.width_bands],
         min_crack_length_px=settings.min_crack_length_px,
+        pixel_hysteresis=settings.pixel_hysteresis,
     )
 
 

@@ -44,7 +44,7 @@ from crackdet.data.sources.masks import MaskedPhoto, PixelCounts, PixelSums, fin
 from crackdet.data.windows import window_grid
 from crackdet.maps.crack_outputs import pixel_threshold
 from crackdet.maps.crackmap import Tile
-from crackdet.maps.cracks import skeleton_length
+from crackdet.maps.cracks import crack_mask, skeleton_length
 from crackdet.maps.mapping import (
     SEQUENTIAL,
     Executor,
@@ -291,12 +291,15 @@ def photo_pixels(
     truth: np.ndarray,
     planking: np.ndarray | None,
     threshold: float,
+    hysteresis: float = 1.0,
 ) -> PhotoPixels | None:
-    """A mapped photo's crack pixels (P(crack pixel) >= ``threshold``) scored against its masks;
-    None where the map has no crack pixels."""
+    """A mapped photo's crack pixels (as ``crackdet predict`` traces them:
+    :func:`crackdet.maps.cracks.crack_mask` at ``threshold`` and ``hysteresis``) scored against
+    its masks; None where the map has no crack pixels."""
     if mapped.pixels is None:
         return None
-    return score_pixels(name, np.asarray(mapped.pixels) >= threshold, truth, planking)
+    called = crack_mask(mapped.pixels, threshold, hysteresis)
+    return score_pixels(name, called, truth, planking)
 
 
 def resolve_pixel_threshold(mapper: Mapper, override: float | None) -> float:
@@ -323,7 +326,14 @@ def score_photo(
     mapped = map_photo(mapper, photo)
     result = mapped.result
     threshold = resolve_pixel_threshold(mapper, pixel_threshold)
-    pixels = photo_pixels(sample.image.name, mapped, mask, planking_mask, threshold)
+    pixels = photo_pixels(
+        sample.image.name,
+        mapped,
+        mask,
+        planking_mask,
+        threshold,
+        mapper.settings.pixel_hysteresis,
+    )
     tiles = (
         evaluation_grid(result.heatmap, result.ood_map)
         if mapper.settings.scale == "auto"
