@@ -191,6 +191,18 @@ def test_trace_campaign_run(
     model = f"models:/{NAME}@champion"
     done = run_campaign([str(photos)], model, str(out), cfg, Layout(repo))
     assert (done.mapped, done.skipped, done.failed) == (1, 0, [])
+    # The registered model carries its pixel decoder: the campaign traced the photo, and its
+    # run holds the crack table (a header alone where the tiny decoder found none).
+    import mlflow
+
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=done.run_id,
+        artifact_path="campaign/cracks.csv",
+        dst_path=str(tmp_path / "got"),
+        tracking_uri=server,
+    )
+    table = (out / "cracks.csv").read_text()
+    assert Path(logged).read_text() == table and table.startswith("photo,crack,length,")
 
     result = crackdet(repo, server, "trace", done.run_id)
     assert result.returncode == 0, result.stderr

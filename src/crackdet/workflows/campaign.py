@@ -30,6 +30,7 @@ from crackdet.maps.campaign import (
     is_s3,
     list_s3_photos,
 )
+from crackdet.maps.crack_outputs import FOLDER_CRACKS
 from crackdet.maps.html_report import write_report
 from crackdet.maps.mapping import (
     SEQUENTIAL,
@@ -269,6 +270,11 @@ def _log_campaign(campaign: Campaign, table: Path) -> None:
     )
     if campaign.mapped or campaign.skipped:
         mlflow.log_artifact(str(table), "campaign")
+    # The crack table of every photo traced (a local --out's report writes it; on S3 each
+    # photo's own <photo>_cracks.csv is in the bucket).
+    cracks = Path(campaign.out) / FOLDER_CRACKS
+    if not is_s3(campaign.out) and cracks.is_file():
+        mlflow.log_artifact(str(cracks), "campaign")
     report = {
         "photos": campaign.photos,
         "mapped": campaign.mapped,
