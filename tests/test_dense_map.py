@@ -322,6 +322,14 @@ def test_a_folder_with_a_decoder_gives_crack_pixels(classifier_folder, tmp_path:
     assert mapped.pixel_threshold == 0.3
     # No window head: the window map is still the classifier's, window by window.
     assert {t.size for t in mapped.result.tiles} == {227}
+    # eval-maps scores the pixels where predict traces them: the decoder's own threshold under
+    # predict.pixel_threshold: model, the number params give otherwise, an override first.
+    assert resolve_pixel_threshold(mapper, None) == 0.3
+    fixed = dataclasses.replace(
+        mapper, settings=dataclasses.replace(settings(), pixel_threshold=0.7)
+    )
+    assert resolve_pixel_threshold(fixed, None) == 0.7
+    assert resolve_pixel_threshold(fixed, 0.2) == 0.2
 
 
 def test_a_folder_with_a_window_head_maps_in_one_pass(classifier_folder, tmp_path: Path) -> None:
@@ -340,11 +348,3 @@ def test_a_folder_with_a_window_head_maps_in_one_pass(classifier_folder, tmp_pat
     assert mapped.pixels is None
     xs = sorted({t.x for t in mapped.result.tiles})
     assert np.all(np.diff(xs) == STRIDE) and mapped.result.heatmap.shape == (200, 260)
-    # eval-maps scores the pixels where predict traces them: the decoder's own threshold under
-    # predict.pixel_threshold: model, the number params give otherwise, an override first.
-    assert resolve_pixel_threshold(mapper, None) == 0.3
-    fixed = dataclasses.replace(
-        mapper, settings=dataclasses.replace(settings(), pixel_threshold=0.7)
-    )
-    assert resolve_pixel_threshold(fixed, None) == 0.7
-    assert resolve_pixel_threshold(fixed, 0.2) == 0.2

@@ -77,13 +77,23 @@ def workspace_params(root: Path) -> dict[str, str]:
 
 
 def params_diff(recorded: dict[str, str], current: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(key, run value, workspace value) for every key that differs; '-' where absent."""
+    """(key, run value, workspace value) for every key that differs; '-' where absent. Numbers
+    compare as numbers: a float key written 10 in params.yaml is logged as 10.0."""
     keys = sorted(set(recorded) | set(current))
     return [
         (k, recorded.get(k, "-"), current.get(k, "-"))
         for k in keys
-        if recorded.get(k, "-") != current.get(k, "-")
+        if not _same(recorded.get(k, "-"), current.get(k, "-"))
     ]
+
+
+def _same(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
 
 
 def model_locations(client: Any, run: Any, versions: list[Any]) -> list[str]:

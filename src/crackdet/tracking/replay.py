@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -125,13 +126,23 @@ def _typed(old: Any, value: str) -> Any:
     if isinstance(old, bool):
         return value == "True"
     if isinstance(old, int):
-        return int(value)
+        # A float key written as a whole number in params.yaml (10) is logged as the schema
+        # reads it (10.0): the logged text decides.
+        try:
+            return int(value)
+        except ValueError:
+            return float(value)
     if isinstance(old, float):
         return float(value)
     if isinstance(old, str):
         return value
-    parsed = yaml.safe_load(value.replace("True", "true").replace("False", "false"))
-    return value if parsed is None else parsed
+    # MLflow logs Python's str() of a value: True/False/None, lists of dicts with None inside
+    # (predict.width_bands): YAML reads them once those words are YAML's.
+    words = {"True": "true", "False": "false", "None": "null"}
+    parsed = yaml.safe_load(re.sub(r"\b(True|False|None)\b", lambda m: words[m.group(1)], value))
+    if parsed is None:
+        return None if value == "None" else value
+    return parsed
 
 
 def restore_params(path: Path, recorded: dict[str, str]) -> list[str]:
