@@ -19,7 +19,6 @@ import hashlib
 import json
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,14 +30,14 @@ from scipy.special import expit
 from torch import nn
 from torch.nn import functional as F
 
-from crackdet.core.errors import CrackdetError, first_line
-from crackdet.core.io import write_json, write_with
+from crackdet.core.errors import CrackdetError
+from crackdet.core.io import write_json
 from crackdet.data.windows import resize_photo
 from crackdet.maps.crackmap import CrackMap, Tile
 from crackdet.model.classifier import load_checkpoint
 from crackdet.model.decoder import load_decoder
 from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
-from crackdet.model.engines import onnxruntime_session
+from crackdet.model.engines import onnxruntime_session, write_onnx
 from crackdet.model.ood import OODModel
 from crackdet.model.window_head import load_window_head
 
@@ -203,32 +202,14 @@ def export_dense(graph: DenseGraph, path: Path) -> None:
     for name in graph.outputs:
         dynamic[name] = {0: "batch", 2: "rows", 3: "cols"}
 
-    def write(tmp: Path) -> None:
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter's notice
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(tmp),
-                dynamo=False,
-                opset_version=17,
-                input_names=["images"],
-                output_names=list(graph.outputs),
-                dynamic_axes=dynamic,
-            )
-
-    modes = {module: module.training for module in graph.modules()}
-    try:
-        write_with(path, write)
-    except CrackdetError:
-        raise
-    except Exception as exc:  # the exporter's own errors (unsupported operator, …)
-        raise CrackdetError(
-            f"dense model: ONNX export failed ({first_line(exc)}); set predict.engine to torch"
-        ) from None
-    finally:
-        for module, training in modes.items():
-            module.train(training)
+    settings = {
+        "dynamo": False,
+        "opset_version": 17,
+        "input_names": ["images"],
+        "output_names": list(graph.outputs),
+        "dynamic_axes": dynamic,
+    }
+    write_onnx(graph, example, path, settings, "dense model", "set predict.engine to torch")
 
 
 @dataclass(frozen=True)

@@ -185,28 +185,45 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
     # Drawn from its own generator, and the export runs under fork_rng: exporting (or finding the
     # graph cached) must not shift the global RNG that head init and shuffling draw from.
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    wrapper = _Features(model).eval()
+    write_onnx(
+        _Features(model).eval(),
+        example,
+        path,
+        EXPORT_SETTINGS,
+        model.spec.backbone,  # type: ignore[attr-defined]
+        "set train.engine, evaluate.engine and predict.engine to torch",
+    )
+    return path
+
+
+def write_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    settings: dict[str, Any],
+    what: str,
+    hint: str,
+) -> None:
+    """``torch.onnx.export`` of ``module`` into ``path`` (atomic write: temp file, rename),
+    leaving the global RNG and every submodule's train/eval mode as they were; an exporter
+    error is one line naming ``what`` and what to do (``hint``)."""
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-            torch.onnx.export(wrapper, (example,), str(tmp), **EXPORT_SETTINGS)
+            torch.onnx.export(module, (example,), str(tmp), **settings)
 
     # The exporter flips train/eval on the whole module tree: put every module back as it was.
-    modes = {module: module.training for module in model.modules()}
+    modes = {sub: sub.training for sub in module.modules()}
     try:
         write_with(path, write)
     except CrackdetError:
         raise
     except Exception as exc:  # the exporter's own errors (unsupported operator, …)
-        raise CrackdetError(
-            f"{model.spec.backbone}: ONNX export failed ({first_line(exc)}); "  # type: ignore[attr-defined]
-            "set train.engine, evaluate.engine and predict.engine to torch"
-        ) from None
+        raise CrackdetError(f"{what}: ONNX export failed ({first_line(exc)}); {hint}") from None
     finally:
-        for module, training in modes.items():
-            module.train(training)
-    return path
+        for sub, training in modes.items():
+            sub.train(training)
 
 
 def onnxruntime_session(path: Path) -> Any:
