@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from PIL import Image
 from crackdet.cli.main import main
 from crackdet.data.images import CLASSES
 from crackdet.model.classifier import build_classifier
+from crackdet.model.decoder import DecoderSpec, build_decoder, save_decoder
 from tests.helpers.ray_cluster import RayCluster, ray_missing
 from tests.helpers.team_stack import QUIET_ENV, TeamStack
 
@@ -96,8 +98,8 @@ def _env(s3: TeamStack) -> dict[str, str]:
     return env
 
 
-def _predict(work: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "crackdet.cli.main", "predict", *args, "--model", "ckpt"]
+def _predict(work: Path, env: dict[str, str], *args: str, model: str = "ckpt") -> subprocess.Popen:
+    argv = [sys.executable, "-m", "crackdet.cli.main", "predict", *args, "--model", model]
     return subprocess.Popen(
         [*argv, *SETTINGS],
         cwd=work,
@@ -203,6 +205,70 @@ def test_campaign_from_and_to_s3_on_two_nodes_matches_a_local_run(cluster, s3, w
     with rerun.open(newline="") as handle:
         reused = {row["photo"]: row["reused"] for row in csv.DictReader(handle)}
     assert reused == {f"p{i:02d}.png": "false" if i == 3 else "true" for i in range(GOOD)}
+
+
+def test_s3_campaign_writes_the_crack_table_a_local_folder_gets(s3, work, tmp_path) -> None:
+    """With a pixel decoder, photos are traced: the campaign's crack table (all photos, worst
+    first, streamed photo by photo) lands in the bucket as the cracks.csv a local predict
+    writes, byte for byte, and in the run (the local executor: the table is the driver's)."""
+    model = work / "ckpt-pixels"
+    if not model.is_dir():
+        shutil.copytree(work / "ckpt", model)
+        # Threshold 0: every pixel a crack pixel, so each photo is one crack as wide as the
+        # photo allows (a random decoder on noise finds none at 0.5).
+        spec = DecoderSpec("efficientnet_lite0", (16, 24, 40, 112, 1280), threshold=0.0)
+        torch.manual_seed(1)
+        save_decoder(model, build_decoder(spec), spec)
+    # Sizes whose worst-first order (the widest crack first) is not the names' order.
+    rng = np.random.default_rng(1)
+    sizes = tmp_path / "sizes"
+    sizes.mkdir()
+    for name, shape in (("s00", (200, 240)), ("s01", (300, 360)), ("s02", (250, 300))):
+        pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(sizes / f"{name}.png")
+    env = _env(s3)
+    local = tmp_path / "local"
+    code, printed = _finish(_predict(work, env, str(sizes), "--out", str(local), model=str(model)))
+    assert code == 0, printed
+    expected = (local / "cracks.csv").read_bytes()
+    rows = expected.decode().splitlines()
+    assert rows[0].startswith("photo,crack,length,")
+    assert [r.split(",")[0] for r in rows[1:]] == ["s01.png", "s02.png", "s00.png"]
+
+    client = s3.s3_client()
+    for photo in sorted(sizes.iterdir()):
+        client.upload_file(str(photo), s3.bucket, f"traced-in/{photo.name}")
+    source, out = f"s3://{s3.bucket}/traced-in/", f"s3://{s3.bucket}/traced-out/"
+    code, printed = _finish(_predict(work, env, source, "--out", out, model=str(model)))
+    assert code == 0 and "3 mapped, 0 already done, 0 failed of 3 photos" in printed, printed
+    got = client.get_object(Bucket=s3.bucket, Key="traced-out/cracks.csv")["Body"].read()
+    assert got == expected
+    tracking, runs = _campaign_runs(work)
+    logged = Path(tracking.download_artifacts(runs[-1].info.run_id, "campaign/cracks.csv"))
+    assert logged.read_bytes() == expected
+    # A rerun keeps every photo and still writes the whole table (from the bucket's tables);
+    # a photo whose table is gone is left out and named, the rest stands.
+    client.delete_object(Bucket=s3.bucket, Key="traced-out/cracks.csv")
+    code, printed = _finish(_predict(work, env, source, "--out", out, model=str(model)))
+    assert "0 mapped, 3 already done, 0 failed of 3 photos" in printed, printed
+    got = client.get_object(Bucket=s3.bucket, Key="traced-out/cracks.csv")["Body"].read()
+    assert got == expected
+    client.delete_object(Bucket=s3.bucket, Key="traced-out/s02_cracks.csv")
+    client.delete_object(Bucket=s3.bucket, Key="traced-out/s02.json")  # so s02 is mapped again
+    client.put_object(Bucket=s3.bucket, Key="traced-out/s00_cracks.csv", Body=b"\xff\xfe")
+    code, printed = _finish(_predict(work, env, source, "--out", out, model=str(model)))
+    assert code == 0 and "1 mapped, 2 already done, 0 failed of 3 photos" in printed, printed
+    assert "1 photos' crack tables could not be read" in printed and "s00.png: " in printed
+    got = client.get_object(Bucket=s3.bucket, Key="traced-out/cracks.csv")["Body"].read()
+    assert got.decode().splitlines() == [r for r in rows if not r.startswith("s00.png,")]
+    report = json.loads(
+        Path(
+            tracking.download_artifacts(
+                _campaign_runs(work)[1][-1].info.run_id, "campaign/report.json"
+            )
+        ).read_text()
+    )
+    assert [line.split(":")[0] for line in report["crack_tables_missing"]] == ["s00.png"]
 
 
 def _start_and_wait_for_outputs(work: Path, env, out: str, address: str) -> subprocess.Popen:

@@ -102,6 +102,30 @@ def test_specks_are_dropped_and_empty_masks_give_nothing() -> None:
     assert trace_cracks(np.zeros((10, 10), dtype=bool))[0] == []
 
 
+def test_a_crack_seen_in_stretches_is_one_crack_of_their_length() -> None:
+    """Three stretches of one crack with 4-px gaps: three cracks without grouping, one within a
+    6-px gap (the stretches' summed length: no length for the gaps, every stretch a polyline);
+    a crack 30 px away stays apart; grouped specks reach the minimum length together."""
+    mask = np.zeros((80, 200), dtype=bool)
+    for x0 in (20, 64, 108):
+        mask[20, x0 : x0 + 40] = True  # 40 px, then a gap of 4
+    mask[50, 20:148] = True  # another crack, 30 px below
+    alone = trace_cracks(mask)[0]
+    assert sorted(c.length_px for c in alone) == [39.0, 39.0, 39.0, 127.0]
+    grouped = trace_cracks(mask, gap_px=6)[0]
+    assert [c.length_px for c in grouped] == [127.0, 117.0]
+    joined = grouped[1]
+    assert joined.branches == 3 and len(joined.polylines) == 3
+    assert joined.bbox == (20, 20, 147, 20)
+    # 4 empty pixels: the ends are 5 px apart (centre to centre), not within 4.9.
+    assert len(trace_cracks(mask, gap_px=4.9)[0]) == 4
+    specks = np.zeros((30, 60), dtype=bool)
+    specks[10, 10:16] = specks[10, 19:25] = True  # two 6-px specks, 3 px apart
+    assert trace_cracks(specks, min_length_px=10)[0] == []
+    (together,) = trace_cracks(specks, min_length_px=10, gap_px=5)[0]
+    assert together.length_px == 10.0
+
+
 @pytest.mark.parametrize("value", [0.0, -0.1, float("nan"), float("inf")])
 def test_bad_mm_per_pixel_is_one_line(value: float) -> None:
     with pytest.raises(CrackdetError, match="mm per pixel"):

@@ -140,6 +140,38 @@ def test_a_map_is_scored_at_the_pixel_threshold_and_not_at_all_without_pixels() 
     assert photo_pixels("a.png", _photo_map(None, shape), truth, None, 0.5) is None
 
 
+def test_a_map_is_measured_as_predict_measures_its_cracks() -> None:
+    """With predict's settings the predicted length is the traced cracks' (specks under
+    min_crack_length_px dropped unless grouped with a crack), not the called mask's skeleton."""
+    from dataclasses import replace
+
+    from crackdet.core.params import load_params
+
+    shape = (64, 200)
+    truth = _line(shape, 20, 10, 149)
+    called = _line(shape, 20, 10, 149)
+    called[20, 60:92] = False  # the crack seen in two stretches, 10-59 and 92-149,
+    called[20, 80:82] = True  # with a 2-px speck 11 px before the second
+    called[50, 100:105] = True  # and a speck 30 px from any crack
+    probabilities = np.where(called, 0.9, 0.05).astype(np.float32)
+    mapped = _photo_map(probabilities, shape)
+    settings = replace(
+        load_params(PROJECT / "params.yaml").predict,
+        min_crack_length_px=10.0,
+        crack_gap_px=0.0,
+        pixel_hysteresis=1.0,
+    )
+    raw = photo_pixels("a.png", mapped, truth, None, 0.5)
+    traced = photo_pixels("a.png", mapped, truth, None, 0.5, settings)
+    assert raw is not None and traced is not None
+    assert raw.counts == traced.counts  # the same pixels are called either way
+    # The skeleton: stretches 10-59 (49) and 92-149 (57), specks 80-81 (1) and 100-104 (4).
+    assert raw.predicted_length == 49 + 57 + 1 + 4
+    assert traced.predicted_length == 49 + 57  # the specks dropped
+    grouped = photo_pixels("a.png", mapped, truth, None, 0.5, replace(settings, crack_gap_px=12))
+    assert grouped is not None and grouped.predicted_length == 49 + 57 + 1  # near speck kept
+
+
 def test_per_photo_table_holds_each_photos_figures() -> None:
     shape = (64, 160)
     truth = _line(shape, 30, 10, 109)

@@ -325,10 +325,13 @@ class PredictParams:
     scale_csv: str = _rule()
     # Severity: the band a crack's maximum width falls in (crackdet.maps.cracks).
     width_bands: tuple[WidthBand, ...] = _rule()
-    min_crack_length_px: float = _rule(ge=0.0, le=100_000.0)  # shorter skeleton pieces: specks
+    min_crack_length_px: float = _rule(ge=0.0, le=100_000.0)  # shorter cracks: specks
     # Pixels at or over this share of the pixel threshold join the crack pixels they touch
     # (hysteresis: a faint stretch links two clear ones); 1: off.
     pixel_hysteresis: float = _rule(gt=0.0, le=1.0)
+    # Traced pieces whose end comes within this many pixels (centre to centre) of another piece
+    # are one crack (a crack seen in stretches is counted and measured whole); 0: each its own.
+    crack_gap_px: float = _rule(ge=0.0, le=10_000.0)
 
     def check(self, key: str) -> list[str]:
         found = []

@@ -117,6 +117,27 @@ def check_writable_s3(uri: str) -> None:
         raise _s3_error(uri, exc, "writing outputs") from None
 
 
+def read_output_text(out: str, name: str) -> str:
+    """The text of the output file ``name`` in ``out`` (a folder or an S3 prefix)."""
+    if not is_s3(out):
+        return (Path(out) / name).read_text(encoding="utf-8")
+    loc = S3Location.parse(out)
+    try:
+        body = s3_client().get_object(Bucket=loc.bucket, Key=loc.prefix + name)["Body"]
+        return body.read().decode("utf-8")
+    except Exception as exc:
+        raise _s3_error(loc.uri(loc.prefix + name), exc, "reading an output") from None
+
+
+def upload_output(path: Path, out: str) -> None:
+    """``path`` into the S3 prefix ``out``, under its own name."""
+    loc = S3Location.parse(out)
+    try:
+        s3_client().upload_file(str(path), loc.bucket, loc.prefix + path.name)
+    except Exception as exc:
+        raise _s3_error(loc.uri(loc.prefix + path.name), exc, "writing outputs") from None
+
+
 # What a worker needs to reach the store: forwarded from the driver to Ray's workers.
 STORE_VARIABLES = (
     "AWS_ACCESS_KEY_ID",

@@ -14,8 +14,9 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,11 +26,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from crackdet.core.errors import CrackdetError
-from crackdet.core.io import write_json, write_text, write_with
+from crackdet.core.io import atomic_path, write_json, write_text, write_with
 from crackdet.core.params import PredictParams, WidthBand
 from crackdet.maps.cracks import Crack, crack_mask, trace_cracks
 
 FOLDER_CRACKS = "cracks.csv"  # every photo's cracks, in the report's folder
+CRACK_TABLE = "_cracks.csv"  # a photo's own, after its output stem
 SCALE_COLUMNS = ("photo", "mm_per_pixel")
 DEFAULT_PIXEL_THRESHOLD = 0.5  # a decoder that chose no threshold on val
 # The crack mask: a 1-bit PNG at zlib level 1 (a 12 MP mask: ~40 kB, a tenth of a second).
@@ -308,6 +310,7 @@ def trace_photo(
         mm_per_pixel=mm_per_pixel,
         bands=settings.width_bands,
         min_length_px=settings.min_crack_length_px,
+        gap_px=settings.crack_gap_px,
     )
     return TracedPhoto(mask, cracks, mm_per_pixel, settings.width_bands)
 
@@ -329,7 +332,7 @@ class CrackFiles:
 
     @property
     def table(self) -> Path:
-        return self.folder / f"{self.stem}_cracks.csv"
+        return self.folder / f"{self.stem}{CRACK_TABLE}"
 
     @property
     def geojson(self) -> Path:
@@ -429,20 +432,26 @@ def _csv(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> str:
     return buffer.getvalue()
 
 
-def write_folder_cracks(folder: Path, photos: list[tuple[str, str]]) -> Path | None:
-    """``cracks.csv``: the crack tables of ``photos`` ((photo name, output stem), in order)
-    with a photo column first; None (nothing written) when none of them was traced."""
-    rows: list[dict[str, Any]] = []
-    traced = 0
+def folder_tables(folder: Path, photos: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """(photo name, its crack table's text) of ``photos`` ((photo name, output stem)) whose
+    table is in ``folder``, one at a time."""
     for name, stem in photos:
         table = CrackFiles(folder, stem).table
-        if not table.is_file():
-            continue
-        traced += 1
-        with table.open(newline="") as handle:
-            rows += [{"photo": name, **row} for row in csv.DictReader(handle)]
-    if not traced:
+        if table.is_file():
+            yield name, table.read_text(encoding="utf-8")
+
+
+def write_folder_cracks(target: Path, tables: Iterable[tuple[str, str]]) -> Path | None:
+    """``cracks.csv``: the crack tables ``tables`` yields ((photo name, table text), in order)
+    with a photo column first, streamed one photo at a time (a campaign's thousands of photos
+    are never held together); None (nothing written) when there is none."""
+    tables = iter(tables)
+    first = next(tables, None)
+    if first is None:
         return None
-    path = folder / FOLDER_CRACKS
-    write_text(path, _csv(rows, ("photo", *CSV_COLUMNS)))
-    return path
+    with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=("photo", *CSV_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for name, text in itertools.chain([first], tables):
+            writer.writerows({"photo": name, **row} for row in csv.DictReader(io.StringIO(text)))
+    return target

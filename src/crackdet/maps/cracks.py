@@ -1,7 +1,8 @@
 """Measured cracks from crack pixels: skeleton, instances, length, width, severity, polylines.
 
 A crack-pixel mask (True = crack) is thinned to a one-pixel skeleton; each 8-connected piece of
-skeleton is one crack instance (branches included). Length is the skeleton's path length
+skeleton is a stretch of crack (branches included), and stretches whose ends come within a gap
+of each other are one crack instance (:func:`group_pieces`). Length is the skeleton's path length
 (1 per orthogonal step, sqrt 2 per diagonal step that no orthogonal pair already covers);
 width at a skeleton pixel is ``2 d - 1``, ``d`` the Euclidean distance from that pixel to the
 nearest non-crack pixel (a straight crack ``w`` pixels wide measures ``w`` for odd ``w``,
@@ -24,7 +25,16 @@ import numpy as np
 from crackdet.core.errors import CrackdetError
 from crackdet.core.params import WidthBand, width_band_problem
 
-__all__ = ["DEFAULT_BANDS", "Crack", "WidthBand", "check_bands", "severity", "trace_cracks"]
+__all__ = [
+    "DEFAULT_BANDS",
+    "Crack",
+    "WidthBand",
+    "check_bands",
+    "group_pieces",
+    "severity",
+    "trace_cracks",
+    "traced_length",
+]
 
 EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: diagonal neighbours belong to one crack
 
@@ -55,7 +65,8 @@ def severity(max_width_mm: float | None, bands: tuple[WidthBand, ...] = DEFAULT_
 
 @dataclass(frozen=True)
 class Crack:
-    """One traced crack: a connected piece of skeleton with its branches."""
+    """One traced crack: one or more stretches of skeleton (see :func:`group_pieces`) with
+    their branches."""
 
     id: int
     length_px: float
@@ -223,6 +234,47 @@ def skeleton_distances(crack: np.ndarray, skeleton: np.ndarray) -> np.ndarray:
     return distance
 
 
+def group_pieces(skeleton: np.ndarray, labels: np.ndarray, count: int, gap_px: float) -> np.ndarray:
+    """For each skeleton piece (``labels`` 1..``count``), the crack it belongs to (an array
+    indexed by piece label, 0 for the background): pieces whose end comes within ``gap_px`` of
+    another piece are one crack, and so on transitively. A crack the decoder sees in stretches,
+    with faint gaps between them, is one crack of their summed length, not a crack and some
+    specks; no length is added for the gaps. ``gap_px`` 0: each piece its own crack."""
+    from scipy.sparse import coo_matrix  # scipy: only where cracks are traced
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    own = np.arange(count + 1)
+    if gap_px <= 0 or count < 2:
+        return own
+    points = np.argwhere(skeleton)
+    # Ends: at most one skeleton neighbour, counted over the skeleton's pixels (row-major
+    # numbers in the padded photo), not over the whole photo.
+    side = skeleton.shape[1] + 2
+    flat = (points[:, 0] + 1) * side + points[:, 1] + 1
+    neighbours = sum(np.isin(flat + dr * side + dc, flat) for dr, dc in STEPS)
+    ends = points[neighbours <= 1]
+    if not len(ends):
+        return own
+    near = cKDTree(points).query_ball_point(ends, gap_px)
+    piece = labels[points[:, 0], points[:, 1]]
+    a = np.repeat(labels[ends[:, 0], ends[:, 1]], [len(found) for found in near])
+    b = piece[np.concatenate(near).astype(np.int64)]
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(count + 1, count + 1))
+    _, component = connected_components(graph, directed=False)
+    # Renumbered 1.. in order of each crack's first piece; the background stays 0.
+    _, first, renumbered = np.unique(component[1:], return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return np.concatenate([[0], order[renumbered] + 1])
+
+
+def traced_length(mask: np.ndarray, *, min_length_px: float = 0.0, gap_px: float = 0.0) -> float:
+    """The total length (pixels) of the cracks :func:`trace_cracks` finds in ``mask``: what
+    ``crackdet predict`` reports as a photo's crack length."""
+    cracks, _ = trace_cracks(mask, min_length_px=min_length_px, gap_px=gap_px)
+    return float(sum(c.length_px for c in cracks))
+
+
 def trace_cracks(
     mask: np.ndarray,
     *,
@@ -230,10 +282,12 @@ def trace_cracks(
     bands: tuple[WidthBand, ...] = DEFAULT_BANDS,
     min_length_px: float = 0.0,
     tolerance: float = 1.0,
+    gap_px: float = 0.0,
 ) -> tuple[list[Crack], np.ndarray]:
     """The cracks in a boolean crack-pixel mask, longest first, and the skeleton they come from.
-    Pieces shorter than ``min_length_px`` are dropped (specks, not cracks); ``tolerance``: how far
-    (pixels) a polyline may stray from the skeleton."""
+    Skeleton pieces within ``gap_px`` of each other are one crack (:func:`group_pieces`);
+    cracks shorter than ``min_length_px`` are dropped (specks); ``tolerance``: how far (pixels)
+    a polyline may stray from the skeleton."""
     from scipy import ndimage  # scipy.ndimage / scikit-image: only where cracks are traced
     from skimage.morphology import skeletonize
 
@@ -242,19 +296,26 @@ def trace_cracks(
     crack = np.asarray(mask, dtype=bool)
     skeleton = skeletonize(crack)
     distance = skeleton_distances(crack, skeleton)
-    labels, _ = ndimage.label(skeleton, structure=EIGHT)
+    labels, count = ndimage.label(skeleton, structure=EIGHT)
+    pieces = ndimage.find_objects(labels)  # each stretch's own window: its paths walk there
+    cracks = group_pieces(skeleton, labels, count, gap_px)[labels]
     found = []
-    for index, window in enumerate(ndimage.find_objects(labels), start=1):
+    for index, window in enumerate(ndimage.find_objects(cracks), start=1):
         if window is None:
             continue
-        piece = labels[window] == index
-        length = skeleton_length(piece)
+        piece = cracks[window] == index
+        length = skeleton_length(piece)  # pieces never touch: the sum of their lengths
         if length < min_length_px:
             continue
         widths = 2.0 * distance[window][piece] - 1.0
         rows, cols = np.nonzero(piece)
         y0, x0 = window[0].start, window[1].start
-        shifted = [[(r + y0, c + x0) for r, c in path] for path in _segments(piece)]
+        shifted = [
+            [(r + own[0].start, c + own[1].start) for r, c in path]
+            for label in np.unique(labels[window][piece])
+            for own in [pieces[label - 1]]
+            for path in _segments(labels[own] == label)
+        ]
         max_width = float(widths.max())
         found.append(
             Crack(

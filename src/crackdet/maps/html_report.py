@@ -18,7 +18,7 @@ from urllib.parse import quote
 import jinja2
 
 from crackdet.core.io import write_text
-from crackdet.maps.crack_outputs import write_folder_cracks
+from crackdet.maps.crack_outputs import FOLDER_CRACKS, folder_tables, write_folder_cracks
 from crackdet.maps.mapping import MappedPhotos
 from crackdet.maps.outputs import PhotoFiles, PhotoSummary
 
@@ -72,7 +72,9 @@ def write_report(out: Path, mapped: MappedPhotos, title: str) -> Path:
     )
     path = out / REPORT
     write_text(path, html)
-    write_folder_cracks(out, [(s.photo, s.outputs) for s in summaries])
+    write_folder_cracks(
+        out / FOLDER_CRACKS, folder_tables(out, ((s.photo, s.outputs) for s in summaries))
+    )
     return path
 
 

@@ -88,12 +88,14 @@ class MadeFrom:
     alpha: float
     windows: str = "sliding"  # predict.windows: sliding windows or the dense pass's window head
     # The crack outputs' settings: predict.pixel_threshold, the photo's mm per pixel (from
-    # predict.mm_per_pixel or the scale CSV), predict.width_bands, predict.min_crack_length_px.
+    # predict.mm_per_pixel or the scale CSV), predict.width_bands, predict.min_crack_length_px,
+    # predict.pixel_hysteresis, predict.crack_gap_px.
     pixel_threshold: float | str = ""
     mm_per_pixel: float | None = None
     width_bands: list[dict[str, Any]] = field(default_factory=list)
     min_crack_length_px: float = 0.0
     pixel_hysteresis: float = 1.0
+    crack_gap_px: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,7 @@ def with_crack_settings(
         width_bands=[asdict(band) for band in settings.width_bands],
         min_crack_length_px=settings.min_crack_length_px,
         pixel_hysteresis=settings.pixel_hysteresis,
+        crack_gap_px=settings.crack_gap_px,
     )
 
 

@@ -14,9 +14,11 @@ rate.
 Where the model maps crack pixels (:attr:`crackdet.maps.mapping.PhotoMap.pixels`), each photo is
 also scored pixel by pixel at the pixel threshold: tolerant crack-pixel counts
 (:func:`crackdet.model.pixel_metrics.count_pixels`, 2 px, summed over photos before dividing),
-planking pixels called crack, and the length of the predicted mask's skeleton against the true
-mask's (:func:`crackdet.maps.cracks.skeleton_length`). A model without a pixel decoder has no
-pixel figures: they are absent, not zero, and the result says why.
+planking pixels called crack, and the length of the cracks traced from the predicted mask (as
+``crackdet predict`` measures them: :func:`crackdet.maps.cracks.traced_length`) against the
+length of the true mask's skeleton (:func:`crackdet.maps.cracks.skeleton_length`). A model
+without a pixel decoder has no pixel figures: they are absent, not zero, and the result says
+why.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import dataclasses
 import io
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,7 +46,7 @@ from crackdet.data.sources.masks import MaskedPhoto, PixelCounts, PixelSums, fin
 from crackdet.data.windows import window_grid
 from crackdet.maps.crack_outputs import pixel_threshold
 from crackdet.maps.crackmap import Tile
-from crackdet.maps.cracks import crack_mask, skeleton_length
+from crackdet.maps.cracks import crack_mask, skeleton_length, traced_length
 from crackdet.maps.mapping import (
     SEQUENTIAL,
     Executor,
@@ -147,11 +149,15 @@ def score_pixels(
     truth: np.ndarray,
     planking: np.ndarray | None = None,
     tolerance: float = pixel_metrics.TOLERANCE,
+    measure: Callable[[np.ndarray], float] = mask_length,
 ) -> PhotoPixels:
-    """One photo's predicted crack mask (bool HxW) scored against its truth and planking masks."""
+    """One photo's predicted crack mask (bool HxW) scored against its truth and planking masks;
+    its length by ``measure`` (the true mask's: its skeleton's length)."""
     predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
     counts = pixel_metrics.count_pixels(predicted, truth, planking, tolerance)
-    return PhotoPixels(photo, counts, mask_length(truth), mask_length(predicted))
+    return PhotoPixels(
+        photo, counts, mask_length(truth), measure(predicted) if predicted.any() else 0.0
+    )
 
 
 def pixel_figures(photos: list[PhotoPixels]) -> dict[str, Any]:
@@ -291,15 +297,24 @@ def photo_pixels(
     truth: np.ndarray,
     planking: np.ndarray | None,
     threshold: float,
-    hysteresis: float = 1.0,
+    settings: PredictParams | None = None,
 ) -> PhotoPixels | None:
-    """A mapped photo's crack pixels (as ``crackdet predict`` traces them:
-    :func:`crackdet.maps.cracks.crack_mask` at ``threshold`` and ``hysteresis``) scored against
-    its masks; None where the map has no crack pixels."""
+    """A mapped photo's crack pixels scored against its masks, called and measured as
+    ``crackdet predict`` traces them under ``settings`` (:func:`crackdet.maps.cracks.crack_mask`
+    at ``threshold`` and ``predict.pixel_hysteresis``; the length of the cracks traced with
+    ``predict.crack_gap_px`` and ``predict.min_crack_length_px``), or with none of these (None:
+    the threshold alone and the mask's whole skeleton); None where the map has no crack pixels."""
     if mapped.pixels is None:
         return None
-    called = crack_mask(mapped.pixels, threshold, hysteresis)
-    return score_pixels(name, called, truth, planking)
+    if settings is None:
+        return score_pixels(name, crack_mask(mapped.pixels, threshold), truth, planking)
+    called = crack_mask(mapped.pixels, threshold, settings.pixel_hysteresis)
+    measure = partial(
+        traced_length,
+        min_length_px=settings.min_crack_length_px,
+        gap_px=settings.crack_gap_px,
+    )
+    return score_pixels(name, called, truth, planking, measure=measure)
 
 
 def resolve_pixel_threshold(mapper: Mapper, override: float | None) -> float:
@@ -332,7 +347,7 @@ def score_photo(
         mask,
         planking_mask,
         threshold,
-        mapper.settings.pixel_hysteresis,
+        mapper.settings,
     )
     tiles = (
         evaluation_grid(result.heatmap, result.ood_map)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
-from crackdet.core.errors import CrackdetError
+from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.layout import Layout
 from crackdet.core.params import PredictParams, flatten
 from crackdet.maps.campaign import (
@@ -29,9 +29,11 @@ from crackdet.maps.campaign import (
     check_writable_s3,
     is_s3,
     list_s3_photos,
+    read_output_text,
+    upload_output,
 )
-from crackdet.maps.crack_outputs import FOLDER_CRACKS
-from crackdet.maps.html_report import write_report
+from crackdet.maps.crack_outputs import CRACK_TABLE, FOLDER_CRACKS, write_folder_cracks
+from crackdet.maps.html_report import worst_first, write_report
 from crackdet.maps.mapping import (
     SEQUENTIAL,
     Executor,
@@ -84,6 +86,8 @@ class Campaign:
     first_seconds: float = 0.0
     run_id: str = ""
     executor: str = "local"
+    # Traced photos whose crack table could not be read back for cracks.csv (one line each).
+    tables_missing: list[str] = field(default_factory=list)
 
     @property
     def photos_per_hour(self) -> float:
@@ -200,22 +204,40 @@ def run_campaign(
         campaign = Campaign(len(photos), out=out, run_id=run.info.run_id, executor=where)
         scratch = Path(tempfile.mkdtemp(prefix="crackdet-campaign-table-"))
         try:
-            sheet = _map_all(campaign, run_photos(work, items, executor, "predict"), scratch)
+            outcomes = run_photos(work, items, executor, "predict")
+            sheet, traced = _map_all(campaign, outcomes, scratch)
             if not is_s3(out) and (campaign.mapped or campaign.skipped or campaign.failed):
                 _write_report(campaign, sources, sheet, scratch / TABLE)
-            _log_campaign(campaign, scratch / TABLE)
+            cracks = _write_cracks(campaign, traced, scratch)
+            _log_campaign(campaign, scratch / TABLE, cracks)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return campaign
 
 
+@dataclass(frozen=True, order=True)
+class TracedPhotoKey:
+    """A traced photo's place in the campaign's crack table (the report's order: worst first)
+    and where its own table is."""
+
+    order: tuple
+    photo: str
+    stem: str
+
+    @classmethod
+    def of(cls, summary: PhotoSummary) -> TracedPhotoKey:
+        return cls(worst_first(summary), summary.photo, summary.outputs)
+
+
 def _map_all(
     campaign: Campaign, outcomes: Iterator[PhotoOutcome], scratch: Path
-) -> list[PhotoSummary]:
+) -> tuple[list[PhotoSummary], list[TracedPhotoKey]]:
     """Count the outcomes into ``campaign`` as they come, each photo's summary a row of
     ``scratch/photos.csv``: the driver keeps counts and failures, not one record a photo.
-    Returns the first CONTACT_SHEET_PHOTOS summaries (the contact sheet's)."""
+    Returns the first CONTACT_SHEET_PHOTOS summaries (the contact sheet's) and, for each photo
+    whose cracks were traced, where its crack table goes in the campaign's (a few numbers)."""
     sheet: list[PhotoSummary] = []
+    traced: list[TracedPhotoKey] = []
     names = [f.name for f in fields(PhotoSummary)]
     start = time.perf_counter()
     with (scratch / TABLE).open("w", newline="") as handle:
@@ -233,8 +255,36 @@ def _map_all(
             table.writerow({**outcome.summary.to_dict(), REUSED: str(reused).lower()})
             if len(sheet) < CONTACT_SHEET_PHOTOS:
                 sheet.append(outcome.summary)
+            if outcome.summary.traced:
+                traced.append(TracedPhotoKey.of(outcome.summary))
     campaign.seconds = time.perf_counter() - start
-    return sheet
+    return sheet, traced
+
+
+def _write_cracks(campaign: Campaign, traced: list[TracedPhotoKey], scratch: Path) -> Path | None:
+    """The campaign's crack table, ``scratch/cracks.csv``: every traced photo's cracks (mapped
+    now or kept from an earlier run), worst photo first as the report orders them, read from
+    the outputs one photo at a time. An S3 ``--out`` gets it as its ``cracks.csv`` (a local one
+    gets its folder's from the report); None where no photo was traced. A photo whose table
+    cannot be read is left out of it, named in ``campaign.tables_missing``: its outputs and
+    the rest of the campaign's record stand."""
+
+    def tables() -> Iterator[tuple[str, str]]:
+        for key in sorted(traced):
+            try:
+                yield key.photo, read_output_text(campaign.out, f"{key.stem}{CRACK_TABLE}")
+            except (CrackdetError, OSError, UnicodeDecodeError) as exc:
+                campaign.tables_missing.append(f"{key.photo}: {first_line(str(exc))}")
+
+    path = write_folder_cracks(scratch / FOLDER_CRACKS, tables())
+    if campaign.tables_missing:
+        print(
+            f"predict: {len(campaign.tables_missing)} photos' crack tables could not be read "
+            f"and are left out of cracks.csv: {'; '.join(campaign.tables_missing[:3])}"
+        )
+    if path is not None and is_s3(campaign.out):
+        upload_output(path, campaign.out)
+    return path
 
 
 def _write_report(
@@ -254,7 +304,7 @@ def _write_report(
     write_report(folder, report, f"Crack maps: {names}")
 
 
-def _log_campaign(campaign: Campaign, table: Path) -> None:
+def _log_campaign(campaign: Campaign, table: Path, cracks: Path | None) -> None:
     import mlflow  # ~1.3 s to import: only where a run is logged
 
     mlflow.log_metrics(
@@ -270,16 +320,14 @@ def _log_campaign(campaign: Campaign, table: Path) -> None:
     )
     if campaign.mapped or campaign.skipped:
         mlflow.log_artifact(str(table), "campaign")
-    # The crack table of every photo traced (a local --out's report writes it; on S3 each
-    # photo's own <photo>_cracks.csv is in the bucket).
-    cracks = Path(campaign.out) / FOLDER_CRACKS
-    if not is_s3(campaign.out) and cracks.is_file():
+    if cracks is not None:  # the crack table of every photo traced
         mlflow.log_artifact(str(cracks), "campaign")
     report = {
         "photos": campaign.photos,
         "mapped": campaign.mapped,
         "skipped": campaign.skipped,
         "failed": campaign.failed,
+        "crack_tables_missing": campaign.tables_missing,
         "seconds": round(campaign.seconds, 3),
         "executor": campaign.executor,
         "out": campaign.out,

@@ -66,6 +66,10 @@ def run_eval_maps(
                 "min_pixels": metrics["min_pixels"],
                 "photos": photos,
                 "engine": engine_label(effective_engine(model, settings.engine)),
+                # What the measured crack lengths depend on (pixels/length_error_median).
+                "pixel_hysteresis": settings.pixel_hysteresis,
+                "crack_gap_px": settings.crack_gap_px,
+                "min_crack_length_px": settings.min_crack_length_px,
             }
             | {k: metrics[k] for k in ("pixel_threshold", "pixel_tolerance") if k in metrics}
         )
