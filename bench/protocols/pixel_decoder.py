@@ -1,6 +1,6 @@
 """Crack pixels on UAV75: the pixel decoder against the photos' own masks, at full resolution.
 
-Two runs, each training the decoder exactly as the train stage does (params.yaml's
+Three runs, each training the decoder exactly as the train stage does (params.yaml's
 ``train.decoder``, over the frozen pretrained backbone the default classifier keeps; ``--set``
 changes a decoder key):
 
@@ -9,6 +9,11 @@ changes a decoder key):
   ``train_*`` (``val_share`` of its photos), never on ``val_*``; the 10 ``val_*`` photos are
   scored once at the end.
 - ``heldout``: the synthetic photos only; UAV75 never seen. Scored on ``val_*`` and on all 60.
+- ``heldout+weak`` (not by default): the synthetic photos plus weak labels on real photos, UAV75
+  never seen: the project's split training patches (``--root``'s ``outputs/split/train.csv``
+  and ``outputs/fetch/images``, the real sources only) in 2 x 2 mosaics, a crack patch's pixels
+  those of scikit-image ``sato`` (dark ridges, sigmas 1-3) at or over its 96th percentile and
+  darker than the patch's median, in pieces of 40 px or more; a clean patch none.
 
 Figures: crack-pixel precision, recall and F1 with a 2-px tolerance
 (:func:`crackdet.model.pixel_metrics.count_pixels`, counts added over photos), the share of
@@ -23,12 +28,13 @@ photos: the least median length error among the settings whose crack count there
 at params.yaml's values and raw (no hysteresis, no grouping, no minimum length).
 
     python bench/protocols/pixel_decoder.py [--shared ../shared/data] [--work .cache/bench]
-        [--only uav75,heldout] [--set epochs=12 ...]
+        [--only uav75,heldout,heldout+weak] [--root .] [--set epochs=12 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import time
@@ -38,9 +44,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from PIL import Image
+from scipy import ndimage
+from skimage.filters import sato
 from skimage.morphology import skeletonize
 
 from crackdet.core.params import DecoderParams
+from crackdet.data.images import PATCH_SIZE
 from crackdet.maps.cracks import crack_mask, skeleton_length, trace_cracks
 from crackdet.model.backbones import build_backbone
 from crackdet.model.decoder import PixelDecoder
@@ -127,11 +137,59 @@ def choose_setting(on_choice: dict[tuple[float, float], dict]) -> tuple[float, f
     )
 
 
+RIDGE_QUANTILE = 0.96  # a crack patch's weak crack pixels: its darkest-ridge 4 %
+MIN_PIECE = 40  # pixels: smaller pieces of a weak mask are texture, not crack
+
+
+def weak_mask(image: np.ndarray) -> np.ndarray:
+    """Weak crack pixels of a patch labelled crack: dark ridges (``sato``) at or over the
+    patch's RIDGE_QUANTILE, darker than its median, in pieces of MIN_PIECE pixels or more."""
+    gray = np.asarray(Image.fromarray(image).convert("L"), dtype=np.float32) / 255
+    ridges = sato(gray, sigmas=(1, 2, 3), black_ridges=True)
+    mask = (ridges >= np.quantile(ridges, RIDGE_QUANTILE)) & (gray < np.median(gray))
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    if not count:
+        return mask
+    sizes = ndimage.sum(mask, labels, range(1, count + 1))
+    return np.isin(labels, 1 + np.flatnonzero(sizes >= MIN_PIECE))
+
+
+def weak_mosaics(root: Path, seed: int) -> list[PixelPhoto]:
+    """The split's real training patches (not rendered ones) in seeded 2 x 2 mosaics, crack
+    patches with their weak masks, clean ones with none."""
+    with (root / "outputs" / "split" / "train.csv").open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["source"] != "synthetic"]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    rows = [rows[i] for i in order]
+    photos = []
+    for k in range(0, len(rows) - 3, 4):
+        four = rows[k : k + 4]
+        images = [
+            np.asarray(
+                Image.open(root / "outputs" / "fetch" / "images" / r["path"])
+                .convert("RGB")
+                .resize((PATCH_SIZE, PATCH_SIZE))
+            )
+            for r in four
+        ]
+        masks = [
+            weak_mask(i) if r["label"] == "Positive" else np.zeros((PATCH_SIZE,) * 2, bool)
+            for i, r in zip(images, four, strict=True)
+        ]
+
+        def tile(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate([np.concatenate(parts[:2], 1), np.concatenate(parts[2:], 1)])
+
+        photos.append(PixelPhoto(f"weak/{k:05d}", "weak", tile(images), tile(masks), None))
+    return photos
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench")
     parser.add_argument("--only", default="uav75,heldout")
+    parser.add_argument("--root", type=Path, default=REPO, help="for heldout+weak's patches")
     parser.add_argument("--set", nargs="*", default=[], help="train.decoder keys: key=value")
     args = parser.parse_args()
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -160,6 +218,10 @@ def main() -> None:
     runs = {
         "uav75": (train_uav + synthetic, {"val_*": val_uav}),
         "heldout": (synthetic, {"val_*": val_uav, "all 60": uav}),
+        "heldout+weak": (
+            (synthetic + weak_mosaics(args.root, seed)) if "heldout+weak" in args.only else [],
+            {"val_*": val_uav, "all 60": uav},
+        ),
     }
     for name in args.only.split(","):
         photos, scored = runs[name]
