@@ -83,6 +83,19 @@ def predict(trunk: DenseTrunk, decoder: PixelDecoder, image: np.ndarray) -> np.n
     return torch.sigmoid(logits)[0, 0, :height, :width].numpy()
 
 
+_TRUTH: dict[tuple[str, float], tuple[float, int]] = {}
+
+
+def _truth(photo: PixelPhoto, min_length: float) -> tuple[float, int]:
+    """The true mask's skeleton length and its pieces of at least ``min_length``: the same for
+    every setting scored, so computed once per photo (photo names are unique)."""
+    key = (photo.name, min_length)
+    if key not in _TRUTH:
+        pieces = len(trace_cracks(photo.crack, min_length_px=min_length)[0])
+        _TRUTH[key] = (skeleton_length(skeletonize(photo.crack)), pieces)
+    return _TRUTH[key]
+
+
 def score(
     maps: list[np.ndarray],
     threshold: float,
@@ -99,12 +112,12 @@ def score(
         called = crack_mask(probability, threshold, hysteresis)
         total = total + count_pixels(called, photo.crack, photo.planking)
         cracks, _ = trace_cracks(called, min_length_px=min_length, gap_px=gap)
-        measured = sum(c.length_px for c in cracks)
-        error = length_error(measured, skeleton_length(skeletonize(photo.crack)))
+        true_length, true_pieces = _truth(photo, min_length)
+        error = length_error(sum(c.length_px for c in cracks), true_length)
         if error is not None:
             errors.append(error)
         counted += len(cracks)
-        true_count += len(trace_cracks(photo.crack, min_length_px=min_length)[0])
+        true_count += true_pieces
     return {
         "photos": len(photos),
         "precision": total.precision,

@@ -155,9 +155,7 @@ def score_pixels(
     its length by ``measure`` (the true mask's: its skeleton's length)."""
     predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
     counts = pixel_metrics.count_pixels(predicted, truth, planking, tolerance)
-    return PhotoPixels(
-        photo, counts, mask_length(truth), measure(predicted) if predicted.any() else 0.0
-    )
+    return PhotoPixels(photo, counts, mask_length(truth), measure(predicted))
 
 
 def pixel_figures(photos: list[PhotoPixels]) -> dict[str, Any]:
