@@ -13,8 +13,10 @@ from crackdet.core.errors import CrackdetError
 from crackdet.core.params import DecoderParams
 from crackdet.model.backbones import build_backbone
 from crackdet.model.decoder import (
+    DECODERS,
     DecoderSpec,
     PixelDecoder,
+    SubpixelDecoder,
     load_decoder,
     macs_per_pixel,
     save_decoder,
@@ -44,8 +46,9 @@ def trunk() -> DenseTrunk:
     return DenseTrunk("efficientnet_lite0", net.eval(), mean, std).eval()
 
 
-def test_logits_come_at_full_resolution(trunk: DenseTrunk) -> None:
-    decoder = PixelDecoder(LITE0)
+@pytest.mark.parametrize("arch", list(DECODERS))
+def test_logits_come_at_full_resolution(trunk: DenseTrunk, arch: str) -> None:
+    decoder = DECODERS[arch](LITE0, 16, 8)
     images = torch.rand(2, 3, 2 * STRIDE, 3 * STRIDE)
     with torch.inference_mode():
         out = DenseModel(trunk, decoder=decoder)(images)
@@ -54,16 +57,40 @@ def test_logits_come_at_full_resolution(trunk: DenseTrunk) -> None:
 
 
 def test_arithmetic_is_what_the_docstring_states() -> None:
-    # The module docstring derives 1333 MACs per pixel for lite0's taps (C=16, F=8): a third of
-    # the backbone's ~4 k. Counted from the module, so a wider decoder shows here.
+    # The module docstring derives, for lite0's taps, 1493 MACs per pixel for subpixel (C=16,
+    # F=16) and 1333 for fullres (C=16, F=8): a third of the backbone's ~4 k. Counted from the
+    # module, so a wider decoder shows here.
+    assert macs_per_pixel(SubpixelDecoder(LITE0, 16, 16)) == pytest.approx(1493.0)
     assert macs_per_pixel(PixelDecoder(LITE0)) == pytest.approx(1333.0)
     assert macs_per_pixel(PixelDecoder(LITE0, channels=32, full=16)) > 2000
 
 
-def test_save_load_round_trip(tmp_path: Path) -> None:
+def test_the_subpixel_decoder_gives_each_pixel_its_own_logit() -> None:
+    """Depth-to-space puts the 4 logits of a stride-2 cell on its 4 pixels, in the order
+    space-to-depth took them from the image: a logit moves with the pixel that made it."""
     torch.manual_seed(0)
-    decoder = PixelDecoder(LITE0, channels=8, full=4)
-    spec = DecoderSpec("efficientnet_lite0", LITE0, 8, 4, 0.37, ("synthetic",), {"val_f1": 0.5})
+    decoder = SubpixelDecoder(LITE0, 4, 4).eval()
+    taps = tuple(
+        torch.zeros(1, n, 64 // s, 64 // s) for n, s in zip(LITE0, (2, 4, 8, 16, 32), strict=True)
+    )
+    images = torch.full((1, 3, 64, 64), 0.5)
+    with torch.inference_mode():
+        flat = decoder(taps, images)
+        images[..., 20, 31] = 0.0  # one dark pixel: the odd column of a 2x2 block
+        changed = (decoder(taps, images) - flat).abs()[0, 0] > 1e-6
+    rows, cols = np.nonzero(changed.numpy())
+    # Within the reach of two 3x3 convolutions at stride 2, and on the pixel itself.
+    assert changed[20, 31] and rows.min() >= 20 - 6 and rows.max() <= 20 + 6
+    assert cols.min() >= 31 - 6 and cols.max() <= 31 + 6
+
+
+@pytest.mark.parametrize("arch", list(DECODERS))
+def test_save_load_round_trip(tmp_path: Path, arch: str) -> None:
+    torch.manual_seed(0)
+    decoder = DECODERS[arch](LITE0, 8, 4)
+    spec = DecoderSpec(
+        "efficientnet_lite0", LITE0, 8, 4, 0.37, ("synthetic",), {"val_f1": 0.5}, arch
+    )
     save_decoder(tmp_path, decoder, spec)
     loaded = load_decoder(tmp_path)
     assert loaded is not None
@@ -75,6 +102,22 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     images = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(again(taps, images), decoder.eval()(taps, images))
+
+
+def test_a_decoder_saved_before_there_were_two_loads_as_fullres(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    spec = DecoderSpec("efficientnet_lite0", LITE0, 8, 4)
+    save_decoder(tmp_path, PixelDecoder(LITE0, 8, 4), spec)
+    saved = json.loads((tmp_path / "decoder.json").read_text())
+    del saved["arch"]  # as decoders were saved before the subpixel one
+    (tmp_path / "decoder.json").write_text(json.dumps(saved))
+    loaded = load_decoder(tmp_path)
+    assert loaded is not None and isinstance(loaded[0], PixelDecoder)
+    assert loaded[1].arch == "fullres"
+    # A name no build knows is one line naming the file.
+    (tmp_path / "decoder.json").write_text(json.dumps({**saved, "arch": "hourglass"}))
+    with pytest.raises(CrackdetError, match="decoder.pt: not a valid decoder.*hourglass"):
+        load_decoder(tmp_path)
 
 
 def test_folder_without_decoder_gives_none(tmp_path: Path) -> None:
@@ -109,13 +152,14 @@ def test_bad_decoder_file_is_one_line_naming_it(tmp_path: Path, broken: str) -> 
     assert "\n" not in message and str(named) in message and "train.decoder" in message
 
 
-def test_exports_to_onnx_with_dynamic_sides(trunk: DenseTrunk, tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", list(DECODERS))
+def test_exports_to_onnx_with_dynamic_sides(trunk: DenseTrunk, tmp_path: Path, arch: str) -> None:
     import onnxruntime
 
     class Pixels(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.model = DenseModel(trunk, decoder=PixelDecoder(LITE0).eval())
+            self.model = DenseModel(trunk, decoder=DECODERS[arch](LITE0, 16, 8).eval())
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             return self.model(images).pixels
@@ -170,14 +214,16 @@ def test_training_learns_crack_pixels_an_untrained_decoder_misses(
     assert result.best_epoch == max(seen, key=lambda r: (r.val_f1, -r.val_loss)).epoch
     # The untrained decoder, scored the same way, at its best threshold.
     torch.manual_seed(3)
-    untrained = PixelDecoder(LITE0, cfg.channels, cfg.full).eval()
+    untrained = DECODERS[cfg.arch](LITE0, cfg.channels, cfg.full).eval()
     crops = cut_crops(val, cfg.crop)
     taps = cache_taps(pretrained_trunk, crops.images)
     with torch.no_grad():
         probs = torch.sigmoid(untrained(tuple(t.float() for t in taps), crops.images))
     _, before = best_threshold(probs, crops)
-    assert (before.f1 or 0.0) < 0.2
-    assert result.counts.f1 is not None and result.counts.f1 > 0.4
+    # At its best threshold a random image branch is a dark-line detector of sorts (F1 0.50
+    # here, subpixel); four epochs on nine small photos lift it to 0.63.
+    assert result.counts.f1 is not None and result.counts.f1 > 0.55
+    assert result.counts.f1 > (before.f1 or 0.0) + 0.08
     assert result.spec.metrics["val_f1"] == pytest.approx(result.counts.f1)
     assert result.spec.trained_on == (SYNTHETIC,) and 0.0 < result.spec.threshold < 1.0
 

@@ -24,8 +24,10 @@ from crackdet.maps.dense_map import (
     DenseRunner,
     context_halo,
     dense_map,
+    graph_key,
     load_dense,
     pad_to_stride,
+    pixel_scale,
     prepare_dense,
     run_tiled,
     tile_spans,
@@ -203,39 +205,77 @@ def test_cells_lie_where_their_window_is_centred(scale: float) -> None:
     assert len(result.cells) == round(500 * scale / STRIDE) * round(700 * scale / STRIDE)
 
 
-def test_scales_are_averaged_at_the_photos_size(toy: DenseGraph) -> None:
+def test_window_maps_are_averaged_over_scales_and_pixels_come_from_one(toy: DenseGraph) -> None:
     runner = prepare_dense(toy, "torch")
+    # The other scales run the same graph without its decoder.
+    assert runner.others is not None and runner.others.outputs == ("window", "pooled")
     image = photo(300, 420, seed=2)
-    both = dense_map(runner, image, (1.0, 0.5))
+    both = dense_map(runner, image, (0.5, 1.0))
     one = dense_map(runner, image, (1.0,))
     half = dense_map(runner, image, (0.5,))
     assert both.pixels is not None and both.pixels.shape == (300, 420)
+    assert half.pixels is not None and not np.allclose(one.pixels, half.pixels, atol=1e-3)
     np.testing.assert_allclose(both.heatmap, (one.heatmap + half.heatmap) / 2, atol=1e-6)
-    np.testing.assert_allclose(both.pixels, (one.pixels + half.pixels) / 2, atol=1e-6)
+    np.testing.assert_array_equal(both.pixels, one.pixels)  # the photo's own pixels
     assert len(both.cells) == len(one.cells) + len(half.cells)
     assert {t.scale for t in both.cells} == {1.0, 0.5}
+    # Enlarged (a small photo under scale: auto): the scale nearer the photo's own pixels.
+    np.testing.assert_array_equal(
+        dense_map(runner, image, (3.0, 1.5)).pixels, dense_map(runner, image, (1.5,)).pixels
+    )
+
+
+@pytest.mark.parametrize(
+    ("scales", "expected"), [((0.5, 0.7), 0.7), ((3.0, 4.0), 3.0), ((0.5, 2.0), 0.5), ((1.0,), 1.0)]
+)
+def test_pixels_are_read_at_the_scale_nearest_the_photos_pixels(
+    scales: tuple[float, ...], expected: float
+) -> None:
+    assert pixel_scale(scales) == expected
+
+
+def test_a_decoder_only_graph_runs_one_scale_alone(toy: DenseGraph) -> None:
+    model = toy.model
+    runner = prepare_dense(DenseGraph(DenseModel(model.trunk, None, model.decoder), False), "torch")
+    assert runner.outputs == ("pixels",) and runner.others is None
+    image = photo(300, 420, seed=2)
+    calls: list[tuple[int, ...]] = []
+
+    def counted(images: np.ndarray) -> dict[str, np.ndarray]:
+        calls.append(images.shape)
+        return runner.run(images)
+
+    both = dense_map(dataclasses.replace(runner, run=counted), image, (0.5, 1.0))
+    assert [shape[-2:] for shape in calls] == [(320, 448)]  # scale 1, padded to 32
+    np.testing.assert_array_equal(both.pixels, dense_map(runner, image, (1.0,)).pixels)
+    assert both.heatmap is None and both.cells == []
 
 
 def test_onnxruntime_runs_the_torch_graph(lite0: DenseGraph, tmp_path: Path) -> None:
     torch_runner = prepare_dense(lite0, "torch")
     onnx_runner = prepare_dense(lite0, "onnxruntime", tmp_path)
     assert onnx_runner.halo == torch_runner.halo
-    graphs = sorted(tmp_path.glob("dense-*.onnx"))
-    assert len(graphs) == 1
+    # The graph, and the same without its decoder for the other scales.
+    graph = tmp_path / f"{graph_key(lite0)}.onnx"
+    assert graph.is_file() and len(list(tmp_path.glob("dense-*.onnx"))) == 2
     images = photo(224, 288, seed=3).transpose(2, 0, 1)[None].astype(np.float32) / 255
     got, expected = onnx_runner.run(images), torch_runner.run(images)
     assert set(got) == set(expected) == {"window", "pixels"}
     for name in expected:
         assert got[name].shape == expected[name].shape
         np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-4)
-    # Found in the cache the second time; other head weights are another graph.
-    stamp = graphs[0].stat().st_mtime_ns
+    assert onnx_runner.others is not None and torch_runner.others is not None
+    others = onnx_runner.others.run(images)
+    assert set(others) == {"window"}
+    np.testing.assert_allclose(others["window"], expected["window"], rtol=0, atol=1e-4)
+    # Found in the cache the second time; other head weights are other graphs.
+    stamp = graph.stat().st_mtime_ns
     prepare_dense(lite0, "onnxruntime", tmp_path)
-    assert graphs[0].stat().st_mtime_ns == stamp
+    assert graph.stat().st_mtime_ns == stamp
     head = WindowHead(1280)
     other = DenseGraph(DenseModel(lite0.model.trunk, head, lite0.model.decoder), False)
     prepare_dense(other, "onnxruntime", tmp_path)
-    assert len(list(tmp_path.glob("dense-*.onnx"))) == 2
+    assert len(list(tmp_path.glob("dense-*.onnx"))) == 4
 
 
 def settings(

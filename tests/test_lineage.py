@@ -259,7 +259,7 @@ def test_champion_rescored_on_the_split_and_predicts(
         str(out),
     )
     assert result.returncode == 0, result.stderr
-    assert "1 of 1 photos mapped" in result.stdout and (out / "photo_01_overlay.png").exists()
+    assert "1 of 1 photos mapped" in result.stdout and (out / "photo_01_overlay.jpg").exists()
 
 
 # --- reproduce -------------------------------------------------------------------------------

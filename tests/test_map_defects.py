@@ -191,8 +191,8 @@ def test_folders_mapped_one_after_another_share_one_report(repo, ckpt) -> None:
     report = (repo / "maps" / "index.html").read_text()
     assert "a1.jpg" in report and "b1.jpg" in report
     assert predict("site-b", "--model", str(ckpt), "--out", "maps") == 0  # b1 reused: once
-    assert (repo / "maps" / "index.html").read_text().count("b1_overlay.png") == report.count(
-        "b1_overlay.png"
+    assert (repo / "maps" / "index.html").read_text().count("b1_overlay.jpg") == report.count(
+        "b1_overlay.jpg"
     )
 
 

@@ -94,7 +94,7 @@ def test_outputs_metrics_and_plots(repo: Path) -> None:
     assert_probe_comparison_adds_up(metrics)
     predicted = json.loads((repo / "outputs/predict/photo_01.json").read_text())
     assert predicted["tiles_total"] == len(predicted["tiles"]) > 0
-    for suffix in ("_overlay.png", "_heatmap.png", "_heatmap.npy", "_mask.png"):
+    for suffix in ("_overlay.jpg", "_heatmap.png", "_heatmap.npy", "_mask.png"):
         assert (repo / f"outputs/predict/photo_01{suffix}").exists(), suffix
     assert (repo / "outputs/predict/contact_sheet.png").exists()
     assert (repo / "outputs/predict/photo_01_thumb.jpg").exists()
@@ -126,7 +126,7 @@ def test_one_mlflow_run_carries_lineage_params_metrics_and_model(repo: Path) -> 
     inputs = run.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == summary["manifest_sha256"][:32]
     artifacts = {a.path for a in client.list_artifacts(run_id, "predict_samples")}
-    assert "predict_samples/photo_01_overlay.png" in artifacts
+    assert "predict_samples/photo_01_overlay.jpg" in artifacts
     version = client.get_model_version("crack-classifier", "1")
     assert version.run_id == run_id
     assert version.tags["data.split_fingerprint"] == run.data.tags["data.split_fingerprint"]
@@ -192,7 +192,7 @@ def test_the_registered_model_maps_exactly_as_its_folder(repo: Path, tmp_path: P
         assert "1 of 1 photos mapped" in result.stdout
         assert "Downloading artifacts" not in result.stdout + result.stderr
         maps[name] = out
-    for suffix in ("_overlay.png", "_heatmap.png", "_heatmap.npy", "_mask.png"):
+    for suffix in ("_overlay.jpg", "_heatmap.png", "_heatmap.npy", "_mask.png"):
         folder = (maps["folder"] / f"photo_01{suffix}").read_bytes()
         assert folder == (maps["registry"] / f"photo_01{suffix}").read_bytes(), suffix
     folder, registry = (json.loads((maps[n] / "photo_01.json").read_text()) for n in maps)
@@ -271,7 +271,7 @@ def test_predict_cli_maps_a_photo(repo: Path, tmp_path: Path) -> None:
         ["crackdet", "predict", "data/photos", "--model", "outputs/train", "--out", str(out)], repo
     )
     assert "1 of 1 photos mapped" in result.stdout
-    assert (out / "photo_01_overlay.png").exists()
+    assert (out / "photo_01_overlay.jpg").exists()
     assert f"report {out / 'index.html'}" in result.stdout
     record = json.loads((out / "photo_01.json").read_text())
     assert record["model"].startswith("outputs/train (") and record["made_from"]["model"]

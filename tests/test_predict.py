@@ -204,7 +204,7 @@ def test_photos_sharing_a_name_get_outputs_of_their_own(model, tmp_path, capsys)
     mapped = map_photos(model, photos, tmp_path / "out", cfg, "test", command="predict")
     assert [s.outputs for s in mapped.summaries] == ["a-x.jpg", "x.png", "b-x.jpg"]
     for stem in ("a-x.jpg", "x.png", "b-x.jpg"):
-        assert (tmp_path / "out" / f"{stem}_overlay.png").is_file()
+        assert (tmp_path / "out" / f"{stem}_overlay.jpg").is_file()
         assert json.loads((tmp_path / "out" / f"{stem}.json").read_text())["outputs"] == stem
     assert "predict: photos share a file name; outputs named apart:" in capsys.readouterr().out
 

@@ -17,7 +17,7 @@ import torch
 from crackdet.core import params as core
 from crackdet.core.errors import CrackdetError
 from crackdet.data import sources
-from crackdet.model import backbones, engines
+from crackdet.model import backbones, decoder, engines
 
 
 def differences(what: str, schema: Iterable[str], registry: Iterable[str], where: str) -> list[str]:
@@ -45,6 +45,11 @@ def test_every_source_kind_has_a_fetch_and_every_fetch_a_schema_record() -> None
 def test_every_backbone_name_is_registered_and_every_registered_backbone_named() -> None:
     found = differences("backbone", core.BACKBONES, backbones.BACKBONES, "crackdet.model.backbones")
     assert found == []
+
+
+def test_every_decoder_name_is_registered_and_every_registered_decoder_named() -> None:
+    assert differences("decoder", core.DECODERS, decoder.DECODERS, "crackdet.model.decoder") == []
+    assert list(core.DECODERS) == list(decoder.DECODERS)  # the same order in messages
 
 
 def test_every_engine_name_is_registered_and_every_registered_engine_named() -> None:

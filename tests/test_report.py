@@ -99,7 +99,7 @@ def test_cards_worst_first_with_the_summary_figures(tmp_path: Path, mapped) -> N
     deck = html[html.index("<h2>deck.png") :].split("</li>")[0]
     assert "2 cracks" in deck and "812.5 mm" in deck and "1.60 mm" in deck and "wide" in deck
     assert 'href="deck_traced.jpg"' in deck and 'href="deck_cracks.geojson"' in deck
-    assert 'href="deck_overlay.png"' in deck  # the window map stays available
+    assert 'href="deck_overlay.jpg"' in deck  # the window map stays available
     assert "not traced" in html and "0 cracks" in html
     assert "crack area" not in html and "42.0 %" not in html  # the window-blob share is gone
     assert "25.0 %" in html  # unfamiliar share
@@ -110,7 +110,7 @@ def test_cards_worst_first_with_the_summary_figures(tmp_path: Path, mapped) -> N
     assert "1 kept from an earlier run" in html and "1 could not be read" in html
     assert "broken.jpg: not an image" in html
     # Links and images are relative file names, escaped for the URL: nothing from the network.
-    assert 'href="wall%20%232%20%3Ceast%3E_overlay.png"' in html
+    assert 'href="wall%20%232%20%3Ceast%3E_overlay.jpg"' in html
     assert 'src="wall%20%232%20%3Ceast%3E_thumb.jpg"' in html
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
     assert "<script" not in html

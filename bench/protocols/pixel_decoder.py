@@ -53,7 +53,6 @@ from crackdet.core.params import DecoderParams
 from crackdet.data.images import PATCH_SIZE
 from crackdet.maps.cracks import crack_mask, skeleton_length, trace_cracks
 from crackdet.model.backbones import build_backbone
-from crackdet.model.decoder import PixelDecoder
 from crackdet.model.decoder_training import (
     PixelPhoto,
     masks_photos,
@@ -73,7 +72,7 @@ GAPS = (0.0, 5.0, 10.0, 20.0, 40.0)  # predict.crack_gap_px values tried (0: off
 COUNT_WITHIN = 0.25  # a setting is chosen only if its crack count is this close to the truth's
 
 
-def predict(trunk: DenseTrunk, decoder: PixelDecoder, image: np.ndarray) -> np.ndarray:
+def predict(trunk: DenseTrunk, decoder: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     """P(crack pixel) of a whole photo: padded to multiples of 32 by edge replication."""
     height, width = image.shape[:2]
     pad = ((0, -height % STRIDE), (0, -width % STRIDE), (0, 0))

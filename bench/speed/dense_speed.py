@@ -52,7 +52,7 @@ from crackdet.maps.dense_map import (
 )
 from crackdet.maps.mapping import map_into_folder, prepare_mapper
 from crackdet.model.classifier import CrackClassifier, build_classifier, load_checkpoint
-from crackdet.model.decoder import PixelDecoder
+from crackdet.model.decoder import DECODERS
 from crackdet.model.dense import DenseModel, DenseTrunk
 from crackdet.model.engines import engine_label, feature_fn
 from crackdet.model.ood import OODModel
@@ -86,7 +86,9 @@ def heads(folder: Path, model: CrackClassifier) -> tuple[nn.Module, nn.Module, s
         loaded = load_heads(folder)
         return loaded.window_head, loaded.decoder, f"heads of {folder}"  # type: ignore[return-value]
     taps = (16, 24, 40, 112, model.spec.num_features)
-    return WindowHead(model.spec.num_features, 128), PixelDecoder(taps), "random-init heads"
+    cfg = load_params("params.yaml").train.decoder
+    decoder = DECODERS[cfg.arch](taps, cfg.channels, cfg.full)
+    return WindowHead(model.spec.num_features, 128), decoder, f"random-init heads ({cfg.arch})"
 
 
 class BareTrunk(nn.Module):

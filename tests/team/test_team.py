@@ -123,7 +123,7 @@ def test_pipeline_lands_in_postgres_and_the_bucket(team_stack: TeamStack, repo: 
     # The bucket holds the run's artifacts and its pt2 model (the server put them there).
     keys = team_stack.s3_keys(f"mlflow/{exp}/")
     run_keys = {k.split(f"{run_id}/artifacts/", 1)[1] for k in keys if f"{run_id}/artifacts/" in k}
-    assert {"predict_samples/photo_01_overlay.png", "predict_samples/index.html"} <= run_keys
+    assert {"predict_samples/photo_01_overlay.jpg", "predict_samples/index.html"} <= run_keys
     assert {"train/model.json", "evaluate/metrics.json", "promotions/000001.json"} <= run_keys
     models = [k for k in keys if "/models/m-" in k and k.endswith("/artifacts/data/model.pt2")]
     source = team_stack.psql(

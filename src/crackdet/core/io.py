@@ -128,8 +128,15 @@ def write_text(target: Path, text: str) -> None:
     write_bytes(target, text.encode())
 
 
-def write_json(target: Path, obj: Any) -> None:
-    write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(target: Path, obj: Any, *, compact: bool = False) -> None:
+    """Sorted keys, indented; ``compact``: on one line, for records of thousands of rows (the
+    indented form goes through json's pure-Python encoder: ~10x slower on a 12 MP photo's
+    cells)."""
+    if compact:
+        text = json.dumps(obj, separators=(",", ":"), sort_keys=True)
+    else:
+        text = json.dumps(obj, indent=2, sort_keys=True)
+    write_text(target, text + "\n")
 
 
 def write_with(target: Path, writer: Callable[[Path], None]) -> None:

@@ -27,6 +27,9 @@ from crackdet.core.schema import rule as _rule
 # The names of crackdet.model.engines.ENGINES, kept here so params import no torch.
 ENGINES = ("onnxruntime", "openvino", "torch")
 
+# The names of crackdet.model.decoder.DECODERS (pixel decoder architectures), for the schema.
+DECODERS = ("subpixel", "fullres")
+
 # Backbones crackdet knows how to build (see crackdet.model.backbones); torchvision ones need the
 # torchvision weights cache when pretrained.
 BACKBONES = (
@@ -188,12 +191,13 @@ class DecoderParams:
     source's photos, split by photo into train and val."""
 
     enabled: bool = _rule()
+    arch: str = _rule(choices=DECODERS)  # how it reaches full resolution (crackdet.model.decoder)
     epochs: int = _rule(ge=1, le=1000)  # the best epoch (crack-pixel F1) is picked on val
     crop: int = _rule(ge=64, le=2048)  # crop side in px, a multiple of 32 (the taps' stride)
     batch_size: int = _rule(ge=1, le=1024)
     lr: float = _rule(gt=0.0, le=1.0)  # Adam
     channels: int = _rule(ge=2, le=256)  # the top-down path's width
-    full: int = _rule(ge=1, le=64)  # the full-resolution branch's width
+    full: int = _rule(ge=1, le=64)  # the image branch's width
     synthetic_photos: int = _rule(ge=0, le=100_000)  # rendered crop-sized photos (free masks)
     # Crops in train and in val at most (seeded sample, crops with crack pixels first up to
     # three quarters; 0: all): bounds the backbone passes and the cached taps (~16 B a pixel).

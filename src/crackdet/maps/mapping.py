@@ -31,6 +31,8 @@ from crackdet.core.io import sha256_file
 from crackdet.core.params import PredictParams
 from crackdet.core.progress import progress, say
 from crackdet.maps.crack_outputs import (
+    PhotoPlace,
+    TracedPhoto,
     check_scale_csvs,
     photo_mm_per_pixel,
     photo_place,
@@ -45,7 +47,6 @@ from crackdet.maps.outputs import (
     already_mapped,
     output_stems,
     with_crack_settings,
-    with_cracks,
     write_contact_sheet,
     write_outputs,
 )
@@ -236,7 +237,7 @@ def map_photos(
     executor: Executor = SEQUENTIAL,
     folder: Path | None = None,
 ) -> MappedPhotos:
-    """Per photo: ``<stem>_overlay.png``, ``<stem>_heatmap.png`` / ``.npy`` (crack probability),
+    """Per photo: ``<stem>_overlay.jpg``, ``<stem>_heatmap.png`` / ``.npy`` (crack probability),
     ``<stem>_mask.png`` (at the threshold), ``<stem>_thumb.jpg`` and ``<stem>.json``; where the
     model has a pixel decoder, the traced cracks' files (:mod:`crackdet.maps.crack_outputs`);
     plus ``contact_sheet.png``. Every scale CSV (``predict.scale_csv``) is checked first.
@@ -387,11 +388,13 @@ def map_into_folder(
         ood_fraction=result.ood_fraction,
         outputs=files.stem,
     )
-    # Where the model has a pixel decoder: measured cracks.
-    traced = trace_photo(mapped.pixels, mapped.pixel_threshold, mm_per_pixel, settings)
-    place = photo_place(path) if traced is not None else None
-    summary = with_cracks(summary, traced)
-    write_outputs(files, photo, result, summary, made_from, settings.alpha, traced, place)
+
+    def trace() -> tuple[TracedPhoto | None, PhotoPlace | None]:
+        """Where the model has a pixel decoder: measured cracks, and where the photo was taken."""
+        traced = trace_photo(mapped.pixels, mapped.pixel_threshold, mm_per_pixel, settings)
+        return traced, photo_place(path) if traced is not None else None
+
+    summary = write_outputs(files, photo, result, summary, made_from, settings.alpha, trace)
     return PhotoOutcome(summary, seconds=result.seconds, photo=path.name)
 
 

@@ -1,25 +1,40 @@
 """The pixel decoder: a crack probability per pixel from the frozen backbone's taps.
 
-Cracks are 1-5 px wide: the stride-4 features alone blur them over several pixels, so the
+Cracks are 1-5 px wide: the stride-4 features alone blur them over several pixels, so a
 decoder climbs the taps top-down (FPN-like: each tap projected to ``channels`` by a 1x1
 convolution, upsampled x2 bilinearly and added to the next finer one), fuses the result with
-the stride-2 tap and, at full resolution, with a tiny branch that reads the image itself (the
-dark 1-px line the coarse features can only locate to a few pixels).
+the stride-2 tap, and reads the image itself for the dark 1-px line the coarse features can only
+locate to a few pixels. Architectures differ in how that last step reaches full resolution; each
+is one class registered by name (:func:`register_decoder`, ``train.decoder.arch``; the schema's
+copy of the names is ``crackdet.core.params.DECODERS``, checked by tests/test_registries.py):
+
+- ``subpixel`` (default): everything at stride 2. The image enters as its 2x2 pixel blocks
+  (space-to-depth: 12 channels, nothing lost), and the last 1x1 convolution gives 4 logits per
+  stride-2 cell, one per pixel (depth-to-space, the sub-pixel convolution of ESPCN). No tensor
+  of full size but the logits: on a 12 MP photo it adds 0.64 s to the dense pass where
+  ``fullres`` added 0.9-1.5 s (bench/speed/dense_speed.py, ONNX Runtime, 2-core Xeon with
+  AVX-512), at the same crack-pixel F1 on the UAV75 bench's choice photos (0.772 against 0.775;
+  docs/results.md).
+- ``fullres``: upsample to full resolution and fuse there with a 3x3 branch over the image
+  (full-size tensors of ``full`` channels: memory-bound on a CPU). Checkpoints without an
+  ``arch`` are this one.
 
 Arithmetic per input pixel, lite0 taps (16, 24, 40, 112, 1280 channels at strides 2..32),
-``channels`` C = 16, ``full`` F = 8 (weights only, biases left out; :func:`macs_per_pixel`
-counts the same figure from the module, and a test holds them together):
+``channels`` C = 16 (weights only, biases left out; :func:`macs_per_pixel` counts the same
+figure from the module, and a test holds them together):
 
-- 1x1 projections: 16·C/4 + 24·C/16 + 40·C/64 + 112·C/256 + 1280·C/1024 = 64 + 24 + 10 + 7
-  + 20 = 125;
-- 3x3 smoothing at strides 8 and 4: 9·C²/64 + 9·C²/16 = 36 + 144 = 180;
-- stride 2: a depthwise 3x3 and a 1x1 C→C: (9·C + C²)/4 = 100;
-- full resolution: the image branch 3x3 3→F (216), the stride-2 features 1x1 C→F after the
-  upsample (128), a 3x3 F→F (576) and the 1x1 F→1 output (8): 928.
+- shared: 1x1 projections 16·C/4 + 24·C/16 + 40·C/64 + 112·C/256 + 1280·C/1024 = 64 + 24 +
+  10 + 7 + 20 = 125; 3x3 smoothing at strides 8 and 4: 9·C²/64 + 9·C²/16 = 36 + 144 = 180;
+  stride 2: a depthwise 3x3 and a 1x1 C→C: (9·C + C²)/4 = 100;
+- ``subpixel``, ``full`` F = 16, at stride 2: 1x1 C→F (64), the image's 3x3 12→F (432), a 3x3
+  F→F (576), the 1x1 F→4 output (16): 1,088; in all about 1.49 k;
+- ``fullres``, F = 8, at full resolution: the image's 3x3 3→F (216), the stride-2 features'
+  1x1 C→F after the upsample (128), a 3x3 F→F (576), the 1x1 F→1 output (8): 928; in all
+  about 1.33 k.
 
-About 1.33 k MACs per pixel, a third of lite0's ~4 k: most of it is the full-resolution 3x3,
-what separates a crack's two edges from each other. Only ``interpolate(scale_factor=2)``,
-convolutions, ReLU and additions: ONNX opset 17 and TorchScript export it with dynamic H/W.
+Either is about a third of lite0's ~4 k. Only bilinear ``interpolate(scale_factor=2)``,
+pixel (un)shuffles, convolutions, ReLU and additions: ONNX opset 17 and TorchScript export them
+with dynamic H/W.
 
 Checkpoints: ``decoder.pt`` (a plain state dict, loaded with ``weights_only=True``) and
 ``decoder.json`` (:class:`DecoderSpec`), beside model.pt in the model folder.
@@ -31,6 +46,7 @@ import io
 import json
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,8 +58,8 @@ from crackdet.core.errors import CrackdetError, first_line
 from crackdet.core.io import write_bytes, write_json
 
 WEIGHTS, SPEC = "decoder.pt", "decoder.json"
-STRIDES = (2, 4, 8, 16, 32)
-PRIOR_LOGIT = -3.0  # sigmoid: ~5 %  # the taps' strides (crackdet.model.dense.Taps)
+STRIDES = (2, 4, 8, 16, 32)  # the taps' strides (crackdet.model.dense.Taps)
+PRIOR_LOGIT = -3.0  # sigmoid: ~5 %
 
 
 @dataclass(frozen=True)
@@ -53,10 +69,11 @@ class DecoderSpec:
     backbone: str
     tap_channels: tuple[int, ...]  # channels of the taps at strides 2, 4, 8, 16, 32
     channels: int = 16  # the top-down path's width
-    full: int = 8  # the full-resolution branch's width
+    full: int = 8  # the image branch's width
     threshold: float = 0.5  # operating threshold on P(crack pixel), F1-optimal on val
     trained_on: tuple[str, ...] = ()  # the masks sources (and synthetic photos) it learnt from
     metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's val figures
+    arch: str = "fullres"  # a name in DECODERS; decoders saved before there were two: fullres
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -73,10 +90,28 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
-class PixelDecoder(nn.Module):
-    """``forward(taps, images)`` → crack logits (N, 1, H, W); images float RGB [0, 1] NCHW."""
+# A decoder: built from (tap channels, channels, full); ``forward(taps, images)`` → crack
+# logits (N, 1, H, W), images float RGB [0, 1] NCHW.
+Decoder = Callable[[tuple[int, ...], int, int], nn.Module]
+DECODERS: dict[str, Decoder] = {}
 
-    def __init__(self, tap_channels: tuple[int, ...], channels: int = 16, full: int = 8) -> None:
+
+def register_decoder(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Register the decorated decoder class under ``name`` (``train.decoder.arch``)."""
+
+    def register(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in DECODERS:
+            raise ValueError(f"decoder {name} registered twice")
+        DECODERS[name] = cls
+        return cls
+
+    return register
+
+
+class TopDown(nn.Module):
+    """The taps climbed top-down to stride 2 (what every architecture shares)."""
+
+    def __init__(self, tap_channels: tuple[int, ...], channels: int) -> None:
         super().__init__()
         if len(tap_channels) != len(STRIDES):
             raise ValueError(f"expected {len(STRIDES)} taps, got {len(tap_channels)}")
@@ -86,7 +121,42 @@ class PixelDecoder(nn.Module):
         self.smooth4 = nn.Conv2d(c, c, 3, padding=1)
         self.depthwise2 = nn.Conv2d(c, c, 3, padding=1, groups=c)
         self.point2 = nn.Conv2d(c, c, 1)
-        self.lift = nn.Conv2d(c, full, 1)
+
+    def climb(self, taps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Features at stride 2, ``channels`` wide."""
+        p2, p4, p8, p16, p32 = (proj(t) for proj, t in zip(self.project, taps, strict=True))
+        x = p16 + _up(p32)
+        x = F.relu(self.smooth8(p8 + _up(x)))
+        x = F.relu(self.smooth4(p4 + _up(x)))
+        return F.relu(self.point2(self.depthwise2(p2 + _up(x))))
+
+
+@register_decoder("subpixel")
+class SubpixelDecoder(TopDown):
+    """Fused with the image's 2x2 blocks at stride 2; 4 logits per cell, one per pixel."""
+
+    def __init__(self, tap_channels: tuple[int, ...], channels: int = 16, full: int = 16) -> None:
+        super().__init__(tap_channels, channels)
+        self.lift = nn.Conv2d(channels, full, 1)
+        self.image = nn.Conv2d(3 * 4, full, 3, padding=1)
+        self.fuse = nn.Conv2d(full, full, 3, padding=1)
+        self.out = nn.Conv2d(full, 4, 1)
+        # Start near the crack prior (a few % of pixels), not at P = 0.5 everywhere.
+        nn.init.constant_(self.out.bias, PRIOR_LOGIT)
+
+    def forward(self, taps: tuple[torch.Tensor, ...], images: torch.Tensor) -> torch.Tensor:
+        blocks = F.pixel_unshuffle(images - 0.5, 2)
+        x = F.relu(self.lift(self.climb(taps)) + self.image(blocks))
+        return F.pixel_shuffle(self.out(F.relu(self.fuse(x))), 2)
+
+
+@register_decoder("fullres")
+class PixelDecoder(TopDown):
+    """Upsampled to full resolution and fused there with a 3x3 branch over the image."""
+
+    def __init__(self, tap_channels: tuple[int, ...], channels: int = 16, full: int = 8) -> None:
+        super().__init__(tap_channels, channels)
+        self.lift = nn.Conv2d(channels, full, 1)
         self.image = nn.Conv2d(3, full, 3, padding=1)
         self.fuse = nn.Conv2d(full, full, 3, padding=1)
         self.out = nn.Conv2d(full, 1, 1)
@@ -95,20 +165,17 @@ class PixelDecoder(nn.Module):
         nn.init.constant_(self.out.bias, PRIOR_LOGIT)
 
     def forward(self, taps: tuple[torch.Tensor, ...], images: torch.Tensor) -> torch.Tensor:
-        p2, p4, p8, p16, p32 = (proj(t) for proj, t in zip(self.project, taps, strict=True))
-        x = p16 + _up(p32)
-        x = F.relu(self.smooth8(p8 + _up(x)))
-        x = F.relu(self.smooth4(p4 + _up(x)))
-        x = F.relu(self.point2(self.depthwise2(p2 + _up(x))))
-        x = F.relu(self.lift(_up(x)) + self.image(images - 0.5))
+        x = F.relu(self.lift(_up(self.climb(taps))) + self.image(images - 0.5))
         return self.out(F.relu(self.fuse(x)))
 
 
-def build_decoder(spec: DecoderSpec) -> PixelDecoder:
-    return PixelDecoder(spec.tap_channels, spec.channels, spec.full)
+def build_decoder(spec: DecoderSpec) -> nn.Module:
+    if spec.arch not in DECODERS:
+        raise ValueError(f"unknown decoder arch {spec.arch!r} (known: {', '.join(DECODERS)})")
+    return DECODERS[spec.arch](spec.tap_channels, spec.channels, spec.full)
 
 
-def macs_per_pixel(decoder: PixelDecoder, side: int = 64) -> float:
+def macs_per_pixel(decoder: nn.Module, side: int = 64) -> float:
     """Multiply-accumulates per input pixel of every convolution (weights only), counted by
     running the decoder on random taps of a ``side`` x ``side`` image."""
     counted = 0
@@ -133,7 +200,7 @@ def macs_per_pixel(decoder: PixelDecoder, side: int = 64) -> float:
     return counted / side**2
 
 
-def save_decoder(folder: Path, decoder: PixelDecoder, spec: DecoderSpec) -> None:
+def save_decoder(folder: Path, decoder: nn.Module, spec: DecoderSpec) -> None:
     """``decoder.pt`` and ``decoder.json`` into ``folder`` (atomic writes)."""
     buffer = io.BytesIO()  # through a handle: equal weights give equal bytes (checkpoint_bytes)
     torch.save(decoder.state_dict(), buffer)
@@ -151,7 +218,7 @@ def save_no_decoder(folder: Path) -> None:
     write_json(folder / SPEC, {})
 
 
-def load_decoder(folder: Path) -> tuple[PixelDecoder, DecoderSpec] | None:
+def load_decoder(folder: Path) -> tuple[nn.Module, DecoderSpec] | None:
     """The decoder saved in ``folder`` (eval mode); None when the folder has none or the
     model was trained without one. A file that is there but unreadable stops with one line
     naming it."""

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from crackdet.core.errors import CrackdetError
 from crackdet.core.params import DecoderParams
@@ -34,7 +35,7 @@ from crackdet.data.sources.masks import find_photos, read_mask, read_photo_rgb
 from crackdet.data.sources.synthetic import patch_rng, render_photo
 from crackdet.data.windows import resize_photo
 from crackdet.model.classifier import FORWARD_CHUNK
-from crackdet.model.decoder import DecoderSpec, PixelDecoder
+from crackdet.model.decoder import DECODERS, DecoderSpec
 from crackdet.model.dense import DenseTrunk
 from crackdet.model.pixel_metrics import PixelCounts, count_pixels
 
@@ -81,7 +82,7 @@ class DecoderEpoch:
 
 @dataclass(frozen=True)
 class DecoderResult:
-    decoder: PixelDecoder
+    decoder: nn.Module
     spec: DecoderSpec
     history: list[DecoderEpoch]
     best_epoch: int
@@ -258,7 +259,7 @@ def pixel_loss(
 
 
 def _predict(
-    decoder: PixelDecoder, taps: tuple[torch.Tensor, ...], crops: Crops, batch: int
+    decoder: nn.Module, taps: tuple[torch.Tensor, ...], crops: Crops, batch: int
 ) -> tuple[torch.Tensor, float]:
     """P(crack pixel) of every crop, and the mean loss (without weights' training tricks)."""
     probs, losses = [], []
@@ -318,7 +319,7 @@ def train_decoder(
         )
     train_taps, val_taps = cache_taps(trunk, train.images), cache_taps(trunk, val.images)
     torch.manual_seed(seed)
-    decoder = PixelDecoder(tuple(t.shape[1] for t in train_taps), cfg.channels, cfg.full)
+    decoder = DECODERS[cfg.arch](tuple(t.shape[1] for t in train_taps), cfg.channels, cfg.full)
     optimiser = torch.optim.Adam(decoder.parameters(), lr=cfg.lr)
     rng = np.random.default_rng([seed, len(train)])
     history: list[DecoderEpoch] = []
@@ -369,6 +370,7 @@ def train_decoder(
         tap_channels=tuple(int(t.shape[1]) for t in train_taps),
         channels=cfg.channels,
         full=cfg.full,
+        arch=cfg.arch,
         threshold=threshold,
         trained_on=sources,
         metrics={
