@@ -66,22 +66,32 @@ def test_arithmetic_is_what_the_docstring_states() -> None:
 
 
 def test_the_subpixel_decoder_gives_each_pixel_its_own_logit() -> None:
-    """Depth-to-space puts the 4 logits of a stride-2 cell on its 4 pixels, in the order
-    space-to-depth took them from the image: a logit moves with the pixel that made it."""
-    torch.manual_seed(0)
-    decoder = SubpixelDecoder(LITE0, 4, 4).eval()
+    """Depth-to-space puts the 4 logits of a stride-2 cell on its 4 pixels in the order
+    space-to-depth took them from the image. With weights set by hand so that each logit reads
+    only the pixel at its own place (the features silent, 3x3 kernels at their centre), one dark
+    pixel changes one logit: its own."""
+    decoder = SubpixelDecoder(LITE0, 4, 12).eval()
+    with torch.no_grad():
+        for parameter in decoder.parameters():
+            parameter.zero_()
+        for k in range(12):  # the image's 12 block channels, darkness in, one to one
+            decoder.image.weight[k, k, 1, 1] = -1.0
+            decoder.fuse.weight[k, k, 1, 1] = 1.0
+        for colour in range(3):  # block channel colour*4 + place -> the logit of that place
+            for place in range(4):
+                decoder.out.weight[place, colour * 4 + place, 0, 0] = 1.0 / 3
     taps = tuple(
-        torch.zeros(1, n, 64 // s, 64 // s) for n, s in zip(LITE0, (2, 4, 8, 16, 32), strict=True)
+        torch.rand(1, n, 64 // s, 64 // s) for n, s in zip(LITE0, (2, 4, 8, 16, 32), strict=True)
     )
     images = torch.full((1, 3, 64, 64), 0.5)
     with torch.inference_mode():
         flat = decoder(taps, images)
-        images[..., 20, 31] = 0.0  # one dark pixel: the odd column of a 2x2 block
-        changed = (decoder(taps, images) - flat).abs()[0, 0] > 1e-6
-    rows, cols = np.nonzero(changed.numpy())
-    # Within the reach of two 3x3 convolutions at stride 2, and on the pixel itself.
-    assert changed[20, 31] and rows.min() >= 20 - 6 and rows.max() <= 20 + 6
-    assert cols.min() >= 31 - 6 and cols.max() <= 31 + 6
+        for row, col in [(20, 31), (21, 30), (7, 7), (62, 63)]:
+            dark = images.clone()
+            dark[..., row, col] = 0.0
+            changed = np.argwhere((decoder(taps, dark) - flat).abs()[0, 0].numpy() > 1e-6)
+            assert changed.tolist() == [[row, col]]
+    assert float(flat.abs().max()) == 0.0
 
 
 @pytest.mark.parametrize("arch", list(DECODERS))
@@ -220,8 +230,8 @@ def test_training_learns_crack_pixels_an_untrained_decoder_misses(
     with torch.no_grad():
         probs = torch.sigmoid(untrained(tuple(t.float() for t in taps), crops.images))
     _, before = best_threshold(probs, crops)
-    # At its best threshold a random image branch is a dark-line detector of sorts (F1 0.50
-    # here, subpixel); four epochs on nine small photos lift it to 0.63.
+    # At its best threshold a random image branch is a dark-line detector of sorts, so the
+    # trained decoder must beat it by a margin, not merely score.
     assert result.counts.f1 is not None and result.counts.f1 > 0.55
     assert result.counts.f1 > (before.f1 or 0.0) + 0.08
     assert result.spec.metrics["val_f1"] == pytest.approx(result.counts.f1)

@@ -36,7 +36,7 @@ from crackdet.maps.mapping import checkpoint_digest, map_photo, prepare_mapper
 from crackdet.maps.scoring import resolve_pixel_threshold
 from crackdet.model.backbones import build_backbone
 from crackdet.model.classifier import CrackClassifier, build_classifier
-from crackdet.model.decoder import DecoderSpec, build_decoder, save_decoder
+from crackdet.model.decoder import DECODERS, DecoderSpec, build_decoder, save_decoder
 from crackdet.model.dense import STRIDE, DenseModel, DenseTrunk
 from crackdet.model.ood import OODModel
 from crackdet.model.window_head import WindowHead as ShippedWindowHead
@@ -44,6 +44,7 @@ from crackdet.model.window_head import WindowHeadSpec, save_window_head
 from tests.helpers.params import tiny_params_tree
 
 torch.manual_seed(0)
+LITE0_TAPS = (16, 24, 40, 112, 1280)
 
 
 class ToyTrunk(nn.Module):
@@ -165,6 +166,19 @@ def test_tiled_equals_whole_on_the_lite0_trunk(lite0: DenseGraph) -> None:
         np.testing.assert_allclose(tiled[name], whole[name], rtol=0, atol=1e-4 * scale)
 
 
+def test_tiled_equals_whole_with_the_shipped_decoders(lite0: DenseGraph) -> None:
+    trunk = lite0.model.trunk
+    for arch, build in DECODERS.items():
+        graph = DenseGraph(DenseModel(trunk, None, build(LITE0_TAPS, 8, 8)).eval(), False)
+        runner = prepare_dense(graph, "torch")
+        padded = pad_to_stride(photo(2 * runner.halo + 2 * STRIDE + 100, 64, seed=1))
+        tiled = run_tiled(with_core(runner, 2 * STRIDE), padded)["pixels"]
+        whole = run_tiled(with_core(runner, 4096), padded)["pixels"]
+        assert tiled.shape == padded.shape[:2], arch
+        scale = np.abs(whole).max()
+        np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4 * scale, err_msg=arch)
+
+
 class Brightness(nn.Module):
     """A trunk whose last tap is each cell's mean brightness: P(crack) is high on bright cells."""
 
@@ -223,6 +237,10 @@ def test_window_maps_are_averaged_over_scales_and_pixels_come_from_one(toy: Dens
     np.testing.assert_array_equal(
         dense_map(runner, image, (3.0, 1.5)).pixels, dense_map(runner, image, (1.5,)).pixels
     )
+    # A runner made without its ``others`` runs the whole graph there, its pixels unused.
+    plain = dense_map(with_core(runner, runner.core), image, (0.5, 1.0))
+    np.testing.assert_allclose(plain.heatmap, both.heatmap, atol=1e-6)
+    np.testing.assert_array_equal(plain.pixels, both.pixels)
 
 
 @pytest.mark.parametrize(

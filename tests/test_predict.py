@@ -319,3 +319,37 @@ def test_ood_flags_images_that_are_not_concrete(model) -> None:
     assert len(flagged) >= 30
     assert np.mean(flagged) >= 0.9, np.mean(flagged)
     assert held_out <= 0.2, held_out
+
+
+def test_a_failed_trace_leaves_the_set_incomplete_and_the_window_files_whole(tmp_path) -> None:
+    """The window map's files are written in a second thread while the cracks are traced: a
+    tracing error still reaches the caller, after that thread is done, and no JSON marks the
+    photo's set complete (a rerun maps it again)."""
+    from crackdet.maps.crackmap import CrackMap
+    from crackdet.maps.outputs import MadeFrom, PhotoFiles, PhotoSummary, write_outputs
+
+    photo = np.full((64, 96, 3), 128, dtype=np.uint8)
+    heat = np.linspace(0, 1, 64 * 96, dtype=np.float32).reshape(64, 96)
+    result = CrackMap(heat, [], 0.0)
+    summary = PhotoSummary("p.jpg", 96, 64, "m", 0.5, 0.5, [1.0], "torch", 0.5, 0, 0, None, "p")
+    made_from = MadeFrom("sha", "model", 1.0, [], 0.5, 0.5, "torch", 0.5)
+    files = PhotoFiles(tmp_path, "p")
+    files.record.write_text("{}")  # an earlier run's record: it must not survive
+    legacy = files.overlay.with_suffix(".png")
+    legacy.write_bytes(b"an overlay PNG of an earlier crackdet")
+
+    def trace():
+        raise CrackdetError("p.jpg: tracing failed")
+
+    with pytest.raises(CrackdetError, match="tracing failed"):
+        write_outputs(files, photo, result, summary, made_from, 0.5, trace)
+    assert not files.record.exists() and not legacy.exists()
+    for path in (files.overlay, files.heatmap, files.heatmap_npy, files.mask):
+        assert path.is_file(), path.name
+    assert Image.open(files.overlay).format == "JPEG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (files.overlay, files.heatmap, files.heatmap_npy, files.mask)
+    )  # no temporary file left beside them
+    # Traced this time: the set is complete and the summary carries the cracks' figures.
+    done = write_outputs(files, photo, result, summary, made_from, 0.5)
+    assert files.complete(done) and not done.traced

@@ -228,9 +228,10 @@ class DenseRunner:
     batch: int = TILE_BATCH
     pixel_threshold: float | None = None  # the decoder's operating threshold, chosen on val
     window_threshold: float | None = None  # the window head's operating threshold
-    # What runs at a photo's other scales where the graph has a decoder: crack pixels come
-    # from one scale (:func:`pixel_scale`), so there the graph without the decoder; None where
-    # nothing would be left (a decoder-only graph: the other scales are not run at all).
+    # What runs at a photo's other scales where the graph has a decoder and a window head:
+    # crack pixels come from one scale (:func:`pixel_scale`), so there the graph without the
+    # decoder (None: the graph itself, its pixels unused; a graph without a window head runs
+    # at that one scale alone).
     others: DenseRunner | None = None
 
 
@@ -244,11 +245,11 @@ def prepare_dense(
 ) -> DenseRunner:
     """A runner for ``graph``: in PyTorch (``engine`` torch) or as its exported graph in ONNX
     Runtime, found in (or exported into) ``cache`` with its halo beside it (``<key>.json``);
-    None: a temporary export. Where the graph has a decoder and other outputs, its ``others``
+    None: a temporary export. Where the graph has a decoder and a window head, its ``others``
     runner is the same graph without the decoder."""
     runner = _prepare(graph, engine, cache, patch, core, batch)
     model = graph.model
-    if model.decoder is None or graph.outputs == ("pixels",):
+    if model.decoder is None or model.window_head is None:
         return runner
     without = DenseGraph(DenseModel(model.trunk, model.window_head), graph.pooled)
     return replace(runner, others=_prepare(without, engine, cache, patch, core, batch))
@@ -387,13 +388,16 @@ def dense_map(
     heat, pixels, flags, cells = [], [], [], []
     decoded, decodes = pixel_scale(scales), "pixels" in runner.outputs
     for scale in scales:
-        step = runner if not decodes or (scale == decoded and not pixels) else runner.others
-        if step is None:
-            continue  # a decoder-only graph has nothing to give at the other scales
+        reads_pixels = decodes and scale == decoded and not pixels
+        step = runner
+        if decodes and not reads_pixels:
+            if "window" not in runner.outputs:
+                continue  # no window map: nothing to give at the other scales
+            step = runner.others or runner
         scaled = resize_photo(photo, scale)
         out = run_tiled(step, pad_to_stride(scaled))
         shape = scaled.shape[:2]
-        if "pixels" in out:
+        if reads_pixels:
             prob = _sigmoid(out["pixels"][: shape[0], : shape[1]])
             pixels.append(_resize(prob, (height, width)))
         if "window" not in out:
@@ -481,6 +485,8 @@ def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _mean(arrays: list[np.ndarray]) -> np.ndarray | None:
     if not arrays:
         return None
+    if len(arrays) == 1:
+        return arrays[0]
     total = arrays[0].astype(np.float32, copy=True)
     for array in arrays[1:]:
         total += array  # in place: np.mean would stack the 12 MP maps first

@@ -265,6 +265,8 @@ def write_window_files(
     the mask at ``threshold``; returns the overlay."""
     overlay = overlay_image(photo, result.heatmap, alpha, result.ood_map)
     write_with(files.overlay, partial(overlay.save, **JPEG))
+    # An overlay PNG (what crackdet wrote before) would show an older map beside this one.
+    files.overlay.with_suffix(".png").unlink(missing_ok=True)
     heat8 = Image.fromarray(np.round(result.heatmap * 255).astype(np.uint8), "L")
     write_with(files.heatmap, partial(heat8.save, **PNG))
     write_with(files.heatmap_npy, partial(save_npy, result.heatmap.astype(np.float16)))

@@ -10,8 +10,9 @@ copy of the names is ``crackdet.core.params.DECODERS``, checked by tests/test_re
 
 - ``subpixel`` (default): everything at stride 2. The image enters as its 2x2 pixel blocks
   (space-to-depth: 12 channels, nothing lost), and the last 1x1 convolution gives 4 logits per
-  stride-2 cell, one per pixel (depth-to-space, the sub-pixel convolution of ESPCN). No tensor
-  of full size but the logits: on a 12 MP photo it adds 0.64 s to the dense pass where
+  stride-2 cell, one per pixel (depth-to-space, the sub-pixel convolution of ESPCN). No
+  intermediate tensor has the photo's size, only the input and the logits: on a 12 MP photo it
+  adds 0.64 s to the dense pass where
   ``fullres`` added 0.9-1.5 s (bench/speed/dense_speed.py, ONNX Runtime, 2-core Xeon with
   AVX-512), at the same crack-pixel F1 on the UAV75 bench's choice photos (0.772 against 0.775;
   docs/results.md).
@@ -73,7 +74,7 @@ class DecoderSpec:
     threshold: float = 0.5  # operating threshold on P(crack pixel), F1-optimal on val
     trained_on: tuple[str, ...] = ()  # the masks sources (and synthetic photos) it learnt from
     metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's val figures
-    arch: str = "fullres"  # a name in DECODERS; decoders saved before there were two: fullres
+    arch: str = "fullres"  # a name in DECODERS; a description without one is fullres
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
