@@ -12,10 +12,9 @@ copy of the names is ``crackdet.core.params.DECODERS``, checked by tests/test_re
   (space-to-depth: 12 channels, nothing lost), and the last 1x1 convolution gives 4 logits per
   stride-2 cell, one per pixel (depth-to-space, the sub-pixel convolution of ESPCN). No
   intermediate tensor has the photo's size, only the input and the logits: on a 12 MP photo it
-  adds 0.64 s to the dense pass where
-  ``fullres`` added 0.9-1.5 s (bench/speed/dense_speed.py, ONNX Runtime, 2-core Xeon with
-  AVX-512), at the same crack-pixel F1 on the UAV75 bench's choice photos (0.772 against 0.775;
-  docs/results.md).
+  adds 0.64 s to the dense pass where ``fullres`` added 0.9-1.5 s (bench/speed/dense_speed.py,
+  ONNX Runtime, 2-core Xeon with AVX-512), at the same crack-pixel F1 on the UAV75 bench's
+  choice photos (0.772 against 0.775; docs/results.md).
 - ``fullres``: upsample to full resolution and fuse there with a 3x3 branch over the image
   (full-size tensors of ``full`` channels: memory-bound on a CPU). Checkpoints without an
   ``arch`` are this one.
@@ -123,6 +122,19 @@ class TopDown(nn.Module):
         self.depthwise2 = nn.Conv2d(c, c, 3, padding=1, groups=c)
         self.point2 = nn.Conv2d(c, c, 1)
 
+    def fusing(self, channels: int, image: int, full: int, logits: int) -> None:
+        """The layers that fuse the climbed features with the image: ``lift`` (features to
+        ``full`` wide), ``image`` (a 3x3 over ``image`` image channels), ``fuse`` (3x3) and
+        ``out`` (``logits`` per position), created in this order (the state dict's and the
+        seeded initialisation's)."""
+        self.lift = nn.Conv2d(channels, full, 1)
+        self.image = nn.Conv2d(image, full, 3, padding=1)
+        self.fuse = nn.Conv2d(full, full, 3, padding=1)
+        self.out = nn.Conv2d(full, logits, 1)
+        # Start near the crack prior (a few % of pixels), not at P = 0.5 everywhere: the first
+        # steps then learn where cracks are instead of that most pixels are none.
+        nn.init.constant_(self.out.bias, PRIOR_LOGIT)
+
     def climb(self, taps: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Features at stride 2, ``channels`` wide."""
         p2, p4, p8, p16, p32 = (proj(t) for proj, t in zip(self.project, taps, strict=True))
@@ -138,12 +150,7 @@ class SubpixelDecoder(TopDown):
 
     def __init__(self, tap_channels: tuple[int, ...], channels: int = 16, full: int = 16) -> None:
         super().__init__(tap_channels, channels)
-        self.lift = nn.Conv2d(channels, full, 1)
-        self.image = nn.Conv2d(3 * 4, full, 3, padding=1)
-        self.fuse = nn.Conv2d(full, full, 3, padding=1)
-        self.out = nn.Conv2d(full, 4, 1)
-        # Start near the crack prior (a few % of pixels), not at P = 0.5 everywhere.
-        nn.init.constant_(self.out.bias, PRIOR_LOGIT)
+        self.fusing(channels, image=3 * 4, full=full, logits=4)  # a 2x2 block's pixels
 
     def forward(self, taps: tuple[torch.Tensor, ...], images: torch.Tensor) -> torch.Tensor:
         blocks = F.pixel_unshuffle(images - 0.5, 2)
@@ -157,13 +164,7 @@ class PixelDecoder(TopDown):
 
     def __init__(self, tap_channels: tuple[int, ...], channels: int = 16, full: int = 8) -> None:
         super().__init__(tap_channels, channels)
-        self.lift = nn.Conv2d(channels, full, 1)
-        self.image = nn.Conv2d(3, full, 3, padding=1)
-        self.fuse = nn.Conv2d(full, full, 3, padding=1)
-        self.out = nn.Conv2d(full, 1, 1)
-        # Start near the crack prior (a few % of pixels), not at P = 0.5 everywhere: the first
-        # steps then learn where cracks are instead of that most pixels are none.
-        nn.init.constant_(self.out.bias, PRIOR_LOGIT)
+        self.fusing(channels, image=3, full=full, logits=1)
 
     def forward(self, taps: tuple[torch.Tensor, ...], images: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.lift(_up(self.climb(taps))) + self.image(images - 0.5))
